@@ -1,0 +1,95 @@
+// swift-tools-version:6.1
+// SPDX-License-Identifier: Apache-2.0
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "hmx-gateway",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "HMXCore", targets: ["HMXCore"]),
+        .library(name: "HMXEmulator", targets: ["HMXEmulator"]),
+        .library(name: "HMXConfig", targets: ["HMXConfig"]),
+        .executable(name: "hmx-emulator", targets: ["hmx-emulator"]),
+        .executable(name: "hmx-cat", targets: ["hmx-cat"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // MARK: - Targets
+        .target(name: "CHMXShims"),
+        .target(
+            name: "HMXCore",
+            dependencies: ["CHMXShims", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "HMXConfig",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "HMXEmulator",
+            dependencies: [
+                "HMXCore",
+                "HMXConfig",
+                "CHMXShims",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "hmx-emulator",
+            dependencies: [
+                "HMXEmulator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "hmx-cat",
+            dependencies: [
+                "HMXCore",
+                "HMXEmulator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: - Tests
+        .target(name: "CXenABI", path: "Tests/CXenABI"),
+        .testTarget(
+            name: "HMXCoreTests",
+            dependencies: ["HMXCore", "CXenABI"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HMXEmulatorTests",
+            dependencies: [
+                "HMXCore", "HMXEmulator",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,190 @@
+// SPDX-License-Identifier: Apache-2.0
+import Yams
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A YAML value with the file, line and key path it came from, so that every
+/// validation failure can say exactly where it is.
+public struct ConfigNode {
+    public let node: Node
+    public let file: String
+    public let key: String
+
+    public init(node: Node, file: String, key: String) {
+        self.node = node
+        self.file = file
+        self.key = key
+    }
+
+    /// The 1-based line of this value.
+    public var line: Int? { self.node.mark.map { $0.line } }
+
+    /// Reads and parses a YAML file whose top level must be a mapping.
+    /// - Parameter maximumBytes: refuse larger files (configs are small; a huge file is a mistake).
+    public static func load(path: String, maximumBytes: Int = 4 << 20) throws(ConfigError) -> ConfigNode {
+        let text = try readFile(path, maximumBytes: maximumBytes)
+        return try self.parse(text, file: path)
+    }
+
+    /// Parses YAML text; `file` names it in errors.
+    public static func parse(_ text: String, file: String) throws(ConfigError) -> ConfigNode {
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw Self.describe(error, file: file)
+        } catch {
+            throw ConfigError(file: file, line: nil, key: "", reason: "not valid YAML: \(error)")
+        }
+        guard let node else {
+            throw ConfigError(file: file, line: nil, key: "", reason: "the file is empty")
+        }
+        let root = ConfigNode(node: node, file: file, key: "")
+        guard node.mapping != nil else { throw root.error("the top level must be a mapping of keys") }
+        return root
+    }
+
+    private static func describe(_ error: YamlError, file: String) -> ConfigError {
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _):
+            let what = context.map { "\($0.text) " } ?? ""
+            return ConfigError(file: file, line: mark.line, key: "", reason: "not valid YAML: \(what)\(problem)")
+        case .composer(let context, let problem, let mark, _):
+            let what = context.map { "\($0.text) " } ?? ""
+            return ConfigError(file: file, line: mark.line, key: "", reason: "not valid YAML: \(what)\(problem)")
+        default:
+            return ConfigError(file: file, line: nil, key: "", reason: "not valid YAML: \(error)")
+        }
+    }
+
+    /// An error about this value.
+    public func error(_ reason: String) -> ConfigError {
+        ConfigError(file: self.file, line: self.line, key: self.key, reason: reason)
+    }
+
+    // MARK: - Scalars
+
+    public func string() throws(ConfigError) -> String {
+        guard let scalar = self.node.scalar else { throw self.error("expected a string") }
+        return scalar.string
+    }
+
+    public func bool() throws(ConfigError) -> Bool {
+        guard let scalar = self.node.scalar, let value = Bool.construct(from: scalar) else {
+            throw self.error("expected true or false")
+        }
+        return value
+    }
+
+    /// An integer within `range` (decimal, or hexadecimal with 0x).
+    public func integer<T: FixedWidthInteger>(_ type: T.Type, in range: ClosedRange<T>) throws(ConfigError) -> T {
+        guard let scalar = self.node.scalar else { throw self.error("expected an integer") }
+        let text = scalar.string
+        let value: T?
+        if text.hasPrefix("0x") || text.hasPrefix("0X") {
+            value = T(text.dropFirst(2), radix: 16)
+        } else {
+            value = T(text, radix: 10)
+        }
+        guard let value else { throw self.error("expected an integer, found '\(text)'") }
+        guard range.contains(value) else {
+            throw self.error("\(value) is out of range \(range.lowerBound)...\(range.upperBound)")
+        }
+        return value
+    }
+
+    // MARK: - Collections
+
+    public func sequence() throws(ConfigError) -> [ConfigNode] {
+        guard let sequence = self.node.sequence else { throw self.error("expected a list") }
+        return sequence.enumerated().map { index, element in
+            ConfigNode(node: element, file: self.file, key: "\(self.key)[\(index)]")
+        }
+    }
+
+    public func mapping() throws(ConfigError) -> ConfigMapping {
+        guard let mapping = self.node.mapping else { throw self.error("expected a mapping of keys") }
+        var entries: [(String, ConfigNode, Int?)] = []
+        for (keyNode, value) in mapping {
+            guard let name = keyNode.scalar?.string else {
+                throw ConfigError(file: self.file, line: keyNode.mark?.line, key: self.key, reason: "keys must be strings")
+            }
+            let path = self.key.isEmpty ? name : "\(self.key).\(name)"
+            if entries.contains(where: { $0.0 == name }) {
+                throw ConfigError(file: self.file, line: keyNode.mark?.line, key: path, reason: "duplicate key")
+            }
+            entries.append((name, ConfigNode(node: value, file: self.file, key: path), keyNode.mark?.line))
+        }
+        return ConfigMapping(owner: self, entries: entries)
+    }
+}
+
+/// A mapping being read key by key; ``finish()`` rejects keys nobody asked for.
+public final class ConfigMapping {
+    public let owner: ConfigNode
+    private let entries: [(String, ConfigNode, Int?)]
+    private var used: Set<String> = []
+
+    init(owner: ConfigNode, entries: [(String, ConfigNode, Int?)]) {
+        self.owner = owner
+        self.entries = entries
+    }
+
+    /// True if the key is present.
+    public func has(_ name: String) -> Bool { self.entries.contains { $0.0 == name } }
+
+    public func optional(_ name: String) -> ConfigNode? {
+        guard let entry = self.entries.first(where: { $0.0 == name }) else { return nil }
+        self.used.insert(name)
+        return entry.1
+    }
+
+    public func required(_ name: String) throws(ConfigError) -> ConfigNode {
+        guard let node = self.optional(name) else {
+            let path = self.owner.key.isEmpty ? name : "\(self.owner.key).\(name)"
+            throw ConfigError(file: self.owner.file, line: self.owner.line, key: path, reason: "required key is missing")
+        }
+        return node
+    }
+
+    /// Fails on the first key that was never read.
+    /// - Parameter known: the keys this mapping accepts, listed in the error.
+    public func finish(known: [String]) throws(ConfigError) {
+        for (name, node, line) in self.entries where !self.used.contains(name) {
+            throw ConfigError(
+                file: node.file,
+                line: line,
+                key: node.key,
+                reason: "unknown key (expected one of: \(known.joined(separator: ", ")))"
+            )
+        }
+    }
+}
+
+func readFile(_ path: String, maximumBytes: Int) throws(ConfigError) -> String {
+    guard let handle = fopen(path, "rb") else {
+        throw ConfigError(file: path, line: nil, key: "", reason: "cannot open: \(String(cString: strerror(errno)))")
+    }
+    defer { fclose(handle) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = fread(&chunk, 1, chunk.count, handle)
+        if count > 0 { bytes.append(contentsOf: chunk[0..<count]) }
+        if bytes.count > maximumBytes {
+            throw ConfigError(file: path, line: nil, key: "", reason: "file is larger than \(maximumBytes) bytes")
+        }
+        if count < chunk.count {
+            if ferror(handle) != 0 {
+                throw ConfigError(file: path, line: nil, key: "", reason: "read error: \(String(cString: strerror(errno)))")
+            }
+            break
+        }
+    }
+    guard let text = String(validating: bytes, as: UTF8.self) else {
+        throw ConfigError(file: path, line: nil, key: "", reason: "not UTF-8 text")
+    }
+    return text
+}

@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import Logging
+import NIOCore
+
+/// The emulator's end of one attached domain process: executes its hypercalls in
+/// order and delivers its events.
+///
+/// Event delivery follows event-channel semantics: an event is sent only if the last
+/// one was acknowledged; events raised meanwhile are remembered as one pending event.
+final class DomainConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = LinkWire.Frame
+    typealias OutboundOut = ByteBuffer
+
+    let domain: EmulatorConfig.DomainEntry
+    let memory: SharedMemory
+    unowned let core: EmulatorCore
+    private var logger: Logger
+    private var context: ChannelHandlerContext?
+    private var isAttached = false
+    private var isEventMasked = false
+    private var isEventPending = false
+    private var output: ByteBuffer
+
+    init(domain: EmulatorConfig.DomainEntry, memory: SharedMemory, core: EmulatorCore, logger: Logger) {
+        self.domain = domain
+        self.memory = memory
+        self.core = core
+        self.logger = logger
+        self.logger[metadataKey: "domain"] = "\(domain.id) (\(domain.name))"
+        self.output = ByteBuffer()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.output = context.channel.allocator.buffer(capacity: 4096)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let status: LinkWire.Welcome.Status = self.core.attach(self) ? .accepted : .domainAlreadyAttached
+        var buffer = context.channel.allocator.buffer(capacity: LinkWire.Welcome.size)
+        buffer.writeBytes(LinkWire.Welcome(status: status, domain: self.domain.id).encoded())
+        context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: nil)
+        if status == .accepted {
+            self.isAttached = true
+            self.logger.info("domain attached", metadata: ["memory.bytes": "\(self.memory.size)"])
+        } else {
+            self.logger.warning("attach refused: a process is already attached as this domain")
+            context.close(promise: nil)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if self.isAttached {
+            self.isAttached = false
+            self.core.detach(self)
+            self.logger.info("domain detached; its rings are destroyed")
+        }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard self.isAttached else { return }
+        switch Self.unwrapInboundIn(data) {
+        case .hypercall(let tag, let command, let arg1, let arg2, let arg3, let arg4):
+            let value = self.core.hypervisor.hypercall(
+                caller: self.domain.id,
+                command: command,
+                arg1: arg1,
+                arg2: arg2,
+                arg3: arg3,
+                arg4: arg4
+            )
+            self.output.writeLinkFrame(.result(tag: tag, value: value))
+        case .eventAck:
+            self.isEventMasked = false
+            if self.isEventPending {
+                self.isEventPending = false
+                self.output.writeLinkFrame(.event)
+                self.isEventMasked = true
+            }
+        case .result, .event:
+            self.logger.warning("dropping domain: it sent a frame only the emulator may send")
+            context.close(promise: nil)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.flushOutput()
+        context.fireChannelReadComplete()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.logger.warning("dropping domain after a link error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    /// Raises VIRQ_ARGO in this domain.
+    func raiseEvent() {
+        guard self.isAttached else { return }
+        if self.isEventMasked {
+            self.isEventPending = true
+            return
+        }
+        self.isEventMasked = true
+        self.output.writeLinkFrame(.event)
+        // Batched with the results of the hypercall being processed when we are in a
+        // read burst; otherwise flushed at the end of the burst that raised it.
+        self.core.scheduleFlush(self)
+    }
+
+    func flushOutput() {
+        guard let context = self.context, self.output.readableBytes > 0 else { return }
+        let bytes = self.output
+        self.output = context.channel.allocator.buffer(capacity: 4096)
+        context.writeAndFlush(Self.wrapOutboundOut(bytes), promise: nil)
+    }
+
+    func close() {
+        self.context?.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension DomainConnectionHandler: Sendable {}

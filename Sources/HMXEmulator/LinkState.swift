@@ -1,0 +1,346 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The loop-confined half of ``EmulatorLink``: staging, ring pages, requests in
+/// flight and the event handler.
+final class LinkState {
+    enum Completion {
+        case sendv(EventLoopPromise<Int>)
+        case register(EventLoopPromise<HMXRing>, RingRequest)
+        case unregister(EventLoopPromise<Void>, HMXRing)
+        case notify(EventLoopPromise<[HMXNotifyResult]>, entries: Int, queries: [HMXNotifyQuery])
+        case raw(EventLoopPromise<Int64>)
+
+        func fail(_ error: HMXError) {
+            switch self {
+            case .sendv(let promise): promise.fail(error)
+            case .register(let promise, _): promise.fail(error)
+            case .unregister(let promise, _): promise.fail(error)
+            case .notify(let promise, _, _): promise.fail(error)
+            case .raw(let promise): promise.fail(error)
+            }
+        }
+    }
+
+    struct RingRequest {
+        var port: HMXPort
+        var partner: DomainID
+        var length: UInt32
+        var firstPage: Int
+        var pageCount: Int
+    }
+
+    struct InFlight {
+        var tag: UInt32
+        /// Guest address of this request's staging, or nil if it used none.
+        var stagingOffset: Int?
+        /// End of this request's staging allocation (arena offset).
+        var stagingEnd: Int?
+        var completion: Completion
+    }
+
+    struct RingKey: Hashable {
+        var port: HMXPort
+        var partner: DomainID
+    }
+
+    let channel: any Channel
+    let domain: DomainID
+    let memory: SharedMemory
+    let stagingBase: Int
+    let maximumQueued: Int
+    var staging: StagingArena
+    var pages: PageAllocator
+    var eventHandler: (@Sendable () -> Void)?
+    private var inFlight = CircularBuffer<InFlight>(initialCapacity: 64)
+    /// Requests waiting for staging space, in issue order.
+    private var waiting = CircularBuffer<(size: Int, completion: Completion, prepare: (Int?) -> (UInt32, UInt64, UInt64, UInt64, UInt64))>()
+    private var rings: [RingKey: HMXRing] = [:]
+    private var nextTag: UInt32 = 1
+    private var isFlushScheduled = false
+    private(set) var isClosed = false
+
+    init(channel: any Channel, domain: DomainID, memory: SharedMemory, stagingBase: Int, stagingSize: Int, maximumQueued: Int) {
+        self.channel = channel
+        self.domain = domain
+        self.memory = memory
+        self.stagingBase = stagingBase
+        self.maximumQueued = maximumQueued
+        self.staging = StagingArena(size: stagingSize)
+        let firstRingPage = (stagingBase + stagingSize) / ArgoABI.pageSize
+        self.pages = PageAllocator(firstPage: firstRingPage, pageCount: memory.pageCount - firstRingPage)
+    }
+
+    private var eventLoop: any EventLoop { self.channel.eventLoop }
+
+    // MARK: - Operations
+
+    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
+        let promise = self.eventLoop.makePromise(of: Int.self)
+        guard iovecs.count <= ArgoABI.maximumIOVs else {
+            promise.fail(HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
+            return promise.futureResult
+        }
+        var size = ArgoSendAddr.size + iovecs.count * ArgoIOV.size
+        for buffer in iovecs { size += (buffer.readableBytes + 15) & ~15 }
+        let domain = self.domain
+        self.issue(size: size, completion: .sendv(promise)) { [memory] offset in
+            let base = UInt64(offset!)
+            let pointer = memory.base + offset!
+            ArgoSendAddr(
+                source: ArgoAddr(port: port, domain: domain.rawValue),
+                destination: ArgoAddr(destination)
+            ).store(to: pointer)
+            var payload = ArgoSendAddr.size + iovecs.count * ArgoIOV.size
+            for (index, buffer) in iovecs.enumerated() {
+                let count = buffer.readableBytes
+                buffer.withUnsafeReadableBytes { bytes in
+                    if count > 0 { (pointer + payload).copyMemory(from: bytes.baseAddress!, byteCount: count) }
+                }
+                ArgoIOV(address: base + UInt64(payload), length: UInt32(count))
+                    .store(to: pointer + ArgoSendAddr.size + index * ArgoIOV.size)
+                payload += (count + 15) & ~15
+            }
+            return (ArgoABI.Op.sendv, base, base + UInt64(ArgoSendAddr.size), UInt64(iovecs.count), UInt64(type))
+        }
+        return promise.futureResult
+    }
+
+    func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing> {
+        let promise = self.eventLoop.makePromise(of: HMXRing.self)
+        // Sizes that Xen would refuse still go to the hypervisor (it decides), but we
+        // only allocate pages for lengths that make sense.
+        let pageCount = Int(min(ArgoABI.pagesForRing(length: length), ArgoABI.maximumRingPages))
+        guard let firstPage = self.pages.allocate(pageCount) else {
+            promise.fail(HMXError(code: .resourceExhausted, message: "no room for a \(length)-byte ring in this domain's ring memory"))
+            return promise.futureResult
+        }
+        memset(self.memory.base + firstPage * ArgoABI.pageSize, 0, pageCount * ArgoABI.pageSize)
+        let request = RingRequest(port: port, partner: partner, length: length, firstPage: firstPage, pageCount: pageCount)
+        let size = ArgoRegisterRing.size.roundedUp16 + pageCount * 8
+        self.issue(size: size, completion: .register(promise, request)) { [memory] offset in
+            let pointer = memory.base + offset!
+            ArgoRegisterRing(port: port, partner: partner.rawValue, length: length).store(to: pointer)
+            let gfns = ArgoRegisterRing.size.roundedUp16
+            for index in 0..<pageCount {
+                storeLE(pointer, gfns + index * 8, UInt64(firstPage + index))
+            }
+            return (
+                ArgoABI.Op.registerRing, UInt64(offset!), UInt64(offset! + gfns), UInt64(pageCount),
+                failIfExists ? ArgoABI.registerFlagFailExist : 0
+            )
+        }
+        return promise.futureResult
+    }
+
+    func unregisterRing(_ ring: HMXRing) -> EventLoopFuture<Void> {
+        let promise = self.eventLoop.makePromise(of: Void.self)
+        self.issue(size: ArgoUnregisterRing.size, completion: .unregister(promise, ring)) { [memory] offset in
+            ArgoUnregisterRing(port: ring.port, partner: ring.partner.rawValue).store(to: memory.base + offset!)
+            return (ArgoABI.Op.unregisterRing, UInt64(offset!), 0, 0, 0)
+        }
+        return promise.futureResult
+    }
+
+    func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]> {
+        let promise = self.eventLoop.makePromise(of: [HMXNotifyResult].self)
+        if queries.isEmpty {
+            self.issue(size: 0, completion: .notify(promise, entries: 0, queries: [])) { _ in
+                (ArgoABI.Op.notify, 0, 0, 0, 0)
+            }
+            return promise.futureResult
+        }
+        let size = ArgoRingData.headerSize + queries.count * ArgoRingDataEntry.size
+        self.issue(size: size, completion: .notify(promise, entries: 0, queries: queries)) { [memory] offset in
+            let pointer = memory.base + offset!
+            storeLE(pointer, 0, UInt32(queries.count))
+            storeLE(pointer, 4, UInt32(0))
+            for (index, query) in queries.enumerated() {
+                ArgoRingDataEntry(ring: ArgoAddr(query.ring), spaceRequired: query.spaceRequired)
+                    .store(to: pointer + ArgoRingData.headerSize + index * ArgoRingDataEntry.size)
+            }
+            return (ArgoABI.Op.notify, UInt64(offset!), 0, 0, 0)
+        }
+        return promise.futureResult
+    }
+
+    func raw(command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64) -> EventLoopFuture<Int64> {
+        let promise = self.eventLoop.makePromise(of: Int64.self)
+        self.issue(size: 0, completion: .raw(promise)) { _ in (command, arg1, arg2, arg3, arg4) }
+        return promise.futureResult
+    }
+
+    // MARK: - Issuing
+
+    private typealias Arguments = (UInt32, UInt64, UInt64, UInt64, UInt64)
+
+    /// Allocates staging (waiting in FIFO order if there is none), lets `prepare` fill
+    /// it, and sends the hypercall.
+    private func issue(size: Int, completion: Completion, prepare: @escaping (Int?) -> Arguments) {
+        if self.isClosed {
+            completion.fail(HMXError(code: .linkClosed, message: "the link to the emulator is closed"))
+            return
+        }
+        if size > self.staging.size {
+            completion.fail(HMXError(code: .resourceExhausted, message: "request of \(size) bytes exceeds the staging area"))
+            return
+        }
+        if self.waiting.isEmpty, self.tryIssue(size: size, completion: completion, prepare: prepare) { return }
+        guard self.waiting.count < self.maximumQueued else {
+            completion.fail(HMXError(code: .resourceExhausted, message: "too many requests waiting for the emulator"))
+            return
+        }
+        self.waiting.append((size, completion, prepare))
+    }
+
+    private func tryIssue(size: Int, completion: Completion, prepare: (Int?) -> Arguments) -> Bool {
+        var stagingEnd: Int?
+        var offset: Int?
+        if size > 0 {
+            guard let allocation = self.staging.allocate(size) else { return false }
+            offset = self.stagingBase + allocation.offset
+            stagingEnd = allocation.end
+        }
+        let (command, arg1, arg2, arg3, arg4) = prepare(offset)
+        let tag = self.nextTag
+        self.nextTag &+= 1
+        self.inFlight.append(InFlight(tag: tag, stagingOffset: offset, stagingEnd: stagingEnd, completion: completion))
+        var frame = self.channel.allocator.buffer(capacity: LinkWire.Kind.hypercall.frameLength)
+        frame.writeLinkFrame(.hypercall(tag: tag, command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4))
+        self.channel.write(frame, promise: nil)
+        self.scheduleFlush()
+        return true
+    }
+
+    private func scheduleFlush() {
+        if self.isFlushScheduled { return }
+        self.isFlushScheduled = true
+        self.eventLoop.assumeIsolated().execute {
+            self.isFlushScheduled = false
+            self.channel.flush()
+        }
+    }
+
+    private func drainWaiting() {
+        while let first = self.waiting.first {
+            guard self.tryIssue(size: first.size, completion: first.completion, prepare: first.prepare) else { return }
+            self.waiting.removeFirst()
+        }
+    }
+
+    // MARK: - Inbound
+
+    func received(_ frame: LinkWire.Frame) {
+        switch frame {
+        case .result(let tag, let value):
+            guard let request = self.inFlight.popFirst(), request.tag == tag else {
+                self.channel.close(promise: nil)
+                return
+            }
+            self.complete(request, value: value)
+            if let end = request.stagingEnd {
+                self.staging.releaseOldest(end: end)
+                self.drainWaiting()
+            }
+        case .event:
+            var ack = self.channel.allocator.buffer(capacity: LinkWire.Kind.eventAck.frameLength)
+            ack.writeLinkFrame(.eventAck)
+            self.channel.writeAndFlush(ack, promise: nil)
+            self.eventHandler?()
+        case .hypercall, .eventAck:
+            self.channel.close(promise: nil)
+        }
+    }
+
+    private func complete(_ request: InFlight, value: Int64) {
+        let completion = request.completion
+        if value < 0 {
+            let error = HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -value)))
+            if case .register(_, let request) = completion {
+                self.pages.release(start: request.firstPage, count: request.pageCount)
+            }
+            if case .raw(let promise) = completion {
+                promise.succeed(value)
+            } else {
+                completion.fail(error)
+            }
+            return
+        }
+        switch completion {
+        case .sendv(let promise):
+            promise.succeed(Int(value))
+        case .register(let promise, let request):
+            let key = RingKey(port: request.port, partner: request.partner)
+            if let old = self.rings[key] {
+                // Re-registration replaced the old ring's pages.
+                old.markClosed()
+                self.pages.release(start: old.backendToken, count: Int(ArgoABI.pagesForRing(length: old.length)))
+            }
+            let ring = HMXRing(
+                port: request.port,
+                partner: request.partner,
+                length: request.length,
+                memory: self.memory.base + request.firstPage * ArgoABI.pageSize,
+                backendToken: request.firstPage
+            )
+            self.rings[key] = ring
+            promise.succeed(ring)
+        case .unregister(let promise, let ring):
+            let key = RingKey(port: ring.port, partner: ring.partner)
+            if self.rings[key] === ring {
+                self.rings[key] = nil
+                ring.markClosed()
+                self.pages.release(start: ring.backendToken, count: Int(ArgoABI.pagesForRing(length: ring.length)))
+            }
+            promise.succeed(())
+        case .notify(let promise, _, let queries):
+            // The entries are still in staging: this request's allocation is released
+            // only after we return.
+            guard !queries.isEmpty else {
+                promise.succeed([])
+                return
+            }
+            let pointer = self.memory.base + request.stagingOffset!
+            var results: [HMXNotifyResult] = []
+            results.reserveCapacity(queries.count)
+            for (index, query) in queries.enumerated() {
+                let entry = ArgoRingDataEntry(loadingFrom: pointer + ArgoRingData.headerSize + index * ArgoRingDataEntry.size)
+                results.append(
+                    HMXNotifyResult(
+                        ring: query.ring,
+                        flags: ArgoABI.RingFlags(rawValue: entry.flags),
+                        maxMessageSize: entry.maxMessageSize
+                    )
+                )
+            }
+            promise.succeed(results)
+        case .raw(let promise):
+            promise.succeed(value)
+        }
+    }
+
+    /// The connection is gone: fail everything, close every ring.
+    func closed() {
+        guard !self.isClosed else { return }
+        self.isClosed = true
+        let error = HMXError(code: .linkClosed, message: "the link to the emulator is closed")
+        while let request = self.inFlight.popFirst() { request.completion.fail(error) }
+        while let entry = self.waiting.popFirst() { entry.completion.fail(error) }
+        for ring in self.rings.values { ring.markClosed() }
+        self.rings.removeAll()
+        // Wake the owner so it notices the closed link.
+        self.eventHandler?()
+    }
+}
+
+@available(*, unavailable)
+extension LinkState: Sendable {}
+
+extension Int {
+    var roundedUp16: Int { (self + 15) & ~15 }
+}

@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "cxen_abi.h"
+#include <stddef.h>
+#include <xen/xen.h>
+#include <xen/errno.h>
+#include <xen/argo.h>
+
+#define FACT(n, v) {n, (uint64_t)(v)}
+
+static const cxen_abi_fact table[] = {
+    FACT("hypercall.argo_op", __HYPERVISOR_argo_op),
+    FACT("virq.argo", VIRQ_ARGO),
+    FACT("op.register_ring", XEN_ARGO_OP_register_ring),
+    FACT("op.unregister_ring", XEN_ARGO_OP_unregister_ring),
+    FACT("op.sendv", XEN_ARGO_OP_sendv),
+    FACT("op.notify", XEN_ARGO_OP_notify),
+    FACT("domid.any", XEN_ARGO_DOMID_ANY),
+    FACT("max_ring_size", XEN_ARGO_MAX_RING_SIZE),
+    FACT("maxiov", XEN_ARGO_MAXIOV),
+    FACT("msg_slot_size", XEN_ARGO_MSG_SLOT_SIZE),
+    FACT("register_flag.fail_exist", XEN_ARGO_REGISTER_FLAG_FAIL_EXIST),
+    FACT("ring_flag.exists", XEN_ARGO_RING_EXISTS),
+    FACT("ring_flag.shared", XEN_ARGO_RING_SHARED),
+    FACT("ring_flag.empty", XEN_ARGO_RING_EMPTY),
+    FACT("ring_flag.sufficient", XEN_ARGO_RING_SUFFICIENT),
+    FACT("ring_flag.emsgsize", XEN_ARGO_RING_EMSGSIZE),
+    FACT("ring_flag.ebusy", XEN_ARGO_RING_EBUSY),
+    FACT("sizeof.iov", sizeof(xen_argo_iov_t)),
+    FACT("offsetof.iov.iov_hnd", offsetof(xen_argo_iov_t, iov_hnd)),
+    FACT("offsetof.iov.iov_len", offsetof(xen_argo_iov_t, iov_len)),
+    FACT("offsetof.iov.pad", offsetof(xen_argo_iov_t, pad)),
+    FACT("sizeof.addr", sizeof(xen_argo_addr_t)),
+    FACT("offsetof.addr.aport", offsetof(xen_argo_addr_t, aport)),
+    FACT("offsetof.addr.domain_id", offsetof(xen_argo_addr_t, domain_id)),
+    FACT("offsetof.addr.pad", offsetof(xen_argo_addr_t, pad)),
+    FACT("sizeof.send_addr", sizeof(xen_argo_send_addr_t)),
+    FACT("offsetof.send_addr.src", offsetof(xen_argo_send_addr_t, src)),
+    FACT("offsetof.send_addr.dst", offsetof(xen_argo_send_addr_t, dst)),
+    FACT("sizeof.ring", sizeof(xen_argo_ring_t)),
+    FACT("offsetof.ring.rx_ptr", offsetof(xen_argo_ring_t, rx_ptr)),
+    FACT("offsetof.ring.tx_ptr", offsetof(xen_argo_ring_t, tx_ptr)),
+    FACT("sizeof.register_ring", sizeof(xen_argo_register_ring_t)),
+    FACT("offsetof.register_ring.aport", offsetof(xen_argo_register_ring_t, aport)),
+    FACT("offsetof.register_ring.partner_id", offsetof(xen_argo_register_ring_t, partner_id)),
+    FACT("offsetof.register_ring.pad", offsetof(xen_argo_register_ring_t, pad)),
+    FACT("offsetof.register_ring.len", offsetof(xen_argo_register_ring_t, len)),
+    FACT("sizeof.unregister_ring", sizeof(xen_argo_unregister_ring_t)),
+    FACT("offsetof.unregister_ring.aport", offsetof(xen_argo_unregister_ring_t, aport)),
+    FACT("offsetof.unregister_ring.partner_id", offsetof(xen_argo_unregister_ring_t, partner_id)),
+    FACT("offsetof.unregister_ring.pad", offsetof(xen_argo_unregister_ring_t, pad)),
+    FACT("sizeof.ring_data_ent", sizeof(xen_argo_ring_data_ent_t)),
+    FACT("offsetof.ring_data_ent.ring", offsetof(xen_argo_ring_data_ent_t, ring)),
+    FACT("offsetof.ring_data_ent.flags", offsetof(xen_argo_ring_data_ent_t, flags)),
+    FACT("offsetof.ring_data_ent.pad", offsetof(xen_argo_ring_data_ent_t, pad)),
+    FACT("offsetof.ring_data_ent.space_required", offsetof(xen_argo_ring_data_ent_t, space_required)),
+    FACT("offsetof.ring_data_ent.max_message_size", offsetof(xen_argo_ring_data_ent_t, max_message_size)),
+    FACT("sizeof.ring_data", sizeof(xen_argo_ring_data_t)),
+    FACT("offsetof.ring_data.nent", offsetof(xen_argo_ring_data_t, nent)),
+    FACT("offsetof.ring_data.pad", offsetof(xen_argo_ring_data_t, pad)),
+    FACT("offsetof.ring_data.data", offsetof(xen_argo_ring_data_t, data)),
+    FACT("sizeof.message_header", sizeof(struct xen_argo_ring_message_header)),
+    FACT("offsetof.message_header.len", offsetof(struct xen_argo_ring_message_header, len)),
+    FACT("offsetof.message_header.source", offsetof(struct xen_argo_ring_message_header, source)),
+    FACT("offsetof.message_header.message_type", offsetof(struct xen_argo_ring_message_header, message_type)),
+    FACT("sizeof.gfn", sizeof(xen_argo_gfn_t)),
+    FACT("errno.EPERM", XEN_EPERM),
+    FACT("errno.ENOENT", XEN_ENOENT),
+    FACT("errno.ESRCH", XEN_ESRCH),
+    FACT("errno.EAGAIN", XEN_EAGAIN),
+    FACT("errno.ENOMEM", XEN_ENOMEM),
+    FACT("errno.EACCES", XEN_EACCES),
+    FACT("errno.EFAULT", XEN_EFAULT),
+    FACT("errno.EBUSY", XEN_EBUSY),
+    FACT("errno.EEXIST", XEN_EEXIST),
+    FACT("errno.ENODEV", XEN_ENODEV),
+    FACT("errno.EINVAL", XEN_EINVAL),
+    FACT("errno.ENOSPC", XEN_ENOSPC),
+    FACT("errno.ENOSYS", XEN_ENOSYS),
+    FACT("errno.EMSGSIZE", XEN_EMSGSIZE),
+    FACT("errno.EOPNOTSUPP", XEN_EOPNOTSUPP),
+    FACT("errno.ECONNREFUSED", XEN_ECONNREFUSED),
+};
+
+int cxen_abi_facts(const cxen_abi_fact **facts) {
+    *facts = table;
+    return (int)(sizeof(table) / sizeof(table[0]));
+}
