@@ -22,7 +22,7 @@ import Glibc
 ///
 /// Requests are pipelined: several hypercalls may be in flight; each completes in
 /// order with its own result, as if issued one after another.
-public final class EmulatorLink: HMXLink, @unchecked Sendable {
+public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
     // @unchecked: all mutable state lives in `state`, which is only touched on
     // `eventLoop` (NIOLoopBound checks this); the other stored properties are immutable.
 
@@ -187,18 +187,28 @@ public final class EmulatorLink: HMXLink, @unchecked Sendable {
         self.onLoop { state in state.raw(command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4) }
     }
 
-    /// Reserves `pages` zeroed pages of this domain's memory; returns their guest address.
-    public func allocatePages(_ pages: Int) -> EventLoopFuture<UInt64> {
+    public func allocateScratch(pages: Int) -> EventLoopFuture<HMXScratch> {
         self.onLoop { state in
             guard let first = state.pages.allocate(pages) else {
                 return state.channel.eventLoop.makeFailedFuture(
                     HMXError(code: .resourceExhausted, message: "no \(pages) free pages in domain memory")
                 )
             }
-            memset(state.memory.base + first * ArgoABI.pageSize, 0, pages * ArgoABI.pageSize)
-            return state.channel.eventLoop.makeSucceededFuture(UInt64(first * ArgoABI.pageSize))
+            let pointer = state.memory.base + first * ArgoABI.pageSize
+            memset(pointer, 0, pages * ArgoABI.pageSize)
+            return state.channel.eventLoop.makeSucceededFuture(
+                HMXScratch(guestAddress: UInt64(first * ArgoABI.pageSize), pointer: pointer, pages: pages)
+            )
         }
     }
+
+    public func frameNumbers(of scratch: HMXScratch) -> [UInt64] {
+        let first = scratch.guestAddress / UInt64(ArgoABI.pageSize)
+        return (0..<UInt64(scratch.pages)).map { first + $0 }
+    }
+
+    /// The NULL page: never valid guest memory.
+    public var invalidGuestAddress: UInt64 { 16 }
 
     private func onLoop<T: Sendable>(_ body: @escaping @Sendable (LinkState) -> EventLoopFuture<T>) -> EventLoopFuture<T> {
         if self.eventLoop.inEventLoop {
