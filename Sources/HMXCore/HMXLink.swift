@@ -142,3 +142,15 @@ extension HMXLink {
         self.sendv(from: port, to: destination, type: type, iovecs: [payload])
     }
 }
+
+extension HMXLink {
+    /// The link's events as an async sequence (replaces any event handler). Events are
+    /// coalesced: one buffered element stands for "at least one event since you last
+    /// looked", which is all VIRQ_ARGO means.
+    public func events() -> AsyncStream<Void> {
+        let (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        self.setEventHandler { continuation.yield() }
+        self.closeFuture.whenComplete { _ in continuation.finish() }
+        return stream
+    }
+}

@@ -15,6 +15,10 @@ public protocol HMXRawHypercalls: HMXLink {
     /// - Returns: the guest address to pass to the hypervisor and the local pointer.
     func allocateScratch(pages: Int) -> EventLoopFuture<HMXScratch>
 
+    /// Returns memory from ``allocateScratch(pages:)``. It must no longer be registered
+    /// as a ring.
+    func releaseScratch(_ scratch: HMXScratch)
+
     /// The frame numbers to pass to register_ring for the pages of `scratch`.
     func frameNumbers(of scratch: HMXScratch) -> [UInt64]
 

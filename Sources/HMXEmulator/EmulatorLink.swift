@@ -202,6 +202,15 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
         }
     }
 
+    public func releaseScratch(_ scratch: HMXScratch) {
+        let first = Int(scratch.guestAddress) / ArgoABI.pageSize
+        let pages = scratch.pages
+        _ = self.onLoop { state in
+            state.pages.release(start: first, count: pages)
+            return state.channel.eventLoop.makeSucceededVoidFuture()
+        }
+    }
+
     public func frameNumbers(of scratch: HMXScratch) -> [UInt64] {
         let first = scratch.guestAddress / UInt64(ArgoABI.pageSize)
         return (0..<UInt64(scratch.pages)).map { first + $0 }
