@@ -110,8 +110,8 @@ public final class CheckContext: Sendable {
     init(world: ConformanceSuite.World) {
         self.world = world
         let tracker = self.tracker
-        self.primary = Raw(link: world.primary, tracker: tracker)
-        self.peer = world.peer.map { Raw(link: $0, tracker: tracker) }
+        self.primary = Raw(link: world.primary, tracker: tracker, events: EventWatch(world.primary))
+        self.peer = world.peer.map { Raw(link: $0, tracker: tracker, events: EventWatch($0)) }
     }
 
     /// The peer, which checks marked `needsPeer` can rely on.
@@ -162,6 +162,7 @@ final class Tracker: Sendable {
 struct Raw: Sendable {
     let link: any HMXRawHypercalls
     let tracker: Tracker
+    let events: EventWatch
 
     var domain: DomainID { self.link.localDomain }
 
@@ -280,30 +281,30 @@ func describe(_ value: Int64) -> String {
 /// A port unlikely to collide with anything else in the domain.
 func freshPort() -> UInt32 { UInt32.random(in: 0x4000_0000...0x7FFF_FFFF) }
 
-/// Completes a promise once, whichever of several callbacks comes first.
-final class OnceFlag: Sendable {
-    private let done = Mutex(false)
-    func claim() -> Bool {
-        self.done.withLock { done in
-            defer { done = true }
-            return !done
-        }
+/// Counts a link's events from the moment it is created, so that a check can ask
+/// "did an event arrive after this point?" without racing the event's delivery.
+final class EventWatch: Sendable {
+    private let counter = Mutex(0)
+
+    init(_ link: any HMXLink) {
+        link.setEventHandler { [self] in self.counter.withLock { $0 += 1 } }
     }
-}
 
-/// Waits for one event on a link, with a deadline.
-func waitForEvent(_ link: any HMXLink, within milliseconds: Int64 = 3000) async -> Bool {
-    let promise = link.eventLoop.makePromise(of: Bool.self)
-    let once = OnceFlag()
-    link.setEventHandler { if once.claim() { promise.succeed(true) } }
-    let timer = link.eventLoop.scheduleTask(in: .milliseconds(milliseconds)) { if once.claim() { promise.succeed(false) } }
-    let result = (try? await promise.futureResult.get()) ?? false
-    timer.cancel()
-    link.setEventHandler {}
-    return result
-}
+    var count: Int { self.counter.withLock { $0 } }
 
-/// Returns true if no event arrives within the interval.
-func noEvent(_ link: any HMXLink, within milliseconds: Int64 = 300) async -> Bool {
-    !(await waitForEvent(link, within: milliseconds))
+    /// Waits until more than `mark` events were seen, or the deadline passes.
+    func wait(beyond mark: Int, within milliseconds: Int = 3000) async -> Bool {
+        var waited = 0
+        while self.count <= mark, waited < milliseconds {
+            try? await Task.sleep(nanoseconds: 5_000_000)
+            waited += 5
+        }
+        return self.count > mark
+    }
+
+    /// True if no event beyond `mark` arrives within the interval.
+    func quiet(beyond mark: Int, for milliseconds: Int = 300) async -> Bool {
+        try? await Task.sleep(nanoseconds: UInt64(milliseconds) * 1_000_000)
+        return self.count == mark
+    }
 }

@@ -43,15 +43,16 @@ enum NotifyChecks {
                 "fill",
                 equals: 200
             )
-            _ = await waitForEvent(raw.link, within: 500)
+            _ = await raw.events.quiet(beyond: -1, for: 100)
             let (queried, entries) = try await raw.notify([ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 100)])
             try expectSuccess(queried, "notify query")
             try require(ArgoABI.RingFlags(rawValue: entries[0].flags) == [.exists], "flags \(ArgoABI.RingFlags(rawValue: entries[0].flags))")
-            try require(await noEvent(raw.link, within: 300), "woken before the receiver made room")
+            let mark = raw.events.count
+            try require(await raw.events.quiet(beyond: mark), "woken before the receiver made room")
             var ring = RawRing(memory, length: 256)
             _ = try ring.next()
             try expectSuccess(try await raw.call(ArgoABI.Op.notify), "receiver's notify")
-            try require(await waitForEvent(raw.link), "no wake-up")
+            try require(await raw.events.wait(beyond: mark), "no wake-up")
         },
         .init("notify: SUFFICIENT cancels a queued wake-up") { context in
             let raw = context.primary
@@ -59,18 +60,20 @@ enum NotifyChecks {
             let (result, memory) = try await raw.register(port: port, partner: raw.domain.rawValue, length: 256)
             try expectSuccess(result, "register")
             try expectSuccess(
-                try await raw.sendv(source: raw.self_(), destination: raw.self_(port), payloads: [Array(repeating: 1, count: 200)]),
+                try await raw.sendv(source: raw.self_(), destination: raw.self_(port), payloads: [Array(repeating: 1, count: 150)]),
                 "fill",
-                equals: 200
+                equals: 150
             )
-            _ = await waitForEvent(raw.link, within: 500)
-            _ = try await raw.notify([ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 100)])
+            _ = await raw.events.quiet(beyond: -1, for: 100)
+            let (_, queued) = try await raw.notify([ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 100)])
+            try require(!ArgoABI.RingFlags(rawValue: queued[0].flags).contains(.sufficient), "100 bytes should not fit yet")
             let (_, entries) = try await raw.notify([ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 10)])
             try require(ArgoABI.RingFlags(rawValue: entries[0].flags).contains(.sufficient), "10 bytes should fit")
             var ring = RawRing(memory, length: 256)
             _ = try ring.next()
+            let mark = raw.events.count
             try expectSuccess(try await raw.call(ArgoABI.Op.notify), "receiver's notify")
-            try require(await noEvent(raw.link, within: 300), "woken although the wait was cancelled")
+            try require(await raw.events.quiet(beyond: mark), "woken although the wait was cancelled")
         },
         .init("wildcard: SHARED flag, and a partner ring is found before the wildcard ring") { context in
             guard context.world.wildcardRingsAllowed else { return }
@@ -152,11 +155,12 @@ enum TwoDomainChecks {
                 equals: 224
             )
             try expect(try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[4]]), .EAGAIN, "full")
-            try require(await noEvent(sender.link, within: 300), "sender woken too early")
+            let mark = sender.events.count
+            try require(await sender.events.quiet(beyond: mark), "sender woken too early")
             var ring = RawRing(memory, length: 256)
             _ = try ring.next()
             try expectSuccess(try await receiver.call(ArgoABI.Op.notify), "receiver's notify")
-            try require(await waitForEvent(sender.link), "sender not woken")
+            try require(await sender.events.wait(beyond: mark), "sender not woken")
             try expectSuccess(try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[4]]), "retry", equals: 1)
         },
     ]

@@ -19,7 +19,7 @@ enum RegisterChecks {
             let me = raw.domain.rawValue
             try expect(try await raw.register(port: freshPort(), partner: me, length: 32).result, .EINVAL, "length 32 (< 48)")
             try expect(try await raw.register(port: freshPort(), partner: me, length: 40).result, .EINVAL, "length 40")
-            try expect(try await raw.register(port: freshPort(), partner: me, length: 4000).result, .EINVAL, "length 4000 (not a multiple of 16)")
+            try expect(try await raw.register(port: freshPort(), partner: me, length: 4008).result, .EINVAL, "length 4008 (not a multiple of 16)")
             try expect(
                 try await raw.register(port: freshPort(), partner: me, length: 4032, npages: 2).result,
                 .EINVAL,

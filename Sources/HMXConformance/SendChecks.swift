@@ -125,14 +125,15 @@ enum SendChecks {
                 "fill",
                 equals: 224
             )
-            // The data-arrival event of the first message.
-            _ = await waitForEvent(raw.link, within: 500)
+            // Let the data-arrival event of the first message pass.
+            _ = await raw.events.quiet(beyond: -1, for: 100)
             try expect(try await raw.sendv(source: raw.self_(), destination: raw.self_(port), payloads: [[2]]), .EAGAIN, "full ring")
-            try require(await noEvent(raw.link, within: 300), "woken before the receiver made room")
+            let mark = raw.events.count
+            try require(await raw.events.quiet(beyond: mark), "woken before the receiver made room")
             var ring = RawRing(memory, length: 256)
             try require(try ring.next()?.payload.count == 224, "the first message")
             try expectSuccess(try await raw.call(ArgoABI.Op.notify), "notify after draining")
-            try require(await waitForEvent(raw.link), "no wake-up after the receiver drained and notified")
+            try require(await raw.events.wait(beyond: mark), "no wake-up after the receiver drained and notified")
             try expectSuccess(try await raw.sendv(source: raw.self_(), destination: raw.self_(port), payloads: [[2]]), "retry", equals: 1)
             try require(try ring.next()?.payload == [2], "the retried message")
         },
