@@ -103,7 +103,7 @@ let package = Package(
         .testTarget(
             name: "HMXEmulatorTests",
             dependencies: [
-                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig",
+                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "hmx-emulator", "hmx-cat",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

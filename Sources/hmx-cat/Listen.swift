@@ -39,12 +39,23 @@ struct Listen: AsyncParsableCommand {
 
     func run() async throws {
         let link = try await self.link.attach()
-        let ring: HMXRing
-        do {
-            ring = try await link.registerRing(port: self.port, partner: self.from.domain, length: self.ringSize, failIfExists: true).get()
-        } catch {
-            throw ExitStatus.fail(error, doing: "cannot register ring \(link.localDomain):\(self.port)")
+        var ring: HMXRing?
+        var announcedWait = false
+        while ring == nil {
+            do {
+                ring = try await link.registerRing(port: self.port, partner: self.from.domain, length: self.ringSize, failIfExists: true).get()
+            } catch let error as HMXError where error.errno == .ESRCH && self.from.domain != .any {
+                // A partner ring needs the partner to exist: wait for it to start.
+                if !announcedWait {
+                    printError("hmx-cat: waiting for domain \(self.from.domain) to start")
+                    announcedWait = true
+                }
+                try await Task.sleep(nanoseconds: 200_000_000)
+            } catch {
+                throw ExitStatus.fail(error, doing: "cannot register ring \(link.localDomain):\(self.port)")
+            }
         }
+        guard let ring else { return }
         if !self.raw && !self.discard {
             printError("hmx-cat: domain \(link.localDomain) listening on port \(self.port) (from \(self.from.domain), ring \(self.ringSize) bytes)")
         }

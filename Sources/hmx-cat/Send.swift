@@ -43,6 +43,9 @@ struct Send: AsyncParsableCommand {
     @Option(name: .long, help: "Give up if the destination stays full this many seconds (0 = wait forever).")
     var timeout: Double = 0
 
+    @Option(name: .long, help: "Retry this many seconds while the destination domain or ring does not exist yet.")
+    var wait: Double = 0
+
     func validate() throws {
         guard parseInteger(self.type, as: UInt32.self) != nil else { throw ValidationError("--type must be a 32-bit number") }
         guard (1...Int(ArgoABI.maximumMessageSize)).contains(self.chunk) else {
@@ -53,7 +56,14 @@ struct Send: AsyncParsableCommand {
     func run() async throws {
         let messageType = parseInteger(self.type, as: UInt32.self)!
         let link = try await self.link.attach()
-        var sender = OrderedSender(link: link, from: self.fromPort, to: self.destination, type: messageType, timeout: self.timeout)
+        var sender = OrderedSender(
+            link: link,
+            from: self.fromPort,
+            to: self.destination,
+            type: messageType,
+            timeout: self.timeout,
+            waitForDestination: self.wait
+        )
         defer { _ = link.close() }
         if let message = self.message {
             try await sender.send(ByteBuffer(string: message))
@@ -91,15 +101,18 @@ struct OrderedSender {
     let to: HMXAddress
     let type: UInt32
     let timeout: Double
+    /// Seconds to keep retrying while the destination does not exist (first send only).
+    private var waitForDestination: Double
     private var wakeups: AsyncStream<Void>.Iterator
     private let continuation: AsyncStream<Void>.Continuation
 
-    init(link: any HMXLink, from: HMXPort, to: HMXAddress, type: UInt32, timeout: Double) {
+    init(link: any HMXLink, from: HMXPort, to: HMXAddress, type: UInt32, timeout: Double, waitForDestination: Double = 0) {
         self.link = link
         self.from = from
         self.to = to
         self.type = type
         self.timeout = timeout
+        self.waitForDestination = waitForDestination
         // One stream for both the link's events and our own deadline ticks.
         let (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         link.setEventHandler { continuation.yield() }
@@ -113,7 +126,12 @@ struct OrderedSender {
         while true {
             do {
                 _ = try await self.link.send(from: self.from, to: self.to, type: self.type, payload).get()
+                self.waitForDestination = 0
                 return
+            } catch let error as HMXError
+                where (error.errno == .ESRCH || error.errno == .ECONNREFUSED) && monotonicSeconds() - started < self.waitForDestination
+            {
+                try await Task.sleep(nanoseconds: 100_000_000)
             } catch let error as HMXError where error.errno == .EAGAIN {
                 // The hypervisor queued a wake-up for us: wait for the event, then retry.
                 var deadlineTimer: Scheduled<Void>?
