@@ -1,0 +1,15 @@
+// swift-tools-version:6.1
+// SPDX-License-Identifier: Apache-2.0
+// libFuzzer targets for every parser that reads bytes from another domain.
+// Build: swift build --package-path Fuzz -c release -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
+import PackageDescription
+
+let package = Package(
+    name: "hmx-fuzz",
+    platforms: [.macOS(.v15)],
+    dependencies: [.package(name: "hmx-gateway", path: "..")],
+    targets: [
+        .executableTarget(name: "FuzzRingReader", dependencies: [.product(name: "HMXCore", package: "hmx-gateway")]),
+        .executableTarget(name: "FuzzLinkWire", dependencies: [.product(name: "HMXCore", package: "hmx-gateway")]),
+    ]
+)
