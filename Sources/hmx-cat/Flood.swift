@@ -28,6 +28,9 @@ struct Flood: AsyncParsableCommand {
     @Option(name: .long, help: "Messages in flight at once.")
     var window: Int = 256
 
+    @Option(name: .long, help: "Wait up to this many seconds for the destination ring to exist.")
+    var wait: Double = 0
+
     func validate() throws {
         guard (0...Int(ArgoABI.maximumMessageSize)).contains(self.size) else { throw ValidationError("--size out of range") }
         guard self.count > 0, self.window > 0 else { throw ValidationError("--count and --window must be positive") }
@@ -35,6 +38,13 @@ struct Flood: AsyncParsableCommand {
 
     func run() async throws {
         let link = try await self.link.attach()
+        // Wait for the ring: notify reports EXISTS once it is registered.
+        let deadline = monotonicSeconds() + self.wait
+        while true {
+            let found = try? await link.notify([HMXNotifyQuery(ring: self.destination, spaceRequired: 0)]).get()
+            if found?.first?.flags.contains(.exists) == true || monotonicSeconds() >= deadline { break }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
         var bytes = ByteBufferAllocator().buffer(capacity: self.size)
         for index in 0..<self.size { bytes.writeInteger(UInt8(truncatingIfNeeded: index)) }
         let payload = bytes
