@@ -29,10 +29,10 @@ final class XenEventPump: Sendable {
     private let finished: EventLoopPromise<Void>
 
     /// Binds VIRQ_ARGO. Throws the errno (EEXIST: another Argo user in this domain).
-    init(eventLoop: any EventLoop, handler: @escaping @Sendable () -> Void) throws(ArgoErrno) {
+    init(eventLoop: any EventLoop, handler: @escaping @Sendable () -> Void) throws(XenErrnoError) {
         var pointer: OpaquePointer?
         let rc = cxa_events_open(&pointer, ArgoABI.virqArgo)
-        guard rc == 0, let pointer else { throw ArgoErrno(rawValue: -rc) }
+        guard rc == 0, let pointer else { throw XenErrnoError(errno: ArgoErrno(rawValue: -rc)) }
         self.events = EventsHandle(pointer)
         self.pool = NIOThreadPool(numberOfThreads: 1)
         self.finished = eventLoop.makePromise()

@@ -46,11 +46,11 @@ final class XenHypervisor {
     }
 
     /// Frames that never move, mapped contiguously and zeroed.
-    func allocateFrames(pages: Int) -> Result<XenFrames, ArgoErrno> {
+    func allocateFrames(pages: Int) -> Result<XenFrames, XenErrnoError> {
         var mapping: UnsafeMutableRawPointer?
         var frames = [UInt64](repeating: 0, count: pages)
         let rc = cxa_frames_alloc(self.handle, pages, &mapping, &frames)
-        guard rc == 0, let mapping else { return .failure(ArgoErrno(rawValue: -rc)) }
+        guard rc == 0, let mapping else { return .failure(XenErrnoError(errno: ArgoErrno(rawValue: -rc))) }
         return .success(XenFrames(mapping: mapping, frames: frames))
     }
 
@@ -80,6 +80,11 @@ public enum XenFrameMethod: Sendable, CustomStringConvertible {
 struct XenFrames {
     var mapping: UnsafeMutableRawPointer
     var frames: [UInt64]
+}
+
+/// A failed Xen library call's errno.
+struct XenErrnoError: Error {
+    var errno: ArgoErrno
 }
 
 /// Opening privcmd failed.

@@ -49,7 +49,7 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
     let state: NIOLoopBound<XenLinkState>
     private let pump: XenEventPump?
     private let closePromise: EventLoopPromise<Void>
-    private let scratchFrames = Mutex<[UInt: [UInt64]]>([:])
+    private let scratchFrames = ScratchRegistry()
 
     public var closeFuture: EventLoopFuture<Void> { self.closePromise.futureResult }
 
@@ -105,10 +105,10 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
                 state.shutdown()
                 throw HMXError(
                     code: .unavailable,
-                    errno: error,
-                    message: error == .EEXIST
+                    errno: error.errno,
+                    message: error.errno == .EEXIST
                         ? "VIRQ_ARGO is already bound in this domain (xen-argo.ko or another gateway)"
-                        : "cannot bind VIRQ_ARGO on /dev/xen/evtchn: \(error.name)"
+                        : "cannot bind VIRQ_ARGO on /dev/xen/evtchn: \(error.errno.name)"
                 )
             }
         } else {
@@ -156,7 +156,7 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
             let stopped = pump?.stop() ?? state.value.eventLoop.makeSucceededVoidFuture()
             stopped.whenComplete { _ in
                 state.value.shutdown()
-                scratch.withLock { $0.removeAll() }
+                scratch.frames.withLock { $0.removeAll() }
                 promise.succeed(())
             }
         }
@@ -174,14 +174,14 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         let scratchFrames = self.scratchFrames
         return self.onLoop { state in
             state.allocateScratch(pages: pages).map { scratch, frames in
-                scratchFrames.withLock { $0[UInt(bitPattern: scratch.pointer)] = frames }
+                scratchFrames.frames.withLock { $0[UInt(bitPattern: scratch.pointer)] = frames }
                 return scratch
             }
         }
     }
 
     public func frameNumbers(of scratch: HMXScratch) -> [UInt64] {
-        self.scratchFrames.withLock { $0[UInt(bitPattern: scratch.pointer)] ?? [] }
+        self.scratchFrames.frames.withLock { $0[UInt(bitPattern: scratch.pointer)] ?? [] }
     }
 
     /// Guest addresses are this process's virtual addresses; page 0 is never mapped.
@@ -202,4 +202,9 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         let state = self.state
         return self.eventLoop.flatSubmit { body(state.value) }
     }
+}
+
+/// Frame numbers of scratch allocations, readable from any thread.
+private final class ScratchRegistry: Sendable {
+    let frames = Mutex<[UInt: [UInt64]]>([:])
 }

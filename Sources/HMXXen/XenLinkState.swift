@@ -163,7 +163,8 @@ final class XenLinkState {
         switch hypervisor.allocateFrames(pages: pages) {
         case .success(let allocated):
             frames = allocated
-        case .failure(let errno):
+        case .failure(let failure):
+            let errno = failure.errno
             return self.eventLoop.makeFailedFuture(
                 HMXError(
                     code: .resourceExhausted,
@@ -222,9 +223,9 @@ final class XenLinkState {
             self.scratch.append(frames)
             let scratch = HMXScratch(guestAddress: self.address(frames.mapping), pointer: frames.mapping, pages: pages)
             return self.eventLoop.makeSucceededFuture((scratch, frames.frames))
-        case .failure(let errno):
+        case .failure(let failure):
             return self.eventLoop.makeFailedFuture(
-                HMXError(code: .resourceExhausted, errno: errno, message: "cannot get \(pages) frame(s): \(errno.name)")
+                HMXError(code: .resourceExhausted, errno: failure.errno, message: "cannot get \(pages) frame(s): \(failure.errno.name)")
             )
         }
     }

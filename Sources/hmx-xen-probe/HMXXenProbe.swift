@@ -46,7 +46,7 @@ struct HMXXenProbe: AsyncParsableCommand {
         print(probe)
         guard probe.status == .usable else { throw ExitCode(2) }
         if self.probeOnly { return }
-        let link = try await XenLink.open(configuration: .init(localDomain: self.domid.map(DomainID.init)))
+        let link = try await XenLink.open(configuration: .init(localDomain: self.domid.map { DomainID(rawValue: $0) }))
         print("link: domid \(link.localDomain), guest \(link.guestType), frames via \(link.frameMethod)")
         let outcome: Swift.Result<Void, any Error>
         do {
