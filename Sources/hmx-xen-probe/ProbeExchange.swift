@@ -2,6 +2,7 @@
 import HMXCore
 import HMXXen
 import NIOCore
+import Synchronization
 
 /// The checks of hmx-xen-probe, on an open ``XenLink``.
 struct ProbeExchange {
@@ -29,6 +30,8 @@ struct ProbeExchange {
         let ring = try await self.link.registerRing(port: self.port, partner: me, length: self.ringLength, failIfExists: false).get()
         print("registered ring port \(hex(self.port)) partner \(me) length \(self.ringLength)")
         let inbox = Inbox(link: self.link, ring: ring)
+        // Armed before sending, so the message is found through VIRQ_ARGO.
+        let arrival = inbox.expect(within: self.timeout)
         let text = "hello from domain \(me) to itself"
         let sent = try await self.link.send(
             from: self.port &+ 1,
@@ -37,7 +40,7 @@ struct ProbeExchange {
             ByteBuffer(string: text)
         ).get()
         print("sendv -> \(sent) bytes")
-        let message = try await inbox.next(within: self.timeout)
+        let message = try await arrival.get()
         try self.check(message, from: me, expectedPayload: text, expectedSourcePort: self.port &+ 1)
         try await self.link.unregisterRing(ring).get()
         print("unregistered ring")
@@ -50,6 +53,7 @@ struct ProbeExchange {
         let ring = try await self.link.registerRing(port: self.port, partner: peer, length: self.ringLength, failIfExists: false).get()
         print("registered ring port \(hex(self.port)) partner \(peer) length \(self.ringLength)")
         let inbox = Inbox(link: self.link, ring: ring)
+        let arrival = inbox.expect(within: self.timeout)
         let text = "hello from domain \(me) to domain \(peer)"
         let deadline = NIODeadline.now() + self.timeout
         var tries = 0
@@ -72,8 +76,7 @@ struct ProbeExchange {
                 try await Task.sleep(nanoseconds: 100_000_000)
             }
         }
-        let remaining = deadline - NIODeadline.now()
-        let message = try await inbox.next(within: max(remaining, .seconds(1)))
+        let message = try await arrival.get()
         try self.check(message, from: peer, expectedPayload: "hello from domain \(peer) to domain \(me)", expectedSourcePort: self.port)
         try await self.link.unregisterRing(ring).get()
         print("unregistered ring")
@@ -102,31 +105,29 @@ final class Inbox: Sendable {
         self.ring = ring
     }
 
-    /// The next message, read as soon as an event says it arrived (or found by a
-    /// final check at the deadline, reported as a missing event).
-    func next(within timeout: TimeAmount) async throws -> ProbeExchange.Received {
+    /// The next message, read as soon as an event (VIRQ_ARGO) says it arrived, or
+    /// at once if one is already waiting; fails after `timeout`.
+    func expect(within timeout: TimeAmount) -> EventLoopFuture<ProbeExchange.Received> {
         let loop = self.link.eventLoop
         let promise = loop.makePromise(of: ProbeExchange.Received.self)
         let ring = self.ring
         let link = self.link
-        let done = NIOLoopBoundBox(false, eventLoop: loop)
+        let done = OnceFlag()
         @Sendable func drain(_ why: String) {
-            guard !done.value else { return }
+            guard !done.isSet else { return }
             do {
                 var got: ProbeExchange.Received?
                 try ring.receive(limit: 1) { message in
                     got = ProbeExchange.Received(source: message.source, type: message.header.messageType, payload: message.payloadBytes())
                 }
-                if let got {
-                    done.value = true
+                if let got, done.claim() {
                     print("woken by \(why)")
                     // Tell Xen we consumed: wakes senders waiting for space.
                     link.notify([]).whenComplete { _ in }
                     promise.succeed(got)
                 }
             } catch {
-                done.value = true
-                promise.fail(error)
+                if done.claim() { promise.fail(error) }
             }
         }
         loop.execute {
@@ -134,15 +135,24 @@ final class Inbox: Sendable {
             drain("a message already waiting")
         }
         let timer = loop.scheduleTask(in: timeout) {
-            guard !done.value else { return }
-            done.value = true
+            guard done.claim() else { return }
             promise.fail(ProbeExchange.Failure(description: "no message within \(timeout.nanoseconds / 1_000_000_000) s"))
         }
-        defer { timer.cancel() }
-        let message = try await promise.futureResult.get()
-        loop.execute { link.setEventHandler {} }
-        return message
+        return promise.futureResult.always { _ in
+            timer.cancel()
+            link.setEventHandler {}
+        }
     }
+}
+
+/// Completes something exactly once, whichever of several paths gets there first.
+final class OnceFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+
+    var isSet: Bool { self.flag.load(ordering: .acquiring) }
+
+    /// True for the first caller only.
+    func claim() -> Bool { !self.flag.exchange(true, ordering: .acquiringAndReleasing) }
 }
 
 func hex(_ value: UInt32) -> String { "0x" + String(value, radix: 16) }
