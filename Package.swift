@@ -16,6 +16,8 @@ let package = Package(
         .library(name: "HMXConfig", targets: ["HMXConfig"]),
         .executable(name: "hmx-emulator", targets: ["hmx-emulator"]),
         .executable(name: "hmx-cat", targets: ["hmx-cat"]),
+        .library(name: "HMXXen", targets: ["HMXXen"]),
+        .executable(name: "hmx-xen-probe", targets: ["hmx-xen-probe"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -89,6 +91,40 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The Xen backend. CXenArgo links Xen's stable user-space libraries (libxen-dev):
+        // libxencall (hypercalls, hypercall-safe buffers), libxenevtchn (VIRQ_ARGO),
+        // libxenforeignmemory (MMAPBATCH_V2 mapping of ring frames), libxenstore (domid).
+        .target(
+            name: "CXenArgo",
+            linkerSettings: [
+                .linkedLibrary("xencall"),
+                .linkedLibrary("xenevtchn"),
+                .linkedLibrary("xenforeignmemory"),
+                .linkedLibrary("xenstore"),
+                .linkedLibrary("xentoollog"),
+            ]
+        ),
+        .target(
+            name: "HMXXen",
+            dependencies: [
+                "HMXCore",
+                "CXenArgo",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "hmx-xen-probe",
+            dependencies: [
+                "HMXCore",
+                "HMXXen",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

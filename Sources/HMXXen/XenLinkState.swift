@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The loop-confined half of ``XenLink``: the privcmd handle, the staging buffer, the
+/// registered rings with their frames, and the event handler.
+final class XenLinkState {
+    struct RingKey: Hashable {
+        var port: HMXPort
+        var partner: DomainID
+    }
+
+    struct RingEntry {
+        var ring: HMXRing
+        var frames: XenFrames
+    }
+
+    let eventLoop: any EventLoop
+    var eventHandler: (@Sendable () -> Void)?
+    private(set) var isClosed = false
+    private var hypervisor: XenHypervisor?
+    private let staging: UnsafeMutableRawPointer
+    private let stagingSize: Int
+    private let stagingPages: Int
+    private var rings: [RingKey: RingEntry] = [:]
+    private var scratch: [XenFrames] = []
+    private var nextToken = 1
+
+    init(hypervisor: XenHypervisor, eventLoop: any EventLoop, staging: UnsafeMutableRawPointer, stagingPages: Int) {
+        self.hypervisor = hypervisor
+        self.eventLoop = eventLoop
+        self.staging = staging
+        self.stagingPages = stagingPages
+        self.stagingSize = stagingPages * ArgoABI.pageSize
+    }
+
+    deinit {
+        self.shutdown()
+    }
+
+    private var closedError: HMXError { HMXError(code: .linkClosed, message: "the Xen link is closed") }
+
+    // MARK: - Staging
+
+    /// Runs `body` with `size` bytes of zeroed hypercall-safe memory: the staging
+    /// buffer, or a temporary buffer for larger requests.
+    private func withHypercallMemory<T>(
+        _ hypervisor: XenHypervisor,
+        size: Int,
+        _ body: (UnsafeMutableRawPointer) -> T
+    ) -> Result<T, HMXError> {
+        if size <= self.stagingSize {
+            memset(self.staging, 0, size)
+            return .success(body(self.staging))
+        }
+        let pages = (size + ArgoABI.pageSize - 1) / ArgoABI.pageSize
+        guard let buffer = hypervisor.allocateBuffer(pages: pages) else {
+            return .failure(HMXError(code: .resourceExhausted, message: "cannot allocate \(pages) hypercall buffer pages"))
+        }
+        defer { hypervisor.freeBuffer(buffer, pages: pages) }
+        return .success(body(buffer))
+    }
+
+    private func address(_ pointer: UnsafeMutableRawPointer) -> UInt64 {
+        UInt64(UInt(bitPattern: pointer))
+    }
+
+    // MARK: - Operations
+
+    func raw(command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64) -> EventLoopFuture<Int64> {
+        guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
+        return self.eventLoop.makeSucceededFuture(hypervisor.argoOp(command, arg1, arg2, arg3, arg4))
+    }
+
+    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
+        guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
+        guard iovecs.count <= ArgoABI.maximumIOVs else {
+            return self.eventLoop.makeFailedFuture(HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
+        }
+        var size = ArgoSendAddr.size + iovecs.count * ArgoIOV.size
+        for buffer in iovecs { size += (buffer.readableBytes + 15) & ~15 }
+        let result = self.withHypercallMemory(hypervisor, size: size) { pointer -> Int64 in
+            let base = self.address(pointer)
+            // Source domain DOMID_ANY: Xen stamps our real id into the header.
+            ArgoSendAddr(
+                source: ArgoAddr(port: port, domain: DomainID.any.rawValue),
+                destination: ArgoAddr(destination)
+            ).store(to: pointer)
+            var offset = ArgoSendAddr.size + iovecs.count * ArgoIOV.size
+            for (index, buffer) in iovecs.enumerated() {
+                let count = buffer.readableBytes
+                buffer.withUnsafeReadableBytes { bytes in
+                    if count > 0 { (pointer + offset).copyMemory(from: bytes.baseAddress!, byteCount: count) }
+                }
+                ArgoIOV(address: base + UInt64(offset), length: UInt32(truncatingIfNeeded: count))
+                    .store(to: pointer + ArgoSendAddr.size + index * ArgoIOV.size)
+                offset += (count + 15) & ~15
+            }
+            return hypervisor.argoOp(
+                ArgoABI.Op.sendv, base, base + UInt64(ArgoSendAddr.size), UInt64(iovecs.count), UInt64(type)
+            )
+        }
+        switch result {
+        case .failure(let error):
+            return self.eventLoop.makeFailedFuture(error)
+        case .success(let rc) where rc < 0:
+            return self.eventLoop.makeFailedFuture(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc))))
+        case .success(let rc):
+            return self.eventLoop.makeSucceededFuture(Int(rc))
+        }
+    }
+
+    func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]> {
+        guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
+        if queries.isEmpty {
+            let rc = hypervisor.argoOp(ArgoABI.Op.notify, 0, 0, 0, 0)
+            return rc < 0
+                ? self.eventLoop.makeFailedFuture(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc))))
+                : self.eventLoop.makeSucceededFuture([])
+        }
+        let size = ArgoRingData.headerSize + queries.count * ArgoRingDataEntry.size
+        let result = self.withHypercallMemory(hypervisor, size: size) { pointer -> Result<[HMXNotifyResult], HMXError> in
+            storeLE(pointer, 0, UInt32(truncatingIfNeeded: queries.count))
+            storeLE(pointer, 4, UInt32(0))
+            for (index, query) in queries.enumerated() {
+                ArgoRingDataEntry(ring: ArgoAddr(query.ring), spaceRequired: query.spaceRequired)
+                    .store(to: pointer + ArgoRingData.headerSize + index * ArgoRingDataEntry.size)
+            }
+            let rc = hypervisor.argoOp(ArgoABI.Op.notify, self.address(pointer), 0, 0, 0)
+            if rc < 0 { return .failure(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc)))) }
+            return .success(
+                queries.enumerated().map { index, query in
+                    let entry = ArgoRingDataEntry(loadingFrom: pointer + ArgoRingData.headerSize + index * ArgoRingDataEntry.size)
+                    return HMXNotifyResult(
+                        ring: query.ring,
+                        flags: ArgoABI.RingFlags(rawValue: entry.flags),
+                        maxMessageSize: entry.maxMessageSize
+                    )
+                }
+            )
+        }
+        switch result {
+        case .failure(let error): return self.eventLoop.makeFailedFuture(error)
+        case .success(.failure(let error)): return self.eventLoop.makeFailedFuture(error)
+        case .success(.success(let results)): return self.eventLoop.makeSucceededFuture(results)
+        }
+    }
+
+    func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing> {
+        guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
+        guard length >= ArgoABI.minimumRingLength, length % ArgoABI.messageSlotSize == 0,
+            length <= ArgoABI.maximumUsableRingLength
+        else {
+            // Xen would refuse it too; no frames are spent on it.
+            return self.eventLoop.makeFailedFuture(HMXError.argo(.EINVAL, "ring length \(length) is not a multiple of 16 in 48...\(ArgoABI.maximumUsableRingLength)"))
+        }
+        let pages = Int(ArgoABI.pagesForRing(length: length))
+        let frames: XenFrames
+        switch hypervisor.allocateFrames(pages: pages) {
+        case .success(let allocated):
+            frames = allocated
+        case .failure(let failure):
+            let errno = failure.errno
+            return self.eventLoop.makeFailedFuture(
+                HMXError(
+                    code: .resourceExhausted,
+                    errno: errno,
+                    message: "cannot get \(pages) ring frame(s): \(errno.name); raise the domain's memory limit "
+                        + "(dom0_mem=X,max:Y with Y > X; for a domU: xl mem-max)"
+                )
+            )
+        }
+        let key = RingKey(port: port, partner: partner)
+        var rc = self.issueRegister(hypervisor, port: port, partner: partner, length: length, frames: frames.frames, failIfExists: failIfExists)
+        if rc == -Int64(ArgoErrno.EEXIST.rawValue), !failIfExists, self.rings[key] == nil {
+            // A ring with this id but another length exists, and it is not ours: it was
+            // left behind by a crashed earlier run. Replace it.
+            _ = self.issueUnregister(hypervisor, port: port, partner: partner)
+            rc = self.issueRegister(hypervisor, port: port, partner: partner, length: length, frames: frames.frames, failIfExists: false)
+        }
+        guard rc >= 0 else {
+            hypervisor.freeFrames(frames)
+            return self.eventLoop.makeFailedFuture(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc))))
+        }
+        if let old = self.rings[key] {
+            // Our own re-registration (same length): Xen now uses the new frames.
+            old.ring.markClosed()
+            hypervisor.freeFrames(old.frames)
+        }
+        let ring = HMXRing(port: port, partner: partner, length: length, memory: frames.mapping, backendToken: self.nextToken)
+        self.nextToken += 1
+        self.rings[key] = RingEntry(ring: ring, frames: frames)
+        return self.eventLoop.makeSucceededFuture(ring)
+    }
+
+    func unregisterRing(_ ring: HMXRing) -> EventLoopFuture<Void> {
+        guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
+        let key = RingKey(port: ring.port, partner: ring.partner)
+        let rc = self.issueUnregister(hypervisor, port: ring.port, partner: ring.partner)
+        if let entry = self.rings[key], entry.ring === ring,
+            rc >= 0 || rc == -Int64(ArgoErrno.ENOENT.rawValue)
+        {
+            // Xen no longer references the frames.
+            self.rings[key] = nil
+            ring.markClosed()
+            hypervisor.freeFrames(entry.frames)
+        }
+        guard rc >= 0 else {
+            return self.eventLoop.makeFailedFuture(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc))))
+        }
+        return self.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func allocateScratch(pages: Int) -> EventLoopFuture<(HMXScratch, [UInt64])> {
+        guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
+        guard pages > 0 else { return self.eventLoop.makeFailedFuture(HMXError.argo(.EINVAL, "zero pages")) }
+        switch hypervisor.allocateFrames(pages: pages) {
+        case .success(let frames):
+            self.scratch.append(frames)
+            let scratch = HMXScratch(guestAddress: self.address(frames.mapping), pointer: frames.mapping, pages: pages)
+            return self.eventLoop.makeSucceededFuture((scratch, frames.frames))
+        case .failure(let failure):
+            return self.eventLoop.makeFailedFuture(
+                HMXError(code: .resourceExhausted, errno: failure.errno, message: "cannot get \(pages) frame(s): \(failure.errno.name)")
+            )
+        }
+    }
+
+    private func issueRegister(
+        _ hypervisor: XenHypervisor,
+        port: HMXPort,
+        partner: DomainID,
+        length: UInt32,
+        frames: [UInt64],
+        failIfExists: Bool
+    ) -> Int64 {
+        let gfnOffset = (ArgoRegisterRing.size + 15) & ~15
+        let result = self.withHypercallMemory(hypervisor, size: gfnOffset + frames.count * 8) { pointer -> Int64 in
+            ArgoRegisterRing(port: port, partner: partner.rawValue, length: length).store(to: pointer)
+            for (index, frame) in frames.enumerated() { storeLE(pointer, gfnOffset + index * 8, frame) }
+            let base = self.address(pointer)
+            return hypervisor.argoOp(
+                ArgoABI.Op.registerRing, base, base + UInt64(gfnOffset), UInt64(frames.count),
+                failIfExists ? ArgoABI.registerFlagFailExist : 0
+            )
+        }
+        switch result {
+        case .success(let rc): return rc
+        case .failure: return -Int64(ArgoErrno.ENOMEM.rawValue)
+        }
+    }
+
+    private func issueUnregister(_ hypervisor: XenHypervisor, port: HMXPort, partner: DomainID) -> Int64 {
+        let result = self.withHypercallMemory(hypervisor, size: ArgoUnregisterRing.size) { pointer -> Int64 in
+            ArgoUnregisterRing(port: port, partner: partner.rawValue).store(to: pointer)
+            return hypervisor.argoOp(ArgoABI.Op.unregisterRing, self.address(pointer), 0, 0, 0)
+        }
+        switch result {
+        case .success(let rc): return rc
+        case .failure: return -Int64(ArgoErrno.ENOMEM.rawValue)
+        }
+    }
+
+    /// Unregisters every ring, returns all frames and buffers, closes privcmd.
+    func shutdown() {
+        guard let hypervisor = self.hypervisor else { return }
+        self.isClosed = true
+        for (key, entry) in self.rings {
+            let rc = self.issueUnregister(hypervisor, port: key.port, partner: key.partner)
+            entry.ring.markClosed()
+            // Frames Xen may still reference (unregister failed) are kept: they belong
+            // to no one else, so leaking them is safe; freeing them would not be.
+            if rc >= 0 || rc == -Int64(ArgoErrno.ENOENT.rawValue) { hypervisor.freeFrames(entry.frames) }
+        }
+        self.rings.removeAll()
+        for frames in self.scratch { hypervisor.freeFrames(frames) }
+        self.scratch.removeAll()
+        hypervisor.freeBuffer(self.staging, pages: self.stagingPages)
+        self.hypervisor = nil
+        self.eventHandler?()
+        self.eventHandler = nil
+    }
+}
+
+@available(*, unavailable)
+extension XenLinkState: Sendable {}
