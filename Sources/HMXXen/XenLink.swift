@@ -180,6 +180,16 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         }
     }
 
+    public func releaseScratch(_ scratch: HMXScratch) {
+        let scratchFrames = self.scratchFrames
+        let pointer = UInt(bitPattern: scratch.pointer)
+        _ = self.onLoop { state in
+            scratchFrames.frames.withLock { _ = $0.removeValue(forKey: pointer) }
+            state.releaseScratch(at: UnsafeMutableRawPointer(bitPattern: pointer)!)
+            return state.eventLoop.makeSucceededVoidFuture()
+        }
+    }
+
     public func frameNumbers(of scratch: HMXScratch) -> [UInt64] {
         self.scratchFrames.frames.withLock { $0[UInt(bitPattern: scratch.pointer)] ?? [] }
     }

@@ -265,6 +265,15 @@ final class XenLinkState {
         }
     }
 
+    /// Returns scratch frames. The caller guarantees they are no longer registered as a
+    /// ring (the conformance suite unregisters its rings first).
+    func releaseScratch(at pointer: UnsafeMutableRawPointer) {
+        guard let hypervisor = self.hypervisor,
+            let index = self.scratch.firstIndex(where: { $0.mapping == pointer })
+        else { return }
+        hypervisor.freeFrames(self.scratch.remove(at: index))
+    }
+
     /// Unregisters every ring, returns all frames and buffers, closes privcmd.
     func shutdown() {
         guard let hypervisor = self.hypervisor else { return }
