@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "HMXCore", targets: ["HMXCore"]),
         .library(name: "HMXEmulator", targets: ["HMXEmulator"]),
         .library(name: "HMXConfig", targets: ["HMXConfig"]),
+        .library(name: "HMXStream", targets: ["HMXStream"]),
         .executable(name: "hmx-emulator", targets: ["hmx-emulator"]),
         .executable(name: "hmx-cat", targets: ["hmx-cat"]),
         .executable(name: "hmx-gateway", targets: ["hmx-gateway"]),
@@ -176,6 +177,16 @@ let package = Package(
         .testTarget(
             name: "HMXCoreTests",
             dependencies: ["HMXCore", "CXenABI"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HMXStreamTests",
+            dependencies: ["HMXStream", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HMXGatewayConfigTests",
+            dependencies: ["HMXGateway", "HMXConfig", "HMXCore"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
