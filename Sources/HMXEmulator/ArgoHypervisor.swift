@@ -42,6 +42,10 @@ public final class ArgoHypervisor {
         /// False models a domain without Argo state (XSM `argo enable` denied).
         let argoEnabled: Bool
         var rings: [RingKey: Ring] = [:]
+        /// Xen's `ring_count`: incremented by every successful registration, including
+        /// in-place re-registrations, decremented by unregister and by partner-ring
+        /// teardown. It is what the 128-ring limit checks, not `rings.count`.
+        var ringCount = 0
 
         init(id: UInt16, name: String, memory: SharedMemory, argoEnabled: Bool) {
             self.id = id
@@ -100,12 +104,17 @@ public final class ArgoHypervisor {
         guard let domain = self.domains.removeValue(forKey: id.rawValue) else { return }
         domain.rings.removeAll()
         for other in self.domains.values {
+            let removed = other.rings.keys.filter { $0.partner == id.rawValue }.count
+            other.ringCount -= removed
             other.rings = other.rings.filter { $0.key.partner != id.rawValue }
             for ring in other.rings.values where ring.key.partner == ArgoABI.domidAny {
                 ring.pending.removeAll { $0.domain == id.rawValue }
             }
         }
     }
+
+    /// Xen's ring count of a domain: what the 128-ring limit is checked against.
+    public func ringLimitCount(of id: DomainID) -> Int { self.domains[id.rawValue]?.ringCount ?? 0 }
 
     /// Number of rings a domain holds (for tests and diagnostics).
     public func ringCount(of id: DomainID) -> Int { self.domains[id.rawValue]?.rings.count ?? 0 }
@@ -178,7 +187,7 @@ public final class ArgoHypervisor {
             if !partner.argoEnabled { return errno(.ECONNREFUSED) }
         }
         if !domain.argoEnabled { return errno(.ENODEV) }
-        if domain.rings.count >= ArgoABI.maximumRingsPerDomain { return errno(.ENOSPC) }
+        if domain.ringCount >= ArgoABI.maximumRingsPerDomain { return errno(.ENOSPC) }
         let existing = domain.rings[key]
         if let existing {
             if UInt64(flags) & ArgoABI.registerFlagFailExist != 0 { return errno(.EEXIST) }
@@ -199,7 +208,8 @@ public final class ArgoHypervisor {
             pages.append(page)
         }
         if let failure {
-            // Xen drops the ring (new or existing) when its frames are bad.
+            // Xen drops the ring (new or existing) when its frames are bad, without
+            // giving back the existing ring's count.
             if existing != nil { domain.rings[key] = nil }
             return errno(failure)
         }
@@ -209,6 +219,8 @@ public final class ArgoHypervisor {
         } else {
             domain.rings[key] = Ring(key: key, writer: writer)
         }
+        // As in Xen, a successful re-registration counts again.
+        domain.ringCount += 1
         return 0
     }
 
@@ -223,6 +235,7 @@ public final class ArgoHypervisor {
         if !domain.argoEnabled { return errno(.ENODEV) }
         let key = RingKey(port: unreg.port, partner: unreg.partner)
         guard domain.rings.removeValue(forKey: key) != nil else { return errno(.ENOENT) }
+        domain.ringCount -= 1
         return 0
     }
 

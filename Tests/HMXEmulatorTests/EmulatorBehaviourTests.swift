@@ -265,3 +265,31 @@ final class RawClient {
         }
     }
 }
+
+@Suite("Xen's ring accounting")
+struct RingAccountingTests {
+    @Test("re-registration counts toward the 128-ring limit, as in Xen")
+    func reRegistrationCounts() async throws {
+        try await withEmulator(domains: [1]) { emulator in
+            let link = try await emulator.attach(1)
+            let first = try await link.registerRing(port: 1, partner: DomainID(1), length: 4032, failIfExists: false).get()
+            _ = first
+            // Same ring again, in place: Xen counts it a second time.
+            _ = try await link.registerRing(port: 1, partner: DomainID(1), length: 4032, failIfExists: false).get()
+            #expect(try await emulator.server.withHypervisor { $0.ringCount(of: DomainID(1)) } == 1)
+            #expect(try await emulator.server.withHypervisor { $0.ringLimitCount(of: DomainID(1)) } == 2)
+            var registered = 0
+            while registered < 200 {
+                do {
+                    _ = try await link.registerRing(port: UInt32(100 + registered), partner: DomainID(1), length: 48, failIfExists: true).get()
+                    registered += 1
+                } catch let error as HMXError {
+                    #expect(error.errno == .ENOSPC)
+                    break
+                }
+            }
+            // 128 counted: the one ring twice, then 126 more.
+            #expect(registered == 126)
+        }
+    }
+}
