@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "hmx-cat", targets: ["hmx-cat"]),
         .library(name: "HMXXen", targets: ["HMXXen"]),
         .executable(name: "hmx-xen-probe", targets: ["hmx-xen-probe"]),
+        .library(name: "HMXProxyProtocol", targets: ["HMXProxyProtocol"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -94,6 +95,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // PROXY protocol v2 headers with the HMX TLVs, for exports that hand the source
+        // domain to their target.
+        .target(
+            name: "HMXProxyProtocol",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
         // The Xen backend. CXenArgo links Xen's stable user-space libraries (libxen-dev):
         // libxencall (hypercalls, hypercall-safe buffers), libxenevtchn (VIRQ_ARGO),
         // libxenforeignmemory (MMAPBATCH_V2 mapping of ring frames), libxenstore (domid).
@@ -136,14 +144,29 @@ let package = Package(
             dependencies: ["HMXCore", "CXenABI"],
             swiftSettings: swiftSettings
         ),
+        // Child processes, temporary folders and polling for the real-process tests.
+        .target(name: "HMXProcessTestSupport", path: "Tests/HMXProcessTestSupport", swiftSettings: swiftSettings),
         .testTarget(
             name: "HMXEmulatorTests",
             dependencies: [
-                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "hmx-emulator", "hmx-cat",
+                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "HMXProcessTestSupport", "hmx-emulator", "hmx-cat",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HMXProxyProtocolTests",
+            dependencies: ["HMXProxyProtocol", "HMXProcessTestSupport", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        // End to end: hmx-emulator, two hmx-gateway processes and real programs from Debian
+        // (redis, iperf3, socat, python3), each domain in its own network namespace when root.
+        .testTarget(
+            name: "HMXGatewayTests",
+            dependencies: ["HMXProcessTestSupport", "hmx-emulator"],
+            exclude: ["Tools"],
             swiftSettings: swiftSettings
         ),
     ]

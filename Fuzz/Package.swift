@@ -7,9 +7,19 @@ import PackageDescription
 let package = Package(
     name: "hmx-fuzz",
     platforms: [.macOS(.v15)],
-    dependencies: [.package(name: "hmx-gateway", path: "..")],
+    dependencies: [
+        .package(name: "hmx-gateway", path: ".."),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    ],
     targets: [
         .executableTarget(name: "FuzzRingReader", dependencies: [.product(name: "HMXCore", package: "hmx-gateway")]),
         .executableTarget(name: "FuzzLinkWire", dependencies: [.product(name: "HMXCore", package: "hmx-gateway")]),
+        .executableTarget(
+            name: "FuzzProxyProtocol",
+            dependencies: [
+                .product(name: "HMXProxyProtocol", package: "hmx-gateway"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
     ]
 )
