@@ -14,8 +14,10 @@ let package = Package(
         .library(name: "HMXCore", targets: ["HMXCore"]),
         .library(name: "HMXEmulator", targets: ["HMXEmulator"]),
         .library(name: "HMXConfig", targets: ["HMXConfig"]),
+        .library(name: "HMXStream", targets: ["HMXStream"]),
         .executable(name: "hmx-emulator", targets: ["hmx-emulator"]),
         .executable(name: "hmx-cat", targets: ["hmx-cat"]),
+        .executable(name: "hmx-gateway", targets: ["hmx-gateway"]),
         .library(name: "HMXXen", targets: ["HMXXen"]),
         .executable(name: "hmx-xen-probe", targets: ["hmx-xen-probe"]),
         .library(name: "HMXProxyProtocol", targets: ["HMXProxyProtocol"]),
@@ -25,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
@@ -64,6 +68,32 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "HMXStream",
+            dependencies: ["HMXCore", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "HMXProxyProtocol",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "HMXGateway",
+            dependencies: [
+                "HMXCore", "HMXStream", "HMXConfig", "HMXEmulator", "HMXProxyProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "HMXConformance",
             dependencies: ["HMXCore", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
@@ -83,6 +113,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .executableTarget(
+            name: "hmx-gateway",
+            dependencies: [
+                "HMXCore", "HMXConfig", "HMXGateway", "HMXCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
             name: "hmx-cat",
             dependencies: [
                 "HMXCore",
@@ -93,13 +136,6 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: swiftSettings
-        ),
-        // PROXY protocol v2 headers with the HMX TLVs, for exports that hand the source
-        // domain to their target.
-        .target(
-            name: "HMXProxyProtocol",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         // The Xen backend. CXenArgo links Xen's stable user-space libraries (libxen-dev):
@@ -147,6 +183,16 @@ let package = Package(
         // Child processes, temporary folders and polling for the real-process tests.
         .target(name: "HMXProcessTestSupport", path: "Tests/HMXProcessTestSupport", swiftSettings: swiftSettings),
         .testTarget(
+            name: "HMXStreamTests",
+            dependencies: ["HMXStream", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HMXGatewayConfigTests",
+            dependencies: ["HMXGateway", "HMXConfig", "HMXCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "HMXEmulatorTests",
             dependencies: [
                 "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "HMXProcessTestSupport", "hmx-emulator", "hmx-cat",
@@ -165,7 +211,7 @@ let package = Package(
         // (redis, iperf3, socat, python3), each domain in its own network namespace when root.
         .testTarget(
             name: "HMXGatewayTests",
-            dependencies: ["HMXProcessTestSupport", "hmx-emulator"],
+            dependencies: ["HMXProcessTestSupport", "hmx-emulator", "hmx-gateway"],
             exclude: ["Tools"],
             swiftSettings: swiftSettings
         ),

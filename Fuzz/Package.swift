@@ -15,6 +15,13 @@ let package = Package(
         .executableTarget(name: "FuzzRingReader", dependencies: [.product(name: "HMXCore", package: "hmx-gateway")]),
         .executableTarget(name: "FuzzLinkWire", dependencies: [.product(name: "HMXCore", package: "hmx-gateway")]),
         .executableTarget(
+            name: "FuzzStreamFrame",
+            dependencies: [
+                .product(name: "HMXStream", package: "hmx-gateway"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
             name: "FuzzProxyProtocol",
             dependencies: [
                 .product(name: "HMXProxyProtocol", package: "hmx-gateway"),

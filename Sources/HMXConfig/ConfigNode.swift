@@ -132,6 +132,12 @@ public final class ConfigMapping {
         self.entries = entries
     }
 
+    /// Every entry in file order (all count as read): for mappings whose keys are data.
+    public func all() -> [(String, ConfigNode)] {
+        for entry in self.entries { self.used.insert(entry.0) }
+        return self.entries.map { ($0.0, $0.1) }
+    }
+
     /// True if the key is present.
     public func has(_ name: String) -> Bool { self.entries.contains { $0.0 == name } }
 

@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXStream
+import NIOCore
+
+/// Fuzzes the HMX stream frame parser with arbitrary message bodies (what a hostile
+/// peer gateway can put in an Argo message): it must never crash or over-read, and
+/// every frame it accepts must re-encode to exactly the bytes it came from.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzStreamFrame(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    var buffer = ByteBuffer(bytes: UnsafeRawBufferPointer(start: data, count: size))
+    var frames = 0
+    while frames < 65536 {
+        let start = buffer.readerIndex
+        let frame: StreamFrame?
+        do {
+            frame = try StreamFrame.parse(&buffer)
+        } catch {
+            break
+        }
+        guard let frame else { break }
+        let consumed = buffer.readerIndex - start
+        precondition(consumed == frame.encodedLength)
+        var encoded = ByteBuffer()
+        frame.encode(into: &encoded)
+        precondition(encoded.readableBytes == consumed)
+        // The flag byte is turned around by parsing; compare the rest.
+        let original = buffer.getBytes(at: start, length: consumed)!
+        let again = Array(encoded.readableBytesView)
+        precondition(original[0] == again[0] && original[2...] == again[2...])
+        frames += 1
+    }
+    return 0
+}
+
+@_silgen_name("LLVMFuzzerRunDriver")
+func runFuzzerDriver(
+    _ argc: UnsafeMutablePointer<Int32>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32
+) -> Int32
+
+@_cdecl("FuzzStreamFrame_main")
+func fuzzerMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    var count = argc
+    var arguments = argv
+    return runFuzzerDriver(&count, &arguments, fuzzStreamFrame)
+}

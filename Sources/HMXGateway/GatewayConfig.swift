@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXConfig
+import HMXCore
+
+/// hmx-gateway's configuration file (see docs/CONFIG.md).
+public struct GatewayConfig: Sendable, Equatable {
+    public struct Link: Sendable, Equatable {
+        /// The emulator socket of this gateway's domain.
+        public var emulatorSocket: String
+        /// The Argo port of the gateway protocol (same on every gateway).
+        public var port: HMXPort
+        /// Bytes of each per-peer receive ring.
+        public var ringSize: UInt32
+    }
+
+    /// Who may use an export.
+    public enum Allow: Sendable, Equatable {
+        case any
+        case domains(Set<DomainID>)
+
+        public func permits(_ domain: DomainID) -> Bool {
+            switch self {
+            case .any: true
+            case .domains(let set): set.contains(domain)
+            }
+        }
+    }
+
+    public enum ProxyProtocol: String, Sendable, Equatable {
+        case none
+        case v2
+    }
+
+    public struct Export: Sendable, Equatable {
+        public var name: String
+        public var port: HMXPort
+        public var target: Endpoint
+        public var allow: Allow
+        public var maxConnections: Int
+        public var connectTimeoutMilliseconds: Int64
+        public var proxyProtocol: ProxyProtocol
+    }
+
+    public struct Import: Sendable, Equatable {
+        public var name: String
+        public var listen: Endpoint
+        public var peer: DomainID
+        public var port: HMXPort
+        public var maxConnections: Int
+        public var idleTimeoutMilliseconds: Int64
+    }
+
+    public var file: String
+    public var link: Link
+    public var peers: [String: DomainID]
+    public var exports: [Export]
+    public var imports: [Import]
+    /// Bytes each side may send before the receiver grants more (per connection).
+    public var window: Int
+    public var metricsListen: Endpoint?
+    /// How long SIGTERM waits for connections to finish.
+    public var drainTimeoutMilliseconds: Int64
+
+    public static let defaultPort: HMXPort = 4747
+    public static let defaultRingSize: UInt32 = ArgoABI.ringLength(fillingPages: 64)
+    public static let defaultWindow = 256 * 1024
+
+    /// Domains this gateway talks to: import targets and the named domains of
+    /// allow-lists. One partner ring is registered for each.
+    public var partnerDomains: Set<DomainID> {
+        var domains = Set(self.imports.map(\.peer))
+        for export in self.exports {
+            if case .domains(let set) = export.allow { domains.formUnion(set) }
+        }
+        return domains
+    }
+
+    /// True if some export accepts any domain (then a wildcard ring is wanted).
+    public var wantsWildcardRing: Bool { self.exports.contains { $0.allow == .any } }
+
+    public func name(of domain: DomainID) -> String {
+        self.peers.first { $0.value == domain }.map { "\($0.key)(\(domain))" } ?? "\(domain)"
+    }
+
+    // MARK: - Loading
+
+    public static func load(path: String) throws(ConfigError) -> GatewayConfig {
+        try self.decode(ConfigNode.load(path: path))
+    }
+
+    public static func parse(_ text: String, file: String) throws(ConfigError) -> GatewayConfig {
+        try self.decode(ConfigNode.parse(text, file: file))
+    }
+
+    static func decode(_ root: ConfigNode) throws(ConfigError) -> GatewayConfig {
+        let top = try root.mapping()
+        let linkNode = try top.required("link")
+        let link = try linkNode.mapping()
+        let emulator = try link.required("emulator").string()
+        let port = try link.optional("port")?.integer(UInt32.self, in: 0...UInt32.max) ?? Self.defaultPort
+        let ringNode = link.optional("ring_size")
+        let ringSize = try ringNode?.integer(UInt32.self, in: 4032...ArgoABI.maximumUsableRingLength) ?? Self.defaultRingSize
+        if let ringNode, ringSize % 16 != 0 { throw ringNode.error("must be a multiple of 16") }
+        try link.finish(known: ["emulator", "port", "ring_size"])
+
+        var peers: [String: DomainID] = [:]
+        if let peersNode = top.optional("peers") {
+            let mapping = try peersNode.mapping()
+            for (name, node) in mapping.all() {
+                guard Self.isValidName(name) else { throw node.error("peer names are letters, digits, '-', '_' or '.'") }
+                let id = DomainID(try node.integer(UInt16.self, in: 0...0x7FEF))
+                if let other = peers.first(where: { $0.value == id }) {
+                    throw node.error("domain \(id) is already named '\(other.key)'")
+                }
+                peers[name] = id
+            }
+        }
+        func domain(_ node: ConfigNode) throws(ConfigError) -> DomainID {
+            let text = try node.string()
+            if let id = peers[text] { return id }
+            if let value = UInt16(text), value <= 0x7FEF { return DomainID(value) }
+            throw node.error("unknown peer '\(text)' (name it under peers, or give a domain id)")
+        }
+
+        var exports: [Export] = []
+        for node in try (top.optional("exports")?.sequence() ?? []) {
+            let entry = try node.mapping()
+            let nameNode = try entry.required("name")
+            let name = try nameNode.string()
+            let portNode = try entry.required("port")
+            let servicePort = try portNode.integer(UInt32.self, in: 0...UInt32.max)
+            let target = try Self.endpoint(try entry.required("target"))
+            let allowNode = try entry.required("allow")
+            var allowed: Set<DomainID> = []
+            var any = false
+            for item in try allowNode.sequence() {
+                if try item.string() == "any" { any = true } else { allowed.insert(try domain(item)) }
+            }
+            if !any && allowed.isEmpty { throw allowNode.error("allow needs at least one peer, or [any]") }
+            let maxConnections = try entry.optional("max_connections")?.integer(Int.self, in: 1...1_000_000) ?? 1024
+            let timeout = try entry.optional("connect_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 5000
+            let proxyNode = entry.optional("proxy_protocol")
+            let proxy: ProxyProtocol
+            if let proxyNode {
+                guard let value = ProxyProtocol(rawValue: try proxyNode.string()) else { throw proxyNode.error("expected v2 or none") }
+                proxy = value
+            } else {
+                proxy = .none
+            }
+            try entry.finish(known: ["name", "port", "target", "allow", "max_connections", "connect_timeout", "proxy_protocol"])
+            if exports.contains(where: { $0.port == servicePort }) { throw portNode.error("port \(servicePort) is exported twice") }
+            if exports.contains(where: { $0.name == name }) { throw nameNode.error("export name '\(name)' is used twice") }
+            exports.append(
+                Export(
+                    name: name,
+                    port: servicePort,
+                    target: target,
+                    allow: any ? .any : .domains(allowed),
+                    maxConnections: maxConnections,
+                    connectTimeoutMilliseconds: timeout,
+                    proxyProtocol: proxy
+                )
+            )
+        }
+
+        var imports: [Import] = []
+        for node in try (top.optional("imports")?.sequence() ?? []) {
+            let entry = try node.mapping()
+            let nameNode = try entry.required("name")
+            let name = try nameNode.string()
+            let listenNode = try entry.required("listen")
+            let listen = try Self.endpoint(listenNode)
+            let peer = try domain(try entry.required("peer"))
+            let servicePort = try entry.required("port").integer(UInt32.self, in: 0...UInt32.max)
+            let maxConnections = try entry.optional("max_connections")?.integer(Int.self, in: 1...1_000_000) ?? 1024
+            let idle = try entry.optional("idle_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 0
+            try entry.finish(known: ["name", "listen", "peer", "port", "max_connections", "idle_timeout"])
+            if imports.contains(where: { $0.listen == listen }) { throw listenNode.error("\(listen) is listened on twice") }
+            if imports.contains(where: { $0.name == name }) { throw nameNode.error("import name '\(name)' is used twice") }
+            imports.append(
+                Import(name: name, listen: listen, peer: peer, port: servicePort, maxConnections: maxConnections, idleTimeoutMilliseconds: idle)
+            )
+        }
+
+        var window = Self.defaultWindow
+        var drain: Int64 = 10_000
+        if let limitsNode = top.optional("limits") {
+            let limits = try limitsNode.mapping()
+            window = try limits.optional("window")?.integer(Int.self, in: 4096...(64 << 20)) ?? window
+            drain = try limits.optional("drain_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? drain
+            try limits.finish(known: ["window", "drain_timeout"])
+        }
+        var metrics: Endpoint?
+        if let metricsNode = top.optional("metrics") {
+            let mapping = try metricsNode.mapping()
+            metrics = try Self.endpoint(try mapping.required("listen"))
+            try mapping.finish(known: ["listen"])
+        }
+        try top.finish(known: ["link", "peers", "exports", "imports", "limits", "metrics"])
+        return GatewayConfig(
+            file: root.file,
+            link: Link(emulatorSocket: emulator, port: port, ringSize: ringSize),
+            peers: peers,
+            exports: exports,
+            imports: imports,
+            window: window,
+            metricsListen: metrics,
+            drainTimeoutMilliseconds: drain
+        )
+    }
+
+    static func endpoint(_ node: ConfigNode) throws(ConfigError) -> Endpoint {
+        switch Endpoint.parse(try node.string()) {
+        case .success(let endpoint): return endpoint
+        case .failure(let malformed): throw node.error(malformed.reason)
+        }
+    }
+
+    /// `250ms`, `5s`, `2m`, `1h`, or a plain number of seconds.
+    static func duration(_ node: ConfigNode) throws(ConfigError) -> Int64 {
+        let text = try node.string()
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            if let value = Int64(text.dropLast(suffix.count)), value >= 0, value < Int64.max / scale { return value * scale }
+        }
+        if let seconds = Int64(text), seconds >= 0, seconds < Int64.max / 1000 { return seconds * 1000 }
+        throw node.error("expected a duration like 500ms, 5s, 2m or 1h; found '\(text)'")
+    }
+
+    static func isValidName(_ name: String) -> Bool {
+        (1...64).contains(name.utf8.count)
+            && name.utf8.allSatisfy { byte in
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-")
+                    || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
+            }
+    }
+}

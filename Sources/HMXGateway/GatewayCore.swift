@@ -1,0 +1,569 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import HMXStream
+import CoreMetrics
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The gateway's data plane, confined to one event loop: the HMX link and its rings,
+/// one ``PeerLink`` per peer domain, the connections, and the import listeners.
+///
+/// ```
+///  local app ⇄ socket ⇄ StreamGlueHandler ⇄ StreamConnection ⇄ PeerLink ⇄ HMX link
+///                                                  ▲                           │
+///                                                  └── frames from the rings ◀─┘
+/// ```
+///
+/// Ring topology: one partner-specific ring per peer domain named in the
+/// configuration (all connections with that peer share it), plus a wildcard ring
+/// only if an export allows `any`. Every ring is drained completely on each event
+/// into per-connection socket writes bounded by the flow-control window, so one slow
+/// application never blocks the ring for the others.
+final class GatewayCore {
+    struct ConnectionID: Hashable {
+        var peer: DomainID
+        var key: StreamFrame.ConnectionKey
+    }
+
+    private(set) var config: GatewayConfig
+    let link: any HMXLink
+    let eventLoop: any EventLoop
+    let logger: Logger
+    let metrics: GatewayMetrics
+    /// Identifies this run of the gateway: a peer that sees it change knows we restarted.
+    let instance = UInt64.random(in: 1...UInt64.max)
+    private var peers: [DomainID: PeerLink] = [:]
+    private var partnerRings: [DomainID: HMXRing] = [:]
+    private var wildcardRing: HMXRing?
+    private var connections: [ConnectionID: StreamConnection] = [:]
+    private var countsByMapping: [String: Int] = [:]
+    private var nextLocalID: [DomainID: UInt32] = [:]
+    private var listeners: [String: (importConfig: GatewayConfig.Import, channel: any Channel)] = [:]
+    private var needsFlush: [StreamConnection] = []
+    private var timers: [RepeatedTask] = []
+    private(set) var isShuttingDown = false
+    private var nextNonce: UInt64 = 1
+
+    /// How often peers with connections are pinged, and when silence means death.
+    static let keepaliveInterval = TimeAmount.seconds(1)
+    static let peerTimeout = TimeAmount.seconds(4)
+
+    init(config: GatewayConfig, link: any HMXLink, logger: Logger) {
+        self.config = config
+        self.link = link
+        self.eventLoop = link.eventLoop
+        self.logger = logger
+        self.metrics = GatewayMetrics()
+    }
+
+    var activeConnectionCount: Int { self.connections.count }
+
+    // MARK: - Start and stop
+
+    /// Registers rings, binds the import listeners and starts the timers.
+    func start() -> EventLoopFuture<Void> {
+        self.link.setEventHandler { [loop = self.eventLoop, bound = NIOLoopBound(self, eventLoop: self.eventLoop)] in
+            loop.assertInEventLoop()
+            bound.value.onEvent()
+        }
+        for domain in self.config.partnerDomains { self.registerRing(for: domain) }
+        if self.config.wantsWildcardRing { self.registerWildcardRing() }
+        let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+        self.timers.append(
+            self.eventLoop.scheduleRepeatedTask(initialDelay: Self.keepaliveInterval, delay: Self.keepaliveInterval) { _ in
+                bound.value.tick()
+            }
+        )
+        let binds = self.config.imports.map { self.bind($0) }
+        return EventLoopFuture.andAllSucceed(binds, on: self.eventLoop)
+    }
+
+    private func registerRing(for domain: DomainID) {
+        let peer = self.peer(domain)
+        self.link.registerRing(port: self.config.link.port, partner: domain, length: self.config.link.ringSize, failIfExists: false)
+            .assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let ring):
+                    self.partnerRings[domain] = ring
+                    peer.hasRing = true
+                    self.logger.info("ring registered for peer", metadata: ["peer": "\(self.config.name(of: domain))"])
+                    self.refreshPeerSize(peer)
+                    self.onEvent()
+                case .failure(let error as HMXError) where error.errno == .ESRCH:
+                    // The peer domain is not running yet; the tick retries.
+                    peer.hasRing = false
+                case .failure(let error):
+                    peer.hasRing = false
+                    self.logger.error(
+                        "cannot register the ring for a peer",
+                        metadata: ["peer": "\(self.config.name(of: domain))", "error": "\(error)"]
+                    )
+                }
+            }
+    }
+
+    private func registerWildcardRing() {
+        self.link.registerRing(port: self.config.link.port, partner: .any, length: self.config.link.ringSize, failIfExists: false)
+            .assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let ring):
+                    self.wildcardRing = ring
+                case .failure(let error as HMXError) where error.errno == .EPERM:
+                    self.logger.error(
+                        "an export allows any domain, but the hypervisor refuses wildcard rings (Xen needs mac-permissive=1); only named peers can connect"
+                    )
+                case .failure(let error):
+                    self.logger.error("cannot register the wildcard ring", metadata: ["error": "\(error)"])
+                }
+            }
+    }
+
+    /// Learns how large a message the peer's ring takes.
+    private func refreshPeerSize(_ peer: PeerLink) {
+        self.link.notify([HMXNotifyQuery(ring: peer.destination, spaceRequired: 0)]).assumeIsolated().whenSuccess { results in
+            if let result = results.first, result.flags.contains(.exists), result.maxMessageSize >= 64 {
+                peer.maximumMessageSize = Int(min(result.maxMessageSize, 1 << 20))
+            }
+        }
+    }
+
+    private func bind(_ importConfig: GatewayConfig.Import) -> EventLoopFuture<Void> {
+        let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+        let bootstrap = ServerBootstrap(group: self.eventLoop)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.maxMessagesPerRead, value: 1)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 65536))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = StreamGlueHandler(connection: nil) { channel in
+                        bound.value.accepted(channel, for: importConfig)
+                    }
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        let future: EventLoopFuture<any Channel>
+        switch importConfig.listen {
+        case .tcp(let host, let port): future = bootstrap.bind(host: host, port: port)
+        case .unix(let path): future = bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
+        case .vsock(let cid, let port): future = bootstrap.bind(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        }
+        return future.assumeIsolated().map { channel in
+            self.listeners[importConfig.name] = (importConfig, channel)
+            self.logger.info(
+                "import listening",
+                metadata: [
+                    "mapping": "\(importConfig.name)", "listen": "\(importConfig.listen)",
+                    "peer": "\(self.config.name(of: importConfig.peer))", "port": "\(importConfig.port)",
+                ]
+            )
+        }.nonisolated()
+    }
+
+    /// Graceful shutdown: stop listening, refuse new connections, wait for open ones
+    /// up to the drain timeout, then reset the rest and unregister the rings.
+    func shutdown() -> EventLoopFuture<Void> {
+        self.isShuttingDown = true
+        for (_, listener) in self.listeners { listener.channel.close(promise: nil) }
+        self.listeners.removeAll()
+        let promise = self.eventLoop.makePromise(of: Void.self)
+        if !self.connections.isEmpty {
+            self.logger.info("draining", metadata: ["connections": "\(self.connections.count)"])
+        }
+        self.waitForDrain(until: .now() + .milliseconds(self.config.drainTimeoutMilliseconds), promise: promise)
+        return promise.futureResult
+    }
+
+    private func waitForDrain(until deadline: NIODeadline, promise: EventLoopPromise<Void>) {
+        if self.connections.isEmpty || NIODeadline.now() >= deadline {
+            self.finalStop()
+            promise.succeed(())
+            return
+        }
+        let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+        self.eventLoop.scheduleTask(in: .milliseconds(50)) { bound.value.waitForDrain(until: deadline, promise: promise) }
+    }
+
+    private func finalStop() {
+        for connection in Array(self.connections.values) {
+            connection.terminate(.shuttingDown, resetReason: .shuttingDown)
+        }
+        for timer in self.timers { timer.cancel() }
+        self.timers.removeAll()
+        for ring in self.partnerRings.values { _ = self.link.unregisterRing(ring) }
+        if let ring = self.wildcardRing { _ = self.link.unregisterRing(ring) }
+        self.partnerRings.removeAll()
+        self.wildcardRing = nil
+    }
+
+    // MARK: - Reload
+
+    /// Applies a new configuration: exports at once (open connections keep going),
+    /// import listeners added/removed/changed, rings for new peers.
+    func reload(_ newConfig: GatewayConfig) -> EventLoopFuture<Void> {
+        guard newConfig.link == self.config.link else {
+            self.logger.error("reload: the link settings (emulator, port, ring_size) need a restart; keeping the running configuration")
+            return self.eventLoop.makeSucceededVoidFuture()
+        }
+        let old = self.config
+        self.config = newConfig
+        for (name, listener) in self.listeners where !newConfig.imports.contains(listener.importConfig) {
+            listener.channel.close(promise: nil)
+            self.listeners[name] = nil
+            self.logger.info("import removed", metadata: ["mapping": "\(name)"])
+        }
+        let added = newConfig.imports.filter { importConfig in !self.listeners.values.contains { $0.importConfig == importConfig } }
+        for domain in newConfig.partnerDomains.subtracting(old.partnerDomains) { self.registerRing(for: domain) }
+        if newConfig.wantsWildcardRing, self.wildcardRing == nil { self.registerWildcardRing() }
+        self.logger.info(
+            "configuration reloaded",
+            metadata: ["exports": "\(newConfig.exports.map(\.name))", "imports": "\(newConfig.imports.map(\.name))"]
+        )
+        // A changed listener is closed above and bound again here; give the old
+        // socket a moment to go away.
+        let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+        let binds = added.map { importConfig in
+            self.eventLoop.flatScheduleTask(in: .milliseconds(20)) { bound.value.bind(importConfig) }.futureResult
+        }
+        return EventLoopFuture.andAllSucceed(binds, on: self.eventLoop)
+    }
+
+    // MARK: - Peers
+
+    private func peer(_ domain: DomainID) -> PeerLink {
+        if let peer = self.peers[domain] { return peer }
+        let peer = PeerLink(domain: domain, link: self.link, gatewayPort: self.config.link.port, core: self)
+        self.peers[domain] = peer
+        return peer
+    }
+
+    /// Sending to a peer failed for good: every connection with it ends.
+    func peerFailed(_ domain: DomainID, error: any Error) {
+        let errno = (error as? HMXError)?.errno
+        let outcome: GatewayMetrics.Outcome
+        switch errno {
+        case .ESRCH?: outcome = .peerNotRunning
+        case .ECONNREFUSED?: outcome = .noRing
+        case .EACCES?, .EPERM?: outcome = .deniedByHypervisor
+        default: outcome = .peerLost
+        }
+        let affected = self.connections.values.filter { $0.peer.domain == domain }
+        self.logger.warning(
+            "cannot send to peer; ending its connections",
+            metadata: [
+                "peer": "\(self.config.name(of: domain))", "error": "\(error)", "reason": "\(outcome.rawValue)",
+                "connections": "\(affected.count)",
+            ]
+        )
+        for connection in affected {
+            // Connections still opening never reached the peer: they count as refused.
+            connection.terminate(outcome, resetReason: nil)
+        }
+        if let peer = self.peers[domain] {
+            peer.discardQueue()
+            peer.remoteInstance = nil
+            if errno == .ESRCH {
+                // The peer domain is gone, and with it our partner ring for it.
+                peer.hasRing = false
+                self.partnerRings[domain] = nil
+            }
+        }
+    }
+
+    /// Periodic work: keepalive pings, dead-peer detection, ring re-registration,
+    /// idle timeouts.
+    private func tick() {
+        let now = NIODeadline.now()
+        for (domain, peer) in self.peers {
+            if !peer.hasRing, self.config.partnerDomains.contains(domain) { self.registerRing(for: domain) }
+            let hasConnections = self.connections.values.contains { $0.peer === peer }
+            guard hasConnections else {
+                peer.lastHeard = now
+                continue
+            }
+            if now - peer.lastHeard > Self.peerTimeout {
+                self.peerFailed(domain, error: HMXError(code: .linkClosed, message: "no answer to keepalive pings"))
+                continue
+            }
+            self.nextNonce &+= 1
+            peer.enqueue(.ping(instance: self.instance, nonce: self.nextNonce))
+        }
+        for connection in self.connections.values {
+            if let idle = connection.idleTimeout, now - connection.lastActivity > idle {
+                connection.logger.info("idle timeout")
+                connection.terminate(.idleTimeout, resetReason: .idleTimeout)
+            }
+        }
+    }
+
+    // MARK: - Connections
+
+    /// A local client connected to an import's listener.
+    func accepted(_ channel: any Channel, for importConfig: GatewayConfig.Import) -> StreamConnection? {
+        var logger = self.logger
+        logger[metadataKey: "mapping"] = "\(importConfig.name)"
+        logger[metadataKey: "peer"] = "\(self.config.name(of: importConfig.peer))"
+        let count = self.countsByMapping["import:\(importConfig.name)", default: 0]
+        guard !self.isShuttingDown, count < importConfig.maxConnections else {
+            let outcome: GatewayMetrics.Outcome = self.isShuttingDown ? .shuttingDown : .limitReached
+            logger.warning("connection refused", metadata: ["reason": "\(outcome.rawValue)"])
+            self.metrics.count(outcome, imported: true)
+            channel.close(promise: nil)
+            return nil
+        }
+        let peer = self.peer(importConfig.peer)
+        let id = self.allocateID(for: peer.domain)
+        let key = StreamFrame.ConnectionKey(id: id, openedLocally: true)
+        logger[metadataKey: "connection"] = "\(key)"
+        let connection = StreamConnection(
+            key: key,
+            peer: peer,
+            role: .imported(name: importConfig.name),
+            state: .opening(window: self.config.window),
+            core: self,
+            logger: logger,
+            idleTimeout: importConfig.idleTimeoutMilliseconds > 0 ? .milliseconds(importConfig.idleTimeoutMilliseconds) : nil
+        )
+        connection.attach(channel)
+        self.add(connection, mapping: "import:\(importConfig.name)")
+        peer.enqueue(
+            .open(id: id, servicePort: importConfig.port, initialCredit: UInt32(self.config.window), instance: self.instance)
+        )
+        logger.debug("connection opening")
+        return connection
+    }
+
+    private func allocateID(for domain: DomainID) -> UInt32 {
+        var id = self.nextLocalID[domain, default: 1]
+        while self.connections[ConnectionID(peer: domain, key: .init(id: id, openedLocally: true))] != nil || id == 0 {
+            id &+= 1
+        }
+        self.nextLocalID[domain] = id &+ 1
+        return id
+    }
+
+    private func add(_ connection: StreamConnection, mapping: String) {
+        self.connections[ConnectionID(peer: connection.peer.domain, key: connection.key)] = connection
+        self.countsByMapping[mapping, default: 0] += 1
+        connection.peer.connectionCount += 1
+        self.metrics.activeConnections.set(self.connections.count)
+    }
+
+    func remove(_ connection: StreamConnection) {
+        let id = ConnectionID(peer: connection.peer.domain, key: connection.key)
+        guard self.connections[id] === connection else { return }
+        self.connections[id] = nil
+        let mapping = connection.role.isImport ? "import:\(connection.role.mapping)" : "export:\(connection.role.mapping)"
+        self.countsByMapping[mapping, default: 1] -= 1
+        connection.peer.connectionCount -= 1
+        self.metrics.activeConnections.set(self.connections.count)
+    }
+
+    func markNeedsFlush(_ connection: StreamConnection) {
+        self.needsFlush.append(connection)
+    }
+
+    // MARK: - Receiving
+
+    /// VIRQ: drain every ring, dispatch the frames, wake waiting senders, retry
+    /// blocked sends.
+    func onEvent() {
+        var drained = 0
+        var messages: [(DomainID, ByteBuffer)] = []
+        let rings = Array(self.partnerRings.values) + (self.wildcardRing.map { [$0] } ?? [])
+        for ring in rings {
+            do {
+                drained += try ring.receive { message in
+                    guard message.header.messageType == StreamFrame.messageType else {
+                        self.metrics.malformedMessages.increment()
+                        return
+                    }
+                    var buffer = ByteBufferAllocator().buffer(capacity: message.payloadLength)
+                    buffer.writeBytes(message.first)
+                    buffer.writeBytes(message.second)
+                    messages.append((DomainID(message.header.source.domain), buffer))
+                }
+            } catch {
+                self.logger.error("a ring was corrupt and has been flushed", metadata: ["error": "\(error)"])
+            }
+        }
+        for (source, buffer) in messages {
+            self.metrics.messagesReceived.increment()
+            self.dispatch(buffer, from: source)
+        }
+        if drained > 0 {
+            // Only the receiver's notify wakes senders that found our ring full.
+            _ = self.link.notify([])
+        }
+        for peer in self.peers.values { peer.retryIfWaiting() }
+        let toFlush = self.needsFlush
+        self.needsFlush.removeAll(keepingCapacity: true)
+        for connection in toFlush { connection.flush() }
+    }
+
+    private func dispatch(_ message: ByteBuffer, from source: DomainID) {
+        var buffer = message
+        let peer = self.peer(source)
+        peer.lastHeard = .now()
+        while true {
+            let frame: StreamFrame?
+            do {
+                frame = try StreamFrame.parse(&buffer)
+            } catch {
+                self.metrics.malformedMessages.increment()
+                self.logger.warning(
+                    "malformed message from peer; its connections are reset",
+                    metadata: ["peer": "\(self.config.name(of: source))", "error": "\(error)"]
+                )
+                for connection in self.connections.values where connection.peer === peer {
+                    connection.terminate(.protocolError, resetReason: .protocolViolation)
+                }
+                return
+            }
+            guard let frame else { return }
+            self.handle(frame, from: peer)
+        }
+    }
+
+    private func handle(_ frame: StreamFrame, from peer: PeerLink) {
+        switch frame {
+        case .open(let id, let servicePort, let credit, let instance, let version):
+            self.notePeerInstance(peer, instance)
+            self.handleOpen(peer: peer, id: id, servicePort: servicePort, credit: credit, version: version)
+        case .accept(let key, let credit, let instance):
+            self.notePeerInstance(peer, instance)
+            self.connection(peer, key, frameName: "ACCEPT")?.peerAccepted(credit: credit)
+            if let connection = self.connections[ConnectionID(peer: peer.domain, key: key)], connection.state.phase == .open {
+                connection.countOpened()
+            }
+        case .refuse(let key, let reason):
+            self.connection(peer, key, frameName: "REFUSE")?.peerRefused(reason)
+        case .data(let key, let payload):
+            self.connection(peer, key, frameName: "DATA")?.peerData(payload)
+        case .credit(let key, let increment):
+            self.connection(peer, key, frameName: "CREDIT")?.peerCredit(increment)
+        case .fin(let key):
+            self.connection(peer, key, frameName: "FIN")?.peerFin()
+        case .reset(let key, let reason):
+            // Never answer a RESET: that could loop.
+            self.connections[ConnectionID(peer: peer.domain, key: key)]?.peerReset(reason)
+        case .ping(let instance, let nonce):
+            self.notePeerInstance(peer, instance)
+            peer.enqueue(.pong(instance: self.instance, nonce: nonce))
+        case .pong(let instance, _):
+            self.notePeerInstance(peer, instance)
+        }
+    }
+
+    /// The connection a frame names, or nil after answering RESET for an unknown one.
+    private func connection(_ peer: PeerLink, _ key: StreamFrame.ConnectionKey, frameName: String) -> StreamConnection? {
+        if let connection = self.connections[ConnectionID(peer: peer.domain, key: key)] { return connection }
+        peer.enqueue(.reset(key: key, reason: .unknownConnection))
+        return nil
+    }
+
+    /// A new instance id from a peer means it restarted: its old connections are gone.
+    private func notePeerInstance(_ peer: PeerLink, _ instance: UInt64) {
+        if let known = peer.remoteInstance, known != instance {
+            self.logger.warning("peer gateway restarted; resetting its old connections", metadata: ["peer": "\(self.config.name(of: peer.domain))"])
+            for connection in self.connections.values where connection.peer === peer {
+                connection.terminate(.peerLost, resetReason: nil)
+            }
+        }
+        peer.remoteInstance = instance
+    }
+
+    /// OPEN from a peer: check the export, its allow-list and limits, then dial.
+    private func handleOpen(peer: PeerLink, id: UInt32, servicePort: UInt32, credit: UInt32, version: UInt16) {
+        let key = StreamFrame.ConnectionKey(id: id, openedLocally: false)
+        var logger = self.logger
+        logger[metadataKey: "peer"] = "\(self.config.name(of: peer.domain))"
+        logger[metadataKey: "connection"] = "\(key)"
+        logger[metadataKey: "port"] = "\(servicePort)"
+        func refuse(_ reason: StreamFrame.RefuseReason, _ outcome: GatewayMetrics.Outcome) {
+            logger.warning("connection refused", metadata: ["reason": "\(reason)"])
+            self.metrics.count(outcome, imported: false)
+            peer.enqueue(.refuse(key: key, reason: reason))
+        }
+        guard self.connections[ConnectionID(peer: peer.domain, key: key)] == nil else {
+            logger.warning("peer reused a live connection id; resetting it")
+            self.connections[ConnectionID(peer: peer.domain, key: key)]?.terminate(.protocolError, resetReason: .protocolViolation)
+            return
+        }
+        guard version == StreamFrame.version else { return refuse(.unsupportedVersion, .protocolError) }
+        guard !self.isShuttingDown else { return refuse(.shuttingDown, .shuttingDown) }
+        guard let export = self.config.exports.first(where: { $0.port == servicePort }) else {
+            return refuse(.noSuchService, .noSuchService)
+        }
+        logger[metadataKey: "mapping"] = "\(export.name)"
+        // The source domain is the hypervisor's stamp on the message, never payload.
+        guard export.allow.permits(peer.domain) else { return refuse(.deniedByGateway, .deniedByGateway) }
+        guard self.countsByMapping["export:\(export.name)", default: 0] < export.maxConnections else {
+            return refuse(.limitReached, .limitReached)
+        }
+        let connection = StreamConnection(
+            key: key,
+            peer: peer,
+            role: .exported(name: export.name),
+            state: .dialing(window: self.config.window, peerCredit: credit),
+            core: self,
+            logger: logger,
+            idleTimeout: nil
+        )
+        self.add(connection, mapping: "export:\(export.name)")
+        self.dial(export, for: connection)
+    }
+
+    private func dial(_ export: GatewayConfig.Export, for connection: StreamConnection) {
+        let bootstrap = ClientBootstrap(group: self.eventLoop)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.maxMessagesPerRead, value: 1)
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 65536))
+            .connectTimeout(.milliseconds(export.connectTimeoutMilliseconds))
+        let bound = NIOLoopBound(connection, eventLoop: self.eventLoop)
+        let configured = bootstrap.channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(StreamGlueHandler(connection: bound.value))
+            }
+        }
+        let future: EventLoopFuture<any Channel>
+        switch export.target {
+        case .tcp(let host, let port): future = configured.connect(host: host, port: port)
+        case .unix(let path): future = configured.connect(unixDomainSocketPath: path)
+        case .vsock(let cid, let port): future = configured.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        }
+        future.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let channel):
+                guard connection.state.phase == .dialing else {
+                    // The peer reset the connection while we were dialling.
+                    channel.close(promise: nil)
+                    return
+                }
+                connection.attach(channel)
+                if export.proxyProtocol == .v2 {
+                    channel.write(ProxyHeaderBuilder.header(for: connection.peer.domain, name: self.config.peers.first { $0.value == connection.peer.domain }?.key, channel: channel, connection: connection.key.id), promise: nil)
+                }
+                _ = connection.state.dialSucceeded()
+                connection.peer.enqueue(.accept(key: connection.key, initialCredit: UInt32(self.config.window), instance: self.instance))
+                connection.countOpened()
+                connection.logger.debug("connection accepted")
+                connection.requestReadIfPossible()
+            case .failure(let error):
+                let timedOut = error is ChannelError && (error as? ChannelError).map { if case .connectTimeout = $0 { true } else { false } } ?? false
+                let reason: StreamFrame.RefuseReason = timedOut ? .targetTimedOut : .targetRefused
+                connection.logger.warning("connection refused", metadata: ["reason": "\(reason)", "target": "\(export.target)", "error": "\(error)"])
+                connection.state.dialFailed()
+                connection.peer.enqueue(.refuse(key: connection.key, reason: reason))
+                connection.finish(timedOut ? .targetTimedOut : .targetRefused)
+            }
+        }
+    }
+}
+
+@available(*, unavailable)
+extension GatewayCore: Sendable {}

@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXConfig
+import HMXCore
+import HMXEmulator
+import Logging
+import NIOCore
+import NIOPosix
+import Prometheus
+import ServiceLifecycle
+import UnixSignals
+
+/// hmx-gateway as a service: attach to the hypervisor, run the data plane on one
+/// event loop, reload on SIGHUP, drain on graceful shutdown (SIGTERM).
+public struct GatewayService: Service {
+    public let configPath: String
+    public let logger: Logger
+    private let initialConfig: GatewayConfig
+    private let registry: PrometheusCollectorRegistry?
+    private let onReady: (@Sendable (GatewayConfig) -> Void)?
+
+    /// - Parameters:
+    ///   - registry: where metrics live, for the optional /metrics endpoint.
+    ///   - onReady: called once the rings and listeners are up.
+    public init(
+        configPath: String,
+        config: GatewayConfig,
+        logger: Logger,
+        registry: PrometheusCollectorRegistry? = nil,
+        onReady: (@Sendable (GatewayConfig) -> Void)? = nil
+    ) {
+        self.configPath = configPath
+        self.initialConfig = config
+        self.logger = logger
+        self.registry = registry
+        self.onReady = onReady
+    }
+
+    public func run() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        do {
+            try await self.run(group: group, loop: loop)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        try? await group.shutdownGracefully()
+    }
+
+    private func run(group: MultiThreadedEventLoopGroup, loop: any EventLoop) async throws {
+        let link: EmulatorLink
+        do {
+            link = try await EmulatorLink.attach(socketPath: self.initialConfig.link.emulatorSocket, group: loop)
+        } catch {
+            self.logger.critical("cannot attach to the hypervisor", metadata: ["error": "\(error)"])
+            throw error
+        }
+        self.logger.info(
+            "attached to the hypervisor",
+            metadata: ["domain": "\(link.localDomain)", "emulator": "\(self.initialConfig.link.emulatorSocket)"]
+        )
+        let config = self.initialConfig
+        let logger = self.logger
+        let core = try await loop.submit {
+            NIOLoopBound(GatewayCore(config: config, link: link, logger: logger), eventLoop: loop)
+        }.get()
+        do {
+            try await loop.flatSubmit { core.value.start() }.get()
+        } catch {
+            self.logger.critical("cannot start the listeners", metadata: ["error": "\(error)"])
+            _ = try? await loop.flatSubmit { core.value.shutdown() }.get()
+            _ = try? await link.close().get()
+            throw error
+        }
+        var metricsChannel: (any Channel)?
+        if let endpoint = config.metricsListen, let registry = self.registry {
+            metricsChannel = try await MetricsEndpoint.bind(endpoint, registry: registry, group: group).get()
+            self.logger.info("metrics at /metrics", metadata: ["listen": "\(endpoint)"])
+        }
+        self.onReady?(config)
+        self.logger.info("gateway ready", metadata: ["exports": "\(config.exports.count)", "imports": "\(config.imports.count)"])
+
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let linkLost = link.closeFuture
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask {
+                try? await linkLost.get()
+                throw HMXError(code: .linkClosed, message: "the hypervisor link closed")
+            }
+            tasks.addTask {
+                await withGracefulShutdownHandler {
+                    for await _ in hangups.cancelOnGracefulShutdown() {
+                        await self.reload(core: core, loop: loop)
+                    }
+                } onGracefulShutdown: {
+                    logger.info("graceful shutdown: draining connections")
+                }
+            }
+            do {
+                try await tasks.next()
+            } catch {
+                self.logger.critical("lost the hypervisor link; stopping", metadata: ["error": "\(error)"])
+                tasks.cancelAll()
+                metricsChannel?.close(promise: nil)
+                throw error
+            }
+            tasks.cancelAll()
+        }
+        try await loop.flatSubmit { core.value.shutdown() }.get()
+        metricsChannel?.close(promise: nil)
+        _ = try? await link.close().get()
+        self.logger.info("gateway stopped")
+    }
+
+    private func reload(core: NIOLoopBound<GatewayCore>, loop: any EventLoop) async {
+        do {
+            let config = try GatewayConfig.load(path: self.configPath)
+            try await loop.flatSubmit { core.value.reload(config) }.get()
+        } catch let error as ConfigError {
+            self.logger.error("reload rejected; keeping the running configuration", metadata: ["error": "\(error)"])
+        } catch {
+            self.logger.error("reload failed", metadata: ["error": "\(error)"])
+        }
+    }
+}

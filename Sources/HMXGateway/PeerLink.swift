@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import HMXStream
+import CoreMetrics
+import Logging
+import NIOCore
+
+/// Everything this gateway sends to one peer domain: a bounded queue of frames packed
+/// into Argo messages, with exactly one sendv in flight so that messages can never
+/// overtake each other (a retried message stays first).
+///
+/// The queue is bounded by flow control: DATA frames are queued only within the
+/// credit the peer granted, and each connection has a bounded number of control
+/// frames in its lifetime (CREDIT frames are at most one per quarter window consumed).
+final class PeerLink {
+    let domain: DomainID
+    let link: any HMXLink
+    let gatewayPort: HMXPort
+    private unowned let core: GatewayCore
+    private var queue = CircularBuffer<StreamFrame>(initialCapacity: 16)
+    /// A packed message that found the peer's ring full; sent again first.
+    private var retryMessage: ByteBuffer?
+    private var isSending = false
+    private var isPumpScheduled = false
+    /// Largest message the peer's ring takes (learnt from notify).
+    var maximumMessageSize: Int = 4000
+    /// The peer gateway's instance id, once heard.
+    var remoteInstance: UInt64?
+    var lastHeard: NIODeadline = .now()
+    /// Our ring for this peer is registered.
+    var hasRing = false
+    /// Connections with this peer.
+    var connectionCount = 0
+
+    init(domain: DomainID, link: any HMXLink, gatewayPort: HMXPort, core: GatewayCore) {
+        self.domain = domain
+        self.link = link
+        self.gatewayPort = gatewayPort
+        self.core = core
+    }
+
+    var destination: HMXAddress { HMXAddress(domain: self.domain, port: self.gatewayPort) }
+
+    /// Largest DATA body that fits one message to this peer.
+    var maximumDataLength: Int {
+        max(1, min(StreamFrame.maximumDataLength, self.maximumMessageSize - StreamFrame.headerSize))
+    }
+
+    func enqueue(_ frame: StreamFrame) {
+        self.queue.append(frame)
+        self.schedulePump()
+    }
+
+    /// Sends queued frames at the end of this loop tick (so a burst becomes one message).
+    func schedulePump() {
+        guard !self.isPumpScheduled else { return }
+        self.isPumpScheduled = true
+        self.link.eventLoop.assumeIsolated().execute {
+            self.isPumpScheduled = false
+            self.pump()
+        }
+    }
+
+    /// The hypervisor signalled an event: a full ring may have room again.
+    func retryIfWaiting() {
+        if self.retryMessage != nil, !self.isSending { self.pump() }
+    }
+
+    /// Drops everything queued (the peer is gone).
+    func discardQueue() {
+        self.queue.removeAll()
+        self.retryMessage = nil
+    }
+
+    private func pump() {
+        guard !self.isSending else { return }
+        let message: ByteBuffer
+        if let retry = self.retryMessage {
+            message = retry
+        } else {
+            guard !self.queue.isEmpty else { return }
+            var packed = ByteBufferAllocator().buffer(capacity: min(self.maximumMessageSize, 65536 + 64))
+            while let frame = self.queue.first,
+                packed.readableBytes == 0 || packed.readableBytes + frame.encodedLength <= self.maximumMessageSize
+            {
+                frame.encode(into: &packed)
+                self.queue.removeFirst()
+            }
+            message = packed
+        }
+        self.isSending = true
+        self.link.send(from: self.gatewayPort, to: self.destination, type: StreamFrame.messageType, message)
+            .assumeIsolated().whenComplete { result in
+            self.isSending = false
+            switch result {
+            case .success:
+                self.retryMessage = nil
+                self.core.metrics.messagesSent.increment()
+                self.pump()
+            case .failure(let error as HMXError) where error.errno == .EAGAIN:
+                // Flow control: Xen queued a wake-up; the event handler retries.
+                self.retryMessage = message
+                self.core.metrics.ringFull.increment()
+            case .failure(let error):
+                self.retryMessage = nil
+                self.queue.removeAll()
+                self.core.peerFailed(self.domain, error: error)
+            }
+        }
+    }
+}
+
+@available(*, unavailable)
+extension PeerLink: Sendable {}

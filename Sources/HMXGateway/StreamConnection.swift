@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import HMXStream
+import CoreMetrics
+import Logging
+import NIOCore
+import NIOPosix
+
+/// One byte stream between a local socket and a peer gateway: the glue between a NIO
+/// channel and the HMX stream protocol, driven by ``StreamConnectionState``.
+///
+/// Backpressure, both ways:
+/// - local → peer: the socket is read (autoRead is off) only while the peer has
+///   granted credit; at most one read (≤ 64 KiB) can overshoot, and it is held here.
+/// - peer → local: DATA is written to the socket; credit goes back to the peer only
+///   when the socket has taken the bytes. A slow reader thus stops only its own writer.
+final class StreamConnection {
+    enum Role: Equatable {
+        case imported(name: String)
+        case exported(name: String)
+        var isImport: Bool { if case .imported = self { true } else { false } }
+        var mapping: String {
+            switch self {
+            case .imported(let name), .exported(let name): name
+            }
+        }
+    }
+
+    let key: StreamFrame.ConnectionKey
+    let peer: PeerLink
+    let role: Role
+    private unowned let core: GatewayCore
+    var state: StreamConnectionState
+    var channel: (any Channel)?
+    var logger: Logger
+    /// Bytes read from the socket beyond the credit, sent when credit arrives.
+    private var heldOutbound: ByteBuffer?
+    private var isFinPending = false
+    private var isReadRequested = false
+    private var hasCounted = false
+    var lastActivity: NIODeadline = .now()
+    let idleTimeout: TimeAmount?
+
+    init(key: StreamFrame.ConnectionKey, peer: PeerLink, role: Role, state: StreamConnectionState, core: GatewayCore, logger: Logger, idleTimeout: TimeAmount?) {
+        self.key = key
+        self.peer = peer
+        self.role = role
+        self.state = state
+        self.core = core
+        self.logger = logger
+        self.idleTimeout = idleTimeout
+    }
+
+    // MARK: - Local socket events
+
+    func attach(_ channel: any Channel) {
+        self.channel = channel
+    }
+
+    /// Bytes the local application wrote.
+    func localRead(_ buffer: ByteBuffer) {
+        self.isReadRequested = false
+        self.lastActivity = .now()
+        guard self.state.phase == .open, !self.state.hasSentFin else { return }
+        var buffer = buffer
+        if var held = self.heldOutbound {
+            held.writeBuffer(&buffer)
+            buffer = held
+            self.heldOutbound = nil
+        }
+        self.sendWithinCredit(&buffer)
+        if buffer.readableBytes > 0 { self.heldOutbound = buffer }
+    }
+
+    private func sendWithinCredit(_ buffer: inout ByteBuffer) {
+        let maximum = self.peer.maximumDataLength
+        while buffer.readableBytes > 0, self.state.sendCredit > 0 {
+            let count = min(buffer.readableBytes, self.state.sendCredit, maximum)
+            let slice = buffer.readSlice(length: count)!
+            self.state.sent(count)
+            self.core.metrics.bytesToPeer.increment(by: Int64(count))
+            self.peer.enqueue(.data(key: self.key, payload: slice))
+        }
+    }
+
+    /// The read burst ended: ask for more if the peer can take it.
+    func localReadComplete() {
+        self.requestReadIfPossible()
+    }
+
+    func requestReadIfPossible() {
+        guard let channel = self.channel, self.state.phase == .open, !self.state.hasSentFin, !self.isFinPending,
+            self.heldOutbound == nil, self.state.sendCredit > 0, !self.isReadRequested
+        else { return }
+        self.isReadRequested = true
+        channel.read()
+    }
+
+    /// The local application shut its output (half-close).
+    func localInputClosed() {
+        guard self.state.phase == .open, !self.state.hasSentFin else { return }
+        if self.heldOutbound != nil {
+            self.isFinPending = true
+            return
+        }
+        self.sendFin()
+    }
+
+    private func sendFin() {
+        self.isFinPending = false
+        self.peer.enqueue(.fin(key: self.key))
+        if self.state.sentFin() { self.finish(.opened) }
+    }
+
+    /// The local socket is gone: cleanly (a FIN, like TCP's close) or with an error
+    /// (a reset).
+    func localClosed(error: (any Error)?) {
+        self.channel = nil
+        guard !self.state.isClosed else {
+            self.core.remove(self)
+            return
+        }
+        if error == nil, self.state.phase == .open {
+            // A clean close ends our direction. Whatever the peer still sends can no
+            // longer be delivered and is answered with a reset (as TCP would).
+            if !self.state.hasSentFin { self.localInputClosed() }
+            return
+        }
+        if let error { self.logger.debug("local connection failed", metadata: ["error": "\(error)"]) }
+        // A connection still opening has no id at the peer yet beyond our OPEN: RESET covers it.
+        self.state.aborted()
+        self.peer.enqueue(.reset(key: self.key, reason: .applicationReset))
+        self.finish(.reset)
+    }
+
+    // MARK: - Peer frames
+
+    func peerAccepted(credit: UInt32) {
+        switch self.state.accepted(credit: credit) {
+        case .success:
+            self.logger.debug("connection accepted by the peer")
+            self.requestReadIfPossible()
+        case .failure(let violation):
+            self.violation(violation)
+        }
+    }
+
+    func peerRefused(_ reason: StreamFrame.RefuseReason) {
+        guard case .success = self.state.refused() else {
+            self.violation(.unexpected("REFUSE"))
+            return
+        }
+        self.logger.warning("connection refused by the peer gateway", metadata: ["reason": "\(reason)"])
+        let outcome: GatewayMetrics.Outcome =
+            switch reason {
+            case .noSuchService: .noSuchService
+            case .deniedByGateway: .deniedByGateway
+            case .targetRefused: .targetRefused
+            case .targetTimedOut: .targetTimedOut
+            case .limitReached: .limitReached
+            case .shuttingDown: .shuttingDown
+            case .protocolError, .unsupportedVersion: .protocolError
+            }
+        self.abortLocal()
+        self.finish(outcome)
+    }
+
+    func peerData(_ payload: ByteBuffer) {
+        switch self.state.receivedData(payload.readableBytes) {
+        case .success:
+            self.lastActivity = .now()
+            let count = payload.readableBytes
+            self.core.metrics.bytesFromPeer.increment(by: Int64(count))
+            guard let channel = self.channel, channel.isActive else {
+                // The local application closed: these bytes cannot be delivered.
+                self.terminate(.reset, resetReason: .applicationReset)
+                return
+            }
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            channel.write(payload, promise: promise)
+            self.core.markNeedsFlush(self)
+            promise.futureResult.assumeIsolated().whenSuccess {
+                let grant = self.state.delivered(count)
+                if grant > 0 { self.peer.enqueue(.credit(key: self.key, increment: grant)) }
+            }
+        case .failure(let violation):
+            self.violation(violation)
+        }
+    }
+
+    func flush() {
+        self.channel?.flush()
+    }
+
+    func peerCredit(_ increment: UInt32) {
+        switch self.state.receivedCredit(increment) {
+        case .success:
+            if var held = self.heldOutbound {
+                self.heldOutbound = nil
+                self.sendWithinCredit(&held)
+                if held.readableBytes > 0 { self.heldOutbound = held }
+            }
+            if self.isFinPending, self.heldOutbound == nil { self.sendFin() }
+            self.requestReadIfPossible()
+        case .failure(let violation):
+            self.violation(violation)
+        }
+    }
+
+    func peerFin() {
+        switch self.state.receivedFin() {
+        case .success(.closeLocal):
+            self.channel?.close(mode: .output, promise: nil)
+            self.finish(.opened)
+        case .success:
+            // Half-close: the local application sees EOF after the pending bytes.
+            self.channel?.close(mode: .output, promise: nil)
+        case .failure(let violation):
+            self.violation(violation)
+        }
+    }
+
+    func peerReset(_ reason: StreamFrame.ResetReason) {
+        guard self.state.receivedReset() != .none else { return }
+        self.logger.info("connection reset by the peer", metadata: ["reason": "\(reason)"])
+        self.abortLocal()
+        self.finish(.reset)
+    }
+
+    /// The peer broke the protocol on this connection: reset it, and only it.
+    private func violation(_ violation: StreamConnectionState.Violation) {
+        self.logger.warning("peer violated the stream protocol; resetting the connection", metadata: ["violation": "\(violation)"])
+        self.state.aborted()
+        let reason: StreamFrame.ResetReason = violation == .beyondCredit ? .flowControlViolation : .protocolViolation
+        self.peer.enqueue(.reset(key: self.key, reason: reason))
+        self.abortLocal()
+        self.finish(.protocolError)
+    }
+
+    // MARK: - Teardown
+
+    /// Ends the connection from our side (link lost, shutdown, idle): RESET to the peer
+    /// if it can still hear us, abort the local socket.
+    func terminate(_ outcome: GatewayMetrics.Outcome, resetReason: StreamFrame.ResetReason?) {
+        if let resetReason, !self.state.isClosed { self.peer.enqueue(.reset(key: self.key, reason: resetReason)) }
+        self.state.aborted()
+        self.abortLocal()
+        self.finish(outcome)
+    }
+
+    /// Closes the local socket with a TCP reset (SO_LINGER 0) so the application sees
+    /// an abort, not a clean end of stream.
+    func abortLocal() {
+        guard let channel = self.channel, channel.isActive else { return }
+        if let provider = channel as? any SocketOptionProvider {
+            // On the channel's own loop this takes effect before the close below.
+            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            channel.close(promise: nil)
+        }
+    }
+
+    /// Counts the outcome once; removes the connection when both sides are done.
+    func finish(_ outcome: GatewayMetrics.Outcome) {
+        if !self.hasCounted {
+            self.hasCounted = true
+            if outcome != .opened { self.core.metrics.count(outcome, imported: self.role.isImport) }
+        }
+        if self.state.isClosed { self.core.remove(self) }
+    }
+
+    /// Called when the connection opened for real (counted as opened).
+    func countOpened() {
+        self.core.metrics.count(.opened, imported: self.role.isImport)
+    }
+}
+
+@available(*, unavailable)
+extension StreamConnection: Sendable {}

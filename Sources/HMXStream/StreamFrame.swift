@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import NIOCore
+
+/// The HMX stream protocol's frames (docs/PROTOCOL.md). One Argo message of type
+/// ``StreamFrame/messageType`` carries one or more frames back to back.
+///
+/// ```
+///  0      1      2          4                8            12           16
+///  +------+------+----------+----------------+------------+------------+-------------+
+///  | type | flags| reserved | connection id  | body length| value      | body ...    |
+///  +------+------+----------+----------------+------------+------------+-------------+
+///  little-endian; reserved = 0; flags bit 0 = the sender of this frame opened the connection
+/// ```
+public enum StreamFrame: Equatable, Sendable {
+    /// Argo message type of stream messages ("HMXS").
+    public static let messageType: UInt32 = 0x5358_4D48
+    /// Protocol version carried by OPEN.
+    public static let version: UInt16 = 1
+    public static let headerSize = 16
+    /// Largest DATA body. Keeps one frame well inside the smallest useful ring.
+    public static let maximumDataLength = 65536
+
+    /// Identifies a connection within one peer: the id chosen by the opener and
+    /// which side opened it.
+    public struct ConnectionKey: Hashable, Sendable, CustomStringConvertible {
+        public var id: UInt32
+        /// True if *this* gateway opened the connection.
+        public var openedLocally: Bool
+
+        public init(id: UInt32, openedLocally: Bool) {
+            self.id = id
+            self.openedLocally = openedLocally
+        }
+
+        public var description: String { "\(self.openedLocally ? "L" : "R")\(self.id)" }
+    }
+
+    case open(id: UInt32, servicePort: UInt32, initialCredit: UInt32, instance: UInt64, version: UInt16 = StreamFrame.version)
+    case accept(key: ConnectionKey, initialCredit: UInt32, instance: UInt64)
+    case refuse(key: ConnectionKey, reason: RefuseReason)
+    case data(key: ConnectionKey, payload: ByteBuffer)
+    case credit(key: ConnectionKey, increment: UInt32)
+    case fin(key: ConnectionKey)
+    case reset(key: ConnectionKey, reason: ResetReason)
+    case ping(instance: UInt64, nonce: UInt64)
+    case pong(instance: UInt64, nonce: UInt64)
+
+    enum Kind: UInt8 {
+        case open = 1
+        case accept = 2
+        case refuse = 3
+        case data = 4
+        case credit = 5
+        case fin = 6
+        case reset = 7
+        case ping = 8
+        case pong = 9
+    }
+
+    /// Why a connection was refused.
+    public enum RefuseReason: UInt32, Sendable, CustomStringConvertible {
+        case noSuchService = 1
+        case deniedByGateway = 2
+        case targetRefused = 3
+        case targetTimedOut = 4
+        case limitReached = 5
+        case shuttingDown = 6
+        case protocolError = 7
+        case unsupportedVersion = 8
+
+        public var description: String {
+            switch self {
+            case .noSuchService: "no export at that port"
+            case .deniedByGateway: "denied by the exporting gateway's allow-list"
+            case .targetRefused: "the export's target refused the connection"
+            case .targetTimedOut: "the export's target did not answer in time"
+            case .limitReached: "the export's connection limit is reached"
+            case .shuttingDown: "the exporting gateway is shutting down"
+            case .protocolError: "protocol error"
+            case .unsupportedVersion: "unsupported protocol version"
+            }
+        }
+    }
+
+    /// Why a connection was reset.
+    public enum ResetReason: UInt32, Sendable, CustomStringConvertible {
+        case applicationReset = 1
+        case protocolViolation = 2
+        case flowControlViolation = 3
+        case peerRestarted = 4
+        case idleTimeout = 5
+        case shuttingDown = 6
+        case unknownConnection = 7
+        case linkFailure = 8
+
+        public var description: String {
+            switch self {
+            case .applicationReset: "the application reset the connection"
+            case .protocolViolation: "protocol violation"
+            case .flowControlViolation: "data beyond the granted credit"
+            case .peerRestarted: "the peer gateway restarted"
+            case .idleTimeout: "idle timeout"
+            case .shuttingDown: "gateway shutting down"
+            case .unknownConnection: "no such connection"
+            case .linkFailure: "the HMX link to the peer failed"
+            }
+        }
+    }
+
+    /// Errors in a frame from the peer. All are fatal for the message they are in.
+    public enum ParseError: Error, Equatable, Sendable {
+        case truncatedHeader
+        case truncatedBody
+        case nonZeroReserved
+        case unknownType(UInt8)
+        case unknownFlags(UInt8)
+        case badBodyLength(type: UInt8, length: UInt32)
+        case unknownReason(UInt32)
+        case zeroLengthData
+    }
+
+    // MARK: - Encoding
+
+    /// Appends this frame to `buffer`.
+    public func encode(into buffer: inout ByteBuffer) {
+        switch self {
+        case .open(let id, let servicePort, let initialCredit, let instance, let version):
+            Self.writeHeader(&buffer, .open, opener: true, id: id, length: 16, value: servicePort)
+            buffer.writeInteger(version, endianness: .little)
+            buffer.writeInteger(UInt16(0), endianness: .little)
+            buffer.writeInteger(initialCredit, endianness: .little)
+            buffer.writeInteger(instance, endianness: .little)
+        case .accept(let key, let initialCredit, let instance):
+            Self.writeHeader(&buffer, .accept, key: key, length: 8, value: initialCredit)
+            buffer.writeInteger(instance, endianness: .little)
+        case .refuse(let key, let reason):
+            Self.writeHeader(&buffer, .refuse, key: key, length: 0, value: reason.rawValue)
+        case .data(let key, let payload):
+            Self.writeHeader(&buffer, .data, key: key, length: UInt32(payload.readableBytes), value: 0)
+            buffer.writeImmutableBuffer(payload)
+        case .credit(let key, let increment):
+            Self.writeHeader(&buffer, .credit, key: key, length: 0, value: increment)
+        case .fin(let key):
+            Self.writeHeader(&buffer, .fin, key: key, length: 0, value: 0)
+        case .reset(let key, let reason):
+            Self.writeHeader(&buffer, .reset, key: key, length: 0, value: reason.rawValue)
+        case .ping(let instance, let nonce):
+            Self.writeHeader(&buffer, .ping, opener: false, id: 0, length: 16, value: 0)
+            buffer.writeInteger(instance, endianness: .little)
+            buffer.writeInteger(nonce, endianness: .little)
+        case .pong(let instance, let nonce):
+            Self.writeHeader(&buffer, .pong, opener: false, id: 0, length: 16, value: 0)
+            buffer.writeInteger(instance, endianness: .little)
+            buffer.writeInteger(nonce, endianness: .little)
+        }
+    }
+
+    /// Bytes this frame takes on the wire.
+    public var encodedLength: Int {
+        switch self {
+        case .open: Self.headerSize + 16
+        case .accept: Self.headerSize + 8
+        case .ping, .pong: Self.headerSize + 16
+        case .data(_, let payload): Self.headerSize + payload.readableBytes
+        case .refuse, .credit, .fin, .reset: Self.headerSize
+        }
+    }
+
+    private static func writeHeader(_ buffer: inout ByteBuffer, _ kind: Kind, key: ConnectionKey, length: UInt32, value: UInt32) {
+        // On the wire the flag says whether the *sender* opened the connection.
+        self.writeHeader(&buffer, kind, opener: key.openedLocally, id: key.id, length: length, value: value)
+    }
+
+    private static func writeHeader(_ buffer: inout ByteBuffer, _ kind: Kind, opener: Bool, id: UInt32, length: UInt32, value: UInt32) {
+        buffer.writeInteger(kind.rawValue)
+        buffer.writeInteger(opener ? UInt8(1) : 0)
+        buffer.writeInteger(UInt16(0), endianness: .little)
+        buffer.writeInteger(id, endianness: .little)
+        buffer.writeInteger(length, endianness: .little)
+        buffer.writeInteger(value, endianness: .little)
+    }
+
+    // MARK: - Parsing
+
+    /// Parses the next frame of a message received from a peer. Connection keys are
+    /// turned around: a frame whose sender opened the connection names a connection
+    /// that *we* did not open. DATA bodies are slices of `buffer` (no copy).
+    /// - Returns: `nil` when the buffer is empty.
+    public static func parse(_ buffer: inout ByteBuffer) throws(ParseError) -> StreamFrame? {
+        if buffer.readableBytes == 0 { return nil }
+        guard buffer.readableBytes >= Self.headerSize,
+            let rawKind = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
+            let flags = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self),
+            let reserved = buffer.getInteger(at: buffer.readerIndex + 2, endianness: .little, as: UInt16.self),
+            let id = buffer.getInteger(at: buffer.readerIndex + 4, endianness: .little, as: UInt32.self),
+            let length = buffer.getInteger(at: buffer.readerIndex + 8, endianness: .little, as: UInt32.self),
+            let value = buffer.getInteger(at: buffer.readerIndex + 12, endianness: .little, as: UInt32.self)
+        else { throw .truncatedHeader }
+        guard reserved == 0 else { throw .nonZeroReserved }
+        guard let kind = Kind(rawValue: rawKind) else { throw .unknownType(rawKind) }
+        guard flags & ~1 == 0 else { throw .unknownFlags(flags) }
+        guard UInt64(length) <= UInt64(buffer.readableBytes - Self.headerSize) else { throw .truncatedBody }
+        let expected: ClosedRange<UInt32>
+        switch kind {
+        case .open: expected = 16...16
+        case .accept: expected = 8...8
+        case .ping, .pong: expected = 16...16
+        case .data: expected = 1...UInt32(Self.maximumDataLength)
+        case .refuse, .credit, .fin, .reset: expected = 0...0
+        }
+        guard expected.contains(length) else {
+            if kind == .data && length == 0 { throw .zeroLengthData }
+            throw .badBodyLength(type: rawKind, length: length)
+        }
+        buffer.moveReaderIndex(forwardBy: Self.headerSize)
+        // The sender opened it <=> we did not.
+        let key = ConnectionKey(id: id, openedLocally: flags & 1 == 0)
+        switch kind {
+        case .open:
+            let version = buffer.readInteger(endianness: .little, as: UInt16.self)!
+            _ = buffer.readInteger(endianness: .little, as: UInt16.self)
+            let credit = buffer.readInteger(endianness: .little, as: UInt32.self)!
+            let instance = buffer.readInteger(endianness: .little, as: UInt64.self)!
+            // An OPEN must come from the opener; the receiver refuses unknown versions.
+            guard flags & 1 == 1 else { throw .unknownFlags(flags) }
+            return .open(id: id, servicePort: value, initialCredit: credit, instance: instance, version: version)
+        case .accept:
+            return .accept(key: key, initialCredit: value, instance: buffer.readInteger(endianness: .little, as: UInt64.self)!)
+        case .refuse:
+            guard let reason = RefuseReason(rawValue: value) else { throw .unknownReason(value) }
+            return .refuse(key: key, reason: reason)
+        case .data:
+            return .data(key: key, payload: buffer.readSlice(length: Int(length))!)
+        case .credit:
+            return .credit(key: key, increment: value)
+        case .fin:
+            return .fin(key: key)
+        case .reset:
+            guard let reason = ResetReason(rawValue: value) else { throw .unknownReason(value) }
+            return .reset(key: key, reason: reason)
+        case .ping:
+            let instance = buffer.readInteger(endianness: .little, as: UInt64.self)!
+            return .ping(instance: instance, nonce: buffer.readInteger(endianness: .little, as: UInt64.self)!)
+        case .pong:
+            let instance = buffer.readInteger(endianness: .little, as: UInt64.self)!
+            return .pong(instance: instance, nonce: buffer.readInteger(endianness: .little, as: UInt64.self)!)
+        }
+    }
+}

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXConfig
+import HMXCore
+import HMXGateway
+import Testing
+
+@Suite("Gateway configuration")
+struct GatewayConfigTests {
+    static let valid = """
+        link: {emulator: /run/hmx/a.sock, port: 5000, ring_size: 131008}
+        peers: {beta: 2, gamma: 3}
+        exports:
+          - {name: db, port: 5432, target: "unix:/run/postgresql/.s.PGSQL.5432", allow: [beta, 7], max_connections: 10, connect_timeout: 250ms, proxy_protocol: v2}
+          - {name: web, port: 80, target: "tcp://[::1]:8080", allow: [any]}
+        imports:
+          - {name: redis, listen: "tcp://127.0.0.1:16379", peer: gamma, port: 6379, idle_timeout: 2m}
+          - {name: vs, listen: "vsock://1:5000", peer: 2, port: 1}
+        limits: {window: 65536, drain_timeout: 3s}
+        metrics: {listen: "tcp://127.0.0.1:9464"}
+        """
+
+    @Test func validConfig() throws {
+        let config = try GatewayConfig.parse(Self.valid, file: "gw.yaml")
+        #expect(config.link.port == 5000)
+        #expect(config.link.ringSize == 131_008)
+        #expect(config.exports[0].target == .unix(path: "/run/postgresql/.s.PGSQL.5432"))
+        #expect(config.exports[0].allow == .domains([DomainID(2), DomainID(7)]))
+        #expect(config.exports[0].connectTimeoutMilliseconds == 250)
+        #expect(config.exports[0].proxyProtocol == .v2)
+        #expect(config.exports[1].target == .tcp(host: "::1", port: 8080))
+        #expect(config.exports[1].allow == .any)
+        #expect(config.imports[0].peer == DomainID(3))
+        #expect(config.imports[0].idleTimeoutMilliseconds == 120_000)
+        #expect(config.imports[1].listen == .vsock(cid: 1, port: 5000))
+        #expect(config.window == 65536)
+        #expect(config.drainTimeoutMilliseconds == 3000)
+        #expect(config.partnerDomains == [DomainID(2), DomainID(3), DomainID(7)])
+        #expect(config.wantsWildcardRing)
+    }
+
+    @Test("errors name file, line, key and reason")
+    func errors() {
+        let cases: [(String, String)] = [
+            ("peers: {}\n", "gw.yaml:1: link: required key is missing"),
+            ("link: {emulator: /a, colour: red}\n", "gw.yaml:1: link.colour: unknown key"),
+            ("link: {emulator: /a, ring_size: 4040}\n", "gw.yaml:1: link.ring_size: must be a multiple of 16"),
+            (
+                "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"http://x\", allow: [any]}\n",
+                "gw.yaml:3: exports[0].target: expected tcp://HOST:PORT, unix:/PATH or vsock://CID:PORT"
+            ),
+            (
+                "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"tcp://h:99999\", allow: [any]}\n",
+                "gw.yaml:3: exports[0].target: bad port '99999' in tcp://h:99999"
+            ),
+            (
+                "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"tcp://h:1\", allow: [nobody]}\n",
+                "gw.yaml:3: exports[0].allow[0]: unknown peer 'nobody'"
+            ),
+            (
+                "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"tcp://h:1\", allow: [any]}\n  - {name: y, port: 1, target: \"tcp://h:2\", allow: [any]}\n",
+                "gw.yaml:4: exports[1].port: port 1 is exported twice"
+            ),
+            (
+                "link: {emulator: /a}\nimports:\n  - {name: x, listen: \"tcp://h:1\", peer: 2, port: 1, idle_timeout: soon}\n",
+                "gw.yaml:3: imports[0].idle_timeout: expected a duration like 500ms, 5s, 2m or 1h; found 'soon'"
+            ),
+            (
+                "link: {emulator: /a}\nimports:\n  - {name: x, listen: \"tcp://h:1\", peer: 2, port: 1}\n  - {name: y, listen: \"tcp://h:1\", peer: 2, port: 2}\n",
+                "gw.yaml:4: imports[1].listen: tcp://h:1 is listened on twice"
+            ),
+            ("link: {emulator: /a}\npeers: {a: 2, b: 2}\n", "gw.yaml:2: peers.b: domain 2 is already named 'a'"),
+        ]
+        for (text, expected) in cases {
+            do {
+                _ = try GatewayConfig.parse(text, file: "gw.yaml")
+                Issue.record("accepted: \(text)")
+            } catch {
+                #expect(error.description.hasPrefix(expected), "\(error.description) does not start with \(expected)")
+            }
+        }
+    }
+}

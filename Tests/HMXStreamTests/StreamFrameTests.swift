@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXStream
+import NIOCore
+import Testing
+
+@Suite("HMX stream frames")
+struct StreamFrameTests {
+    /// Frames as the peer receives them: the opener flag is turned around.
+    func roundTrip(_ frames: [StreamFrame]) throws -> [StreamFrame] {
+        var buffer = ByteBuffer()
+        for frame in frames { frame.encode(into: &buffer) }
+        #expect(buffer.readableBytes == frames.reduce(0) { $0 + $1.encodedLength })
+        var parsed: [StreamFrame] = []
+        while let frame = try StreamFrame.parse(&buffer) { parsed.append(frame) }
+        return parsed
+    }
+
+    @Test func everyFrameRoundTrips() throws {
+        let mine = StreamFrame.ConnectionKey(id: 7, openedLocally: true)
+        let theirs = StreamFrame.ConnectionKey(id: 7, openedLocally: false)
+        let frames: [StreamFrame] = [
+            .open(id: 7, servicePort: 6379, initialCredit: 262_144, instance: 0xDEAD_BEEF),
+            .accept(key: mine, initialCredit: 1000, instance: 42),
+            .refuse(key: mine, reason: .deniedByGateway),
+            .data(key: mine, payload: ByteBuffer(string: "hello")),
+            .credit(key: mine, increment: 65536),
+            .fin(key: mine),
+            .reset(key: mine, reason: .flowControlViolation),
+            .ping(instance: 1, nonce: 2),
+            .pong(instance: 3, nonce: 4),
+        ]
+        let parsed = try self.roundTrip(frames)
+        #expect(parsed.count == frames.count)
+        #expect(parsed[0] == .open(id: 7, servicePort: 6379, initialCredit: 262_144, instance: 0xDEAD_BEEF))
+        // What I send about my connection arrives as the peer's view: not opened there.
+        #expect(parsed[1] == .accept(key: theirs, initialCredit: 1000, instance: 42))
+        #expect(parsed[2] == .refuse(key: theirs, reason: .deniedByGateway))
+        #expect(parsed[3] == .data(key: theirs, payload: ByteBuffer(string: "hello")))
+        #expect(parsed[4] == .credit(key: theirs, increment: 65536))
+        #expect(parsed[5] == .fin(key: theirs))
+        #expect(parsed[6] == .reset(key: theirs, reason: .flowControlViolation))
+        #expect(parsed[7] == .ping(instance: 1, nonce: 2))
+        #expect(parsed[8] == .pong(instance: 3, nonce: 4))
+    }
+
+    @Test func headerLayoutIsLittleEndianAndDocumented() {
+        var buffer = ByteBuffer()
+        StreamFrame.credit(key: .init(id: 0x0102_0304, openedLocally: true), increment: 0x0A0B_0C0D).encode(into: &buffer)
+        #expect(Array(buffer.readableBytesView) == [5, 1, 0, 0, 4, 3, 2, 1, 0, 0, 0, 0, 0x0D, 0x0C, 0x0B, 0x0A])
+    }
+
+    func parseError(_ bytes: [UInt8]) -> StreamFrame.ParseError? {
+        var buffer = ByteBuffer(bytes: bytes)
+        do {
+            while try StreamFrame.parse(&buffer) != nil {}
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test("hostile frames are rejected, never trusted")
+    func hostileFrames() {
+        var fin = ByteBuffer()
+        StreamFrame.fin(key: .init(id: 1, openedLocally: true)).encode(into: &fin)
+        let good = Array(fin.readableBytesView)
+        #expect(self.parseError(Array(good.prefix(15))) == .truncatedHeader)
+        var bytes = good
+        bytes[0] = 99
+        #expect(self.parseError(bytes) == .unknownType(99))
+        bytes = good
+        bytes[1] = 2
+        #expect(self.parseError(bytes) == .unknownFlags(2))
+        bytes = good
+        bytes[2] = 1
+        #expect(self.parseError(bytes) == .nonZeroReserved)
+        bytes = good
+        bytes[8] = 4  // a FIN with a body
+        #expect(self.parseError(bytes + [0, 0, 0, 0]) == .badBodyLength(type: 6, length: 4))
+        // DATA claiming more bytes than the message holds.
+        var data = ByteBuffer()
+        StreamFrame.data(key: .init(id: 1, openedLocally: true), payload: ByteBuffer(string: "abc")).encode(into: &data)
+        var dataBytes = Array(data.readableBytesView)
+        dataBytes[8] = 200
+        #expect(self.parseError(dataBytes) == .truncatedBody)
+        dataBytes[8] = 0
+        #expect(self.parseError(Array(dataBytes.prefix(16))) == .zeroLengthData)
+        // DATA above the maximum frame size.
+        dataBytes[8] = 0x01
+        dataBytes[10] = 0x01  // 65537 bytes
+        #expect(self.parseError(dataBytes + [UInt8](repeating: 0, count: 65537)) == .badBodyLength(type: 4, length: 65537))
+        // A RESET with an unknown reason.
+        var reset = ByteBuffer()
+        StreamFrame.reset(key: .init(id: 1, openedLocally: true), reason: .idleTimeout).encode(into: &reset)
+        var resetBytes = Array(reset.readableBytesView)
+        resetBytes[12] = 200
+        #expect(self.parseError(resetBytes) == .unknownReason(200))
+        // An OPEN that does not claim to come from the opener.
+        var open = ByteBuffer()
+        StreamFrame.open(id: 1, servicePort: 1, initialCredit: 1, instance: 1).encode(into: &open)
+        var openBytes = Array(open.readableBytesView)
+        openBytes[1] = 0
+        #expect(self.parseError(openBytes) == .unknownFlags(0))
+    }
+}
