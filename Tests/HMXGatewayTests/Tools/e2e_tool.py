@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import socket
 import sys
 import time
@@ -153,24 +154,39 @@ def sink(args):
     return 0
 
 
+class Stop(Exception):
+    pass
+
+
+def raise_stop(signum, frame):
+    raise Stop()
+
+
 def slow_reader(args):
-    """Reads the source pattern at --rate bytes/s for --seconds, checking every byte."""
+    """Reads the source pattern at --rate bytes/s, checking every byte, for --seconds
+    or until SIGTERM, and then reports. (The signal is unblocked explicitly: a parent's
+    blocked mask is inherited across exec.)"""
+    signal.signal(signal.SIGTERM, raise_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     with connect(args.port, 10) as sock:
         sock.settimeout(10)
         received = 0
         start = time.monotonic()
         piece = max(1, args.rate // 10)
-        while time.monotonic() - start < args.seconds:
-            chunk = sock.recv(piece)
-            if not chunk:
-                say(f"early eof after {received} bytes")
-                return 1
-            if not pattern_matches(received, chunk):
-                say(f"pattern mismatch at {received}")
-                return 1
-            received += len(chunk)
-            time.sleep(len(chunk) / args.rate)
-    say(f"ok slow reader read {received} bytes")
+        try:
+            while time.monotonic() - start < args.seconds:
+                chunk = sock.recv(piece)
+                if not chunk:
+                    say(f"early eof after {received} bytes")
+                    return 1
+                if not pattern_matches(received, chunk):
+                    say(f"pattern mismatch at {received}")
+                    return 1
+                received += len(chunk)
+                time.sleep(len(chunk) / args.rate)
+        except Stop:
+            pass
+    say(f"ok slow reader read {received} bytes in {time.monotonic() - start:.1f}s")
     return 0
 
 
