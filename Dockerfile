@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # Multi-stage build of the release binaries; the runtime image holds only them.
 #   docker build -t hmx-gateway .
-#   docker run --rm -v /run/hmx:/run/hmx -v $PWD/Configs:/etc/hmx hmx-gateway \
-#       hmx-emulator run --config /etc/hmx/emulator.yaml
+#   docker run --rm -v /run/hmx:/run/hmx -v $PWD/Configs:/etc/hmx --network host hmx-gateway \
+#       hmx-gateway run --config /etc/hmx/gateway.yaml
 FROM swift:6.1-bookworm AS build
 WORKDIR /src
 # Package manifest first, so that dependency resolution is cached between builds.
@@ -10,13 +10,15 @@ COPY Package.swift ./
 RUN swift package resolve
 COPY Sources ./Sources
 COPY Tests ./Tests
-RUN swift build -c release --static-swift-stdlib --product hmx-emulator \
- && swift build -c release --static-swift-stdlib --product hmx-cat \
+RUN for product in hmx-gateway hmx-emulator hmx-cat; do \
+        swift build -c release --static-swift-stdlib --product "$product" || exit 1; \
+    done \
  && mkdir -p /out \
- && cp "$(swift build -c release --show-bin-path)/hmx-emulator" "$(swift build -c release --show-bin-path)/hmx-cat" /out/
+ && bin="$(swift build -c release --show-bin-path)" \
+ && cp "$bin/hmx-gateway" "$bin/hmx-emulator" "$bin/hmx-cat" /out/
 
 FROM debian:bookworm-slim
 RUN useradd --system --no-create-home hmx && mkdir -p /run/hmx /etc/hmx
 COPY --from=build /out/ /usr/local/bin/
 COPY Configs/ /etc/hmx/
-CMD ["hmx-emulator", "run", "--config", "/etc/hmx/emulator.yaml"]
+CMD ["hmx-gateway", "run", "--config", "/etc/hmx/gateway.yaml"]

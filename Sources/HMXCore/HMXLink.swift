@@ -103,6 +103,9 @@ public final class HMXRing: @unchecked Sendable {
     /// The largest payload one message can carry on this ring.
     public var maximumMessageSize: UInt32 { ArgoABI.maximumPayload(ringLength: self.length) }
 
+    /// Bytes of the ring holding messages not yet received.
+    public var usedBytes: UInt32 { self.isClosed ? 0 : self.reader.usedBytes }
+
     /// True if a message is waiting.
     public var hasMessages: Bool { !self.isClosed && !self.reader.isEmpty }
 

@@ -18,9 +18,9 @@
 ///   a guest passes them to Xen.
 /// - `result` (emulator → domain, 24 bytes): tag u32, zero u32, value i64.
 ///   Results come back in request order.
-/// - `event` (emulator → domain, 8 bytes): VIRQ_ARGO was raised. No further event is
-///   sent until the domain answers with `eventAck` (8 bytes), like an event channel
-///   that is masked on delivery and unmasked by its owner.
+/// - `event` (emulator → domain, 8 bytes): VIRQ_ARGO was raised. Raises during one
+///   burst of the emulator's work are coalesced into one frame. `eventAck` (8 bytes,
+///   domain → emulator) is accepted and ignored (version 1 clients sent it).
 ///
 /// Every frame kind has one fixed length; anything else is a protocol violation and
 /// the connection is dropped.

@@ -71,6 +71,13 @@ public struct RingReader {
         self.rxPointer = (rx < length && rx % 16 == 0) ? rx : 0
     }
 
+    /// Bytes occupied by messages not yet consumed, as tx_ptr says (0 if tx_ptr is bogus).
+    public var usedBytes: UInt32 {
+        let tx = chmx_load_acquire_u32(self.base + 4)
+        guard tx < self.length, tx % 16 == 0 else { return 0 }
+        return tx >= self.rxPointer ? tx - self.rxPointer : tx &+ self.length &- self.rxPointer
+    }
+
     /// True if no message is waiting.
     public var isEmpty: Bool {
         chmx_load_acquire_u32(self.base + 4) == self.rxPointer

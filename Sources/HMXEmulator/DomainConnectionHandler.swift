@@ -6,8 +6,9 @@ import NIOCore
 /// The emulator's end of one attached domain process: executes its hypercalls in
 /// order and delivers its events.
 ///
-/// Event delivery follows event-channel semantics: an event is sent only if the last
-/// one was acknowledged; events raised meanwhile are remembered as one pending event.
+/// Events are coalesced like an event channel's: however many times VIRQ_ARGO is
+/// raised for this domain while the emulator works through one burst of hypercalls,
+/// one event frame goes out with that burst's results.
 final class DomainConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = LinkWire.Frame
     typealias OutboundOut = ByteBuffer
@@ -18,8 +19,8 @@ final class DomainConnectionHandler: ChannelInboundHandler {
     private var logger: Logger
     private var context: ChannelHandlerContext?
     private var isAttached = false
-    private var isEventMasked = false
-    private var isEventPending = false
+    /// An event frame is already in `output`, not yet flushed.
+    private var isEventQueued = false
     private var output: ByteBuffer
 
     init(domain: EmulatorConfig.DomainEntry, memory: SharedMemory, core: EmulatorCore, logger: Logger) {
@@ -78,12 +79,8 @@ final class DomainConnectionHandler: ChannelInboundHandler {
             )
             self.output.writeLinkFrame(.result(tag: tag, value: value))
         case .eventAck:
-            self.isEventMasked = false
-            if self.isEventPending {
-                self.isEventPending = false
-                self.output.writeLinkFrame(.event)
-                self.isEventMasked = true
-            }
+            // Accepted for compatibility; events are coalesced per burst instead.
+            break
         case .result, .event:
             self.logger.warning("dropping domain: it sent a frame only the emulator may send")
             context.close(promise: nil)
@@ -102,12 +99,8 @@ final class DomainConnectionHandler: ChannelInboundHandler {
 
     /// Raises VIRQ_ARGO in this domain.
     func raiseEvent() {
-        guard self.isAttached else { return }
-        if self.isEventMasked {
-            self.isEventPending = true
-            return
-        }
-        self.isEventMasked = true
+        guard self.isAttached, !self.isEventQueued else { return }
+        self.isEventQueued = true
         self.output.writeLinkFrame(.event)
         // Batched with the results of the hypercall being processed when we are in a
         // read burst; otherwise flushed at the end of the burst that raised it.
@@ -116,6 +109,7 @@ final class DomainConnectionHandler: ChannelInboundHandler {
 
     func flushOutput() {
         guard let context = self.context, self.output.readableBytes > 0 else { return }
+        self.isEventQueued = false
         let bytes = self.output
         self.output = context.channel.allocator.buffer(capacity: 4096)
         context.writeAndFlush(Self.wrapOutboundOut(bytes), promise: nil)

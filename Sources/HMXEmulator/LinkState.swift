@@ -248,9 +248,6 @@ final class LinkState {
                 self.drainWaiting()
             }
         case .event:
-            var ack = self.channel.allocator.buffer(capacity: LinkWire.Kind.eventAck.frameLength)
-            ack.writeLinkFrame(.eventAck)
-            self.channel.writeAndFlush(ack, promise: nil)
             self.eventHandler?()
         case .hypercall, .eventAck:
             self.channel.close(promise: nil)

@@ -372,9 +372,16 @@ final class GatewayCore {
     /// blocked sends.
     func onEvent() {
         var drained = 0
+        var mayHaveBlockedSender = false
         var messages: [(DomainID, ByteBuffer)] = []
         let rings = Array(self.partnerRings.values) + (self.wildcardRing.map { [$0] } ?? [])
         for ring in rings {
+            // A peer gateway's message is at most the packing limit: if at least that
+            // much (plus header and slot) was free, nobody can be waiting for space, and
+            // the notify hypercall can be saved. Other senders (wildcard rings) may send
+            // up to the ring's maximum.
+            let largest = ring.partner == .any ? Int(ring.maximumMessageSize) : PeerLink.packingLimit
+            if Int(ring.length) - Int(ring.usedBytes) <= largest + 32 { mayHaveBlockedSender = true }
             do {
                 drained += try ring.receive { message in
                     guard message.header.messageType == StreamFrame.messageType else {
@@ -394,7 +401,7 @@ final class GatewayCore {
             self.metrics.messagesReceived.increment()
             self.dispatch(buffer, from: source)
         }
-        if drained > 0 {
+        if drained > 0, mayHaveBlockedSender {
             // Only the receiver's notify wakes senders that found our ring full.
             _ = self.link.notify([])
         }

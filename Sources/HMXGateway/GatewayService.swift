@@ -81,10 +81,13 @@ public struct GatewayService: Service {
         self.logger.info("gateway ready", metadata: ["exports": "\(config.exports.count)", "imports": "\(config.imports.count)"])
 
         let hangups = await UnixSignalsSequence(trapping: .sighup)
-        let linkLost = link.closeFuture
+        // The link's close as a cancellable wait (a future's get() is not cancellable).
+        let (linkClosed, linkClosedContinuation) = AsyncStream.makeStream(of: Void.self)
+        link.closeFuture.whenComplete { _ in linkClosedContinuation.finish() }
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
-                try? await linkLost.get()
+                for await _ in linkClosed {}
+                if Task.isCancelled { return }
                 throw HMXError(code: .linkClosed, message: "the hypervisor link closed")
             }
             tasks.addTask {

@@ -41,9 +41,17 @@ final class PeerLink {
 
     var destination: HMXAddress { HMXAddress(domain: self.domain, port: self.gatewayPort) }
 
+    /// Messages are packed up to this size even when the peer's ring takes more, so
+    /// that a sender can only be blocked when the ring is nearly full (see
+    /// ``GatewayCore/onEvent()``).
+    static let packingLimit = StreamFrame.maximumDataLength + 4096
+
+    /// Largest message we send to this peer.
+    var messageLimit: Int { min(self.maximumMessageSize, Self.packingLimit) }
+
     /// Largest DATA body that fits one message to this peer.
     var maximumDataLength: Int {
-        max(1, min(StreamFrame.maximumDataLength, self.maximumMessageSize - StreamFrame.headerSize))
+        max(1, min(StreamFrame.maximumDataLength, self.messageLimit - StreamFrame.headerSize))
     }
 
     func enqueue(_ frame: StreamFrame) {
@@ -79,9 +87,9 @@ final class PeerLink {
             message = retry
         } else {
             guard !self.queue.isEmpty else { return }
-            var packed = ByteBufferAllocator().buffer(capacity: min(self.maximumMessageSize, 65536 + 64))
+            var packed = ByteBufferAllocator().buffer(capacity: min(self.messageLimit, 65536 + 64))
             while let frame = self.queue.first,
-                packed.readableBytes == 0 || packed.readableBytes + frame.encodedLength <= self.maximumMessageSize
+                packed.readableBytes == 0 || packed.readableBytes + frame.encodedLength <= self.messageLimit
             {
                 frame.encode(into: &packed)
                 self.queue.removeFirst()

@@ -213,13 +213,17 @@ public enum StreamFrame: Equatable, Sendable {
             if kind == .data && length == 0 { throw .zeroLengthData }
             throw .badBodyLength(type: rawKind, length: length)
         }
+        // The value field is unused by these frames: it must be zero.
+        if value != 0, kind == .data || kind == .fin || kind == .ping || kind == .pong { throw .nonZeroReserved }
+        // PING and PONG belong to no connection.
+        if kind == .ping || kind == .pong, id != 0 || flags != 0 { throw .nonZeroReserved }
         buffer.moveReaderIndex(forwardBy: Self.headerSize)
         // The sender opened it <=> we did not.
         let key = ConnectionKey(id: id, openedLocally: flags & 1 == 0)
         switch kind {
         case .open:
             let version = buffer.readInteger(endianness: .little, as: UInt16.self)!
-            _ = buffer.readInteger(endianness: .little, as: UInt16.self)
+            guard buffer.readInteger(endianness: .little, as: UInt16.self)! == 0 else { throw .nonZeroReserved }
             let credit = buffer.readInteger(endianness: .little, as: UInt32.self)!
             let instance = buffer.readInteger(endianness: .little, as: UInt64.self)!
             // An OPEN must come from the opener; the receiver refuses unknown versions.

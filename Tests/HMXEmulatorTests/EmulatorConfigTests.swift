@@ -85,3 +85,15 @@ struct EmulatorConfigTests {
         }
     }
 }
+
+@Suite("Shipped emulator configuration files")
+struct ShippedEmulatorConfigTests {
+    @Test(arguments: ["emulator.yaml", "demo-emulator.yaml"])
+    func validates(_ name: String) throws {
+        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        let config = try EmulatorConfig.load(path: parts.joined(separator: "/") + "/Configs/\(name)")
+        #expect(config.domains.count >= 2)
+        #expect(!config.policy.rules.isEmpty)
+    }
+}

@@ -80,3 +80,23 @@ struct GatewayConfigTests {
         }
     }
 }
+
+@Suite("Shipped configuration files")
+struct ShippedConfigTests {
+    static let configs = URLPath.repository + "/Configs"
+
+    @Test(arguments: ["gateway.yaml", "demo-gateway-alpha.yaml", "demo-gateway-beta.yaml"])
+    func gatewayConfigsValidate(_ name: String) throws {
+        let config = try GatewayConfig.load(path: "\(Self.configs)/\(name)")
+        #expect(!(config.exports.isEmpty && config.imports.isEmpty))
+    }
+}
+
+enum URLPath {
+    /// The repository root, from this file's path.
+    static let repository: String = {
+        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        return parts.joined(separator: "/")
+    }()
+}

@@ -103,3 +103,4 @@ struct StreamFrameTests {
         #expect(self.parseError(openBytes) == .unknownFlags(0))
     }
 }
+
