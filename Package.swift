@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "hmx-gateway", targets: ["hmx-gateway"]),
         .library(name: "HMXXen", targets: ["HMXXen"]),
         .executable(name: "hmx-xen-probe", targets: ["hmx-xen-probe"]),
+        .library(name: "HMXProxyProtocol", targets: ["HMXProxyProtocol"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -179,6 +180,8 @@ let package = Package(
             dependencies: ["HMXCore", "CXenABI"],
             swiftSettings: swiftSettings
         ),
+        // Child processes, temporary folders and polling for the real-process tests.
+        .target(name: "HMXProcessTestSupport", path: "Tests/HMXProcessTestSupport", swiftSettings: swiftSettings),
         .testTarget(
             name: "HMXStreamTests",
             dependencies: ["HMXStream", .product(name: "NIOCore", package: "swift-nio")],
@@ -192,11 +195,24 @@ let package = Package(
         .testTarget(
             name: "HMXEmulatorTests",
             dependencies: [
-                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "hmx-emulator", "hmx-cat",
+                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "HMXProcessTestSupport", "hmx-emulator", "hmx-cat",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HMXProxyProtocolTests",
+            dependencies: ["HMXProxyProtocol", "HMXProcessTestSupport", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        // End to end: hmx-emulator, two hmx-gateway processes and real programs from Debian
+        // (redis, iperf3, socat, python3), each domain in its own network namespace when root.
+        .testTarget(
+            name: "HMXGatewayTests",
+            dependencies: ["HMXProcessTestSupport", "hmx-emulator", "hmx-gateway"],
+            exclude: ["Tools"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -21,5 +21,12 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        .executableTarget(
+            name: "FuzzProxyProtocol",
+            dependencies: [
+                .product(name: "HMXProxyProtocol", package: "hmx-gateway"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
     ]
 )

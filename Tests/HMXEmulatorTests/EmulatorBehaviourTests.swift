@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 import CHMXShims
 import Foundation
+import HMXProcessTestSupport
 import HMXCore
 import HMXEmulator
 import NIOCore

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 import Foundation
+import HMXProcessTestSupport
 import Testing
 
 /// The real programs, as a user runs them: hmx-emulator and hmx-cat processes.

@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: Apache-2.0
+import Foundation
+import HMXProcessTestSupport
+import Testing
+
+/// One end-to-end setup: hmx-emulator with domains alpha (1) and beta (2), one
+/// hmx-gateway per domain, and the programs each domain runs.
+///
+/// As root, each domain gets its own network namespace with only loopback, and its
+/// gateway and programs run inside it: HMX (the emulator's Unix sockets, which do not
+/// depend on network namespaces) is then the only path between the two domains.
+/// Without root everything shares the host's loopback, on ports chosen per lab.
+///
+/// Every lab also maps an echo service (HMX port 7): alpha's `echoPort` reaches an
+/// echo server in beta, which is how ``startGateways(exports:imports:)`` knows that
+/// both gateways are ready.
+final class GatewayLab: @unchecked Sendable {
+    // @unchecked: used from one test task at a time.
+
+    enum Domain: String, CaseIterable {
+        case alpha
+        case beta
+
+        var id: Int { self == .alpha ? 1 : 2 }
+        var peer: Domain { self == .alpha ? .beta : .alpha }
+    }
+
+    struct Export {
+        var name: String
+        var port: Int
+        var target: String
+        var allow: [String] = ["alpha"]
+        var extra: [String] = []
+    }
+
+    struct Import {
+        var name: String
+        var listen: String
+        var port: Int
+        var peer: String = "beta"
+        var extra: [String] = []
+    }
+
+    /// Both directions allowed between alpha and beta.
+    static let openPolicy = """
+          - {action: allow, from: alpha, to: beta}
+          - {action: allow, from: beta, to: alpha}
+        """
+
+    static let toolPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Tools/e2e_tool.py").path
+
+    let directory: TemporaryDirectory
+    let emulator: ChildProcess
+    /// Network namespace of each domain; empty when not running as root.
+    let namespaces: [Domain: String]
+    private let basePort: Int
+    private(set) var gateways: [Domain: ChildProcess] = [:]
+    private var children: [ChildProcess] = []
+
+    /// alpha's listening port of the echo service.
+    var echoPort: Int { self.port(0) }
+
+    init(policy: String = GatewayLab.openPolicy) async throws {
+        try #require(executablePath("hmx-gateway") != nil, "hmx-gateway is not built in \(binDirectory)")
+        self.directory = try TemporaryDirectory()
+        let useNamespaces = getuid() == 0 && ProcessInfo.processInfo.environment["HMX_E2E_NAMESPACES"] != "0"
+        var namespaces: [Domain: String] = [:]
+        if useNamespaces {
+            let tag = "\(getpid())-\(UUID().uuidString.prefix(6))"
+            for domain in Domain.allCases {
+                let name = "hmx-\(domain.rawValue)-\(tag)"
+                let add = try await HMXProcessTestSupport.run("ip", ["netns", "add", name], seconds: 10)
+                try #require(add.status == 0, "ip netns add \(name): \(add.output)")
+                namespaces[domain] = name
+                let up = try await HMXProcessTestSupport.run("ip", ["netns", "exec", name, "ip", "link", "set", "lo", "up"], seconds: 10)
+                try #require(up.status == 0, "loopback up in \(name): \(up.output)")
+            }
+        }
+        self.namespaces = namespaces
+        self.basePort = useNamespaces ? 20000 : Int.random(in: 200..<600) * 100
+        (self.emulator, _) = try await startEmulator(
+            in: self.directory,
+            domains: Domain.allCases.map { (UInt16($0.id), $0.rawValue) },
+            policy: policy,
+            macPermissive: false
+        )
+    }
+
+    deinit {
+        for child in self.children where child.isRunning { child.signal(SIGKILL) }
+        for name in self.namespaces.values {
+            let remove = Process()
+            remove.executableURL = URL(fileURLWithPath: executablePath("ip") ?? "/usr/sbin/ip")
+            remove.arguments = ["netns", "del", name]
+            try? remove.run()
+            remove.waitUntilExit()
+        }
+    }
+
+    /// A distinct port for this lab (`offset` < 100).
+    func port(_ offset: Int) -> Int { self.basePort + offset }
+
+    /// The command line that runs `program` inside `domain`.
+    private func commandLine(_ domain: Domain, _ program: String, _ arguments: [String]) -> (String, [String]) {
+        let path = executablePath(program) ?? program
+        guard let namespace = self.namespaces[domain] else { return (path, arguments) }
+        return (executablePath("ip") ?? "/usr/sbin/ip", ["netns", "exec", namespace, path] + arguments)
+    }
+
+    /// Starts `program` in `domain`; it is killed when the lab goes away.
+    func spawn(_ domain: Domain, _ program: String, _ arguments: [String], standardInput: String? = nil) throws -> ChildProcess {
+        let (executable, fullArguments) = self.commandLine(domain, program, arguments)
+        let child = try ChildProcess(executable, fullArguments, environment: ["PATH": "\(binDirectory):/usr/bin:/bin:/usr/sbin:/sbin"], standardInput: standardInput)
+        self.children.append(child)
+        return child
+    }
+
+    /// Runs `program` in `domain` to completion within `seconds`.
+    func run(_ domain: Domain, _ program: String, _ arguments: [String], seconds: Double = 30) async throws -> (status: Int32?, output: String) {
+        let child = try self.spawn(domain, program, arguments)
+        let status = await child.wait(seconds: seconds)
+        return (status, child.log)
+    }
+
+    /// A bash script in `domain`.
+    func shell(_ domain: Domain, _ script: String) throws -> ChildProcess {
+        try self.spawn(domain, "/bin/bash", ["-c", script])
+    }
+
+    /// The test tool (Tools/e2e_tool.py) in `domain`.
+    func tool(_ domain: Domain, _ arguments: [String]) throws -> ChildProcess {
+        try self.spawn(domain, "python3", ["-u", Self.toolPath] + arguments)
+    }
+
+    func runTool(_ domain: Domain, _ arguments: [String], seconds: Double = 60) async throws -> (status: Int32?, output: String) {
+        let child = try self.tool(domain, arguments)
+        let status = await child.wait(seconds: seconds)
+        return (status, child.log)
+    }
+
+    /// Starts a server from the test tool in `domain` and waits until it listens.
+    @discardableResult
+    func startToolServer(_ domain: Domain, _ arguments: [String]) async throws -> ChildProcess {
+        let server = try self.tool(domain, arguments)
+        let listening = await eventually(within: 10) { server.output.contains("listening") }
+        try #require(listening, "\(arguments) did not start: \(server.log)")
+        return server
+    }
+
+    /// The gateway configuration file of `domain`.
+    func gatewayConfig(_ domain: Domain, exports: [Export], imports: [Import], peers: [String: Int]? = nil, extra: String = "") throws -> String {
+        var text = """
+            link:
+              emulator: \(self.directory.path)/\(domain.rawValue).sock
+            peers:
+
+            """
+        for (name, id) in (peers ?? [domain.peer.rawValue: domain.peer.id]).sorted(by: { $0.key < $1.key }) {
+            text += "  \(name): \(id)\n"
+        }
+        if !exports.isEmpty {
+            text += "exports:\n"
+            for export in exports {
+                text += "  - name: \(export.name)\n    port: \(export.port)\n    target: \(export.target)\n"
+                text += "    allow: [\(export.allow.joined(separator: ", "))]\n"
+                text += export.extra.map { "    \($0)\n" }.joined()
+            }
+        }
+        if !imports.isEmpty {
+            text += "imports:\n"
+            for mapping in imports {
+                text += "  - name: \(mapping.name)\n    listen: \(mapping.listen)\n    peer: \(mapping.peer)\n    port: \(mapping.port)\n"
+                text += mapping.extra.map { "    \($0)\n" }.joined()
+            }
+        }
+        return try self.directory.write("gateway-\(domain.rawValue).yaml", text + extra)
+    }
+
+    /// Starts hmx-gateway in `domain` with `config`.
+    @discardableResult
+    func startGateway(_ domain: Domain, config: String) throws -> ChildProcess {
+        let gateway = try self.spawn(domain, "hmx-gateway", ["run", "--config", config])
+        self.gateways[domain] = gateway
+        return gateway
+    }
+
+    /// Starts the echo server in beta, then beta's gateway (exports) and alpha's gateway
+    /// (imports), both with the echo mapping added, and waits until an echo round trip
+    /// through HMX succeeds.
+    func startGateways(
+        exports: [Export] = [],
+        imports: [Import] = [],
+        betaPeers: [String: Int]? = nil,
+        waitForEcho: Bool = true
+    ) async throws {
+        let echoTarget = self.port(1)
+        try await self.startToolServer(.beta, ["echo-server", "--port", "\(echoTarget)"])
+        let echoExport = Export(name: "echo", port: 7, target: "tcp://127.0.0.1:\(echoTarget)")
+        let echoImport = Import(name: "echo", listen: "tcp://127.0.0.1:\(self.echoPort)", port: 7)
+        try self.startGateway(.beta, config: try self.gatewayConfig(.beta, exports: [echoExport] + exports, imports: [], peers: betaPeers))
+        try self.startGateway(.alpha, config: try self.gatewayConfig(.alpha, exports: [], imports: [echoImport] + imports))
+        guard waitForEcho else { return }
+        let probe = try await self.runTool(.alpha, ["probe", "--port", "\(self.echoPort)", "--timeout", "30"], seconds: 40)
+        try #require(probe.status == 0, "echo through the gateways: \(probe.output)\n\(self.gatewayLogs)")
+    }
+
+    /// Both gateways' output, for failure messages.
+    var gatewayLogs: String {
+        Domain.allCases.compactMap { domain in self.gateways[domain].map { "--- gateway \(domain.rawValue):\n\($0.log)" } }.joined(separator: "\n")
+    }
+
+    /// SIGTERM to both gateways: each must drain and exit with status 0 within `seconds`.
+    /// - Returns: what went wrong, empty if nothing did.
+    func stopGateways(seconds: Double = 15) async -> [String] {
+        for gateway in self.gateways.values { gateway.signal(SIGTERM) }
+        var problems: [String] = []
+        for domain in Domain.allCases {
+            guard let gateway = self.gateways[domain] else { continue }
+            let status = await gateway.wait(seconds: seconds)
+            if status != 0 {
+                problems.append("gateway \(domain.rawValue) " + (status.map { "exited with status \($0)" } ?? "did not stop within \(seconds) s"))
+            }
+        }
+        return problems
+    }
+}

@@ -1,0 +1,154 @@
+// SPDX-License-Identifier: Apache-2.0
+import Foundation
+import HMXProcessTestSupport
+import Testing
+
+extension GatewayEndToEndTests {
+    /// The stream promises: exact bytes, half-close, backpressure, many connections.
+    @Suite("streams")
+    struct Streams {
+        @Test("256 MiB each way with socat, sha256 equal; the sender's close ends the receiver", .timeLimit(.minutes(6)))
+        func largeFiles() async throws {
+            let lab = try await GatewayLab()
+            let uploadTarget = lab.port(30)
+            let downloadTarget = lab.port(31)
+            let uploadPort = lab.port(32)
+            let downloadPort = lab.port(33)
+            let bytes = 256 << 20
+            let path = lab.directory.path
+            // Upload: alpha sends to a socat listener in beta.
+            let receiver = try lab.shell(.beta, "socat -u TCP-LISTEN:\(uploadTarget),bind=127.0.0.1,reuseaddr - | sha256sum > \(path)/upload.received")
+            // Download: a socat listener in beta sends to alpha.
+            let source = try lab.shell(
+                .beta,
+                "head -c \(bytes) /dev/urandom | tee >(sha256sum > \(path)/download.sent) | socat -u - TCP-LISTEN:\(downloadTarget),bind=127.0.0.1,reuseaddr"
+            )
+            try await lab.startGateways(
+                exports: [
+                    .init(name: "upload", port: 9001, target: "tcp://127.0.0.1:\(uploadTarget)"),
+                    .init(name: "download", port: 9002, target: "tcp://127.0.0.1:\(downloadTarget)"),
+                ],
+                imports: [
+                    .init(name: "upload", listen: "tcp://127.0.0.1:\(uploadPort)", port: 9001),
+                    .init(name: "download", listen: "tcp://127.0.0.1:\(downloadPort)", port: 9002),
+                ]
+            )
+
+            let sender = try lab.shell(
+                .alpha,
+                "head -c \(bytes) /dev/urandom | tee >(sha256sum > \(path)/upload.sent) | socat -u - TCP:127.0.0.1:\(uploadPort)"
+            )
+            #expect(await sender.wait(seconds: 150) == 0, "upload sender: \(sender.log)\n\(lab.gatewayLogs)")
+            #expect(await receiver.wait(seconds: 30) == 0, "upload receiver did not see the end of the stream: \(receiver.log)")
+            #expect(try await sameDigest(path, "upload.sent", "upload.received"))
+
+            let downloader = try lab.shell(.alpha, "socat -u TCP:127.0.0.1:\(downloadPort) - | sha256sum > \(path)/download.received")
+            #expect(await downloader.wait(seconds: 150) == 0, "download receiver: \(downloader.log)\n\(lab.gatewayLogs)")
+            #expect(await source.wait(seconds: 30) == 0, "download sender: \(source.log)")
+            #expect(try await sameDigest(path, "download.sent", "download.received"))
+        }
+
+        /// Both files hold the same 64-hex-digit digest (tee's process substitution may
+        /// finish a moment after the pipeline).
+        private func sameDigest(_ path: String, _ first: String, _ second: String) async throws -> Bool {
+            func digest(_ name: String) -> String? {
+                let text = (try? String(contentsOfFile: "\(path)/\(name)", encoding: .utf8)) ?? ""
+                return text.count >= 64 ? String(text.prefix(64)) : nil
+            }
+            _ = await eventually(within: 10) { digest(first) != nil && digest(second) != nil }
+            let (a, b) = (digest(first), digest(second))
+            #expect(a != nil && a == b, "\(first) \(a ?? "missing") vs \(second) \(b ?? "missing")")
+            return a != nil && a == b
+        }
+
+        @Test("half-close: the client shuts its write side and still reads the whole reply", .timeLimit(.minutes(2)))
+        func halfClose() async throws {
+            let lab = try await GatewayLab()
+            let target = lab.port(40)
+            let importPort = lab.port(41)
+            let server = try await lab.startToolServer(.beta, ["echo-server", "--port", "\(target)", "--reply-after-eof", "1"])
+            try await lab.startGateways(
+                exports: [.init(name: "late-echo", port: 9003, target: "tcp://127.0.0.1:\(target)")],
+                imports: [.init(name: "late-echo", listen: "tcp://127.0.0.1:\(importPort)", port: 9003)]
+            )
+            let client = try await lab.runTool(.alpha, ["half-close", "--port", "\(importPort)", "--bytes", "\(4 << 20)"], seconds: 60)
+            #expect(client.status == 0, "\(client.output)\n\(lab.gatewayLogs)")
+            #expect(client.output.hasPrefix("ok 4194304 bytes after half-close"), "\(client.output)")
+            #expect(await eventually { server.output.contains("closed eof after 4194304 bytes") }, "\(server.log)")
+
+            // socat's own half-close: its input ends, the reply still arrives.
+            let socat = try lab.shell(.alpha, "printf 'one line\\n' | socat -t 10 - TCP:127.0.0.1:\(importPort)")
+            #expect(await socat.wait(seconds: 30) == 0, "\(socat.log)")
+            #expect(socat.output == "one line\n")
+        }
+
+        @Test("a slow reader: the gateways' memory stays bounded and another connection keeps its speed", .timeLimit(.minutes(4)))
+        func slowReader() async throws {
+            let lab = try await GatewayLab()
+            let target = lab.port(50)
+            let importPort = lab.port(51)
+            let source = try await lab.startToolServer(.beta, ["source-server", "--port", "\(target)"])
+            try await lab.startGateways(
+                exports: [.init(name: "source", port: 9004, target: "tcp://127.0.0.1:\(target)")],
+                imports: [.init(name: "source", listen: "tcp://127.0.0.1:\(importPort)", port: 9004)]
+            )
+            let fast = ["sink", "--port", "\(importPort)", "--bytes", "\(128 << 20)", "--timeout", "60"]
+            _ = try await lab.runTool(.alpha, fast, seconds: 90)  // warms both gateways up
+            let alone = try #require(sinkRate(try await lab.runTool(.alpha, fast, seconds: 90)), "sink alone failed\n\(lab.gatewayLogs)")
+            let gateways = [GatewayLab.Domain.alpha, .beta].compactMap { lab.gateways[$0] }
+            let before = gateways.map { $0.residentKiB() ?? 0 }
+            let sampler = Task {
+                var peak = before
+                while !Task.isCancelled {
+                    for (index, gateway) in gateways.enumerated() { peak[index] = max(peak[index], gateway.residentKiB() ?? 0) }
+                    try? await Task.sleep(nanoseconds: 50_000_000)
+                }
+                return peak
+            }
+
+            // 64 KiB/s against a source that sends hundreds of MB/s, for at least 15 s and
+            // until the fast transfers are done.
+            let slow = try lab.tool(.alpha, ["slow-reader", "--port", "\(importPort)", "--rate", "65536", "--seconds", "200"])
+            let slowStarted = Date()
+            try await Task.sleep(nanoseconds: 3_000_000_000)
+            var rates: [Double] = []
+            for _ in 0..<2 where (rates.max() ?? 0) < alone * 0.5 {
+                rates.append(sinkRate(try await lab.runTool(.alpha, fast, seconds: 90)) ?? 0)
+            }
+            let remaining = 15 - Date().timeIntervalSince(slowStarted)
+            if remaining > 0 { try await Task.sleep(nanoseconds: UInt64(remaining * 1e9)) }
+            #expect(slow.isRunning, "the slow reader kept reading during the fast transfers: \(slow.log)")
+            slow.signal(SIGTERM)
+            #expect(await slow.wait(seconds: 10) == 0, "\(slow.log)")
+            sampler.cancel()
+            let peak = await sampler.value
+            #expect(slow.output.contains("ok slow reader read"), "\(slow.log)")
+            #expect((rates.max() ?? 0) >= alone * 0.5, "alone \(alone) MB/s, next to the slow reader \(rates) MB/s")
+            for (index, gateway) in gateways.enumerated() {
+                // An unbounded buffer would hold gigabytes after 15 s of a source this fast.
+                #expect(peak[index] > 0 && peak[index] - before[index] < 192 * 1024, "gateway \(gateway.pid) grew from \(before[index]) KiB to \(peak[index]) KiB")
+            }
+            #expect(source.isRunning)
+        }
+
+        @Test("1000 concurrent connections each echo their own bytes", .timeLimit(.minutes(4)))
+        func thousandConnections() async throws {
+            let lab = try await GatewayLab()
+            let target = lab.port(60)
+            let importPort = lab.port(61)
+            let server = try await lab.startToolServer(.beta, ["echo-server", "--port", "\(target)"])
+            try await lab.startGateways(
+                exports: [.init(name: "many", port: 9005, target: "tcp://127.0.0.1:\(target)", extra: ["max_connections: 2000"])],
+                imports: [.init(name: "many", listen: "tcp://127.0.0.1:\(importPort)", port: 9005, extra: ["max_connections: 2000"])]
+            )
+            let client = try await lab.runTool(.alpha, ["many", "--port", "\(importPort)", "--count", "1000", "--bytes", "2000", "--timeout", "150"], seconds: 180)
+            #expect(client.status == 0, "\(client.output)\n\(lab.gatewayLogs.suffix(4000))")
+            #expect(client.output.hasPrefix("ok 1000 concurrent connections"), "\(client.output)")
+            // Every connection reached the server in beta and was closed there.
+            let closed = await eventually(within: 20) {
+                server.output.components(separatedBy: "closed ").count - 1 >= 1000
+            }
+            #expect(closed, "server saw \(server.output.components(separatedBy: "closed ").count - 1) closes")
+        }
+    }
+}
