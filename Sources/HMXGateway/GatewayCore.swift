@@ -380,10 +380,16 @@ final class GatewayCore {
             // much (plus header and slot) was free, nobody can be waiting for space, and
             // the notify hypercall can be saved. Other senders (wildcard rings) may send
             // up to the ring's maximum.
+            //
+            // A sender that found the ring full (EAGAIN) cannot add to it until woken,
+            // so the next look at the ring after its EAGAIN sees it at least that full:
+            // looking before every message (and before the first) never misses one.
             let largest = ring.partner == .any ? Int(ring.maximumMessageSize) : PeerLink.packingLimit
-            if Int(ring.length) - Int(ring.usedBytes) <= largest + 32 { mayHaveBlockedSender = true }
+            let threshold = Int(ring.length) - largest - 32
+            if Int(ring.usedBytes) >= threshold { mayHaveBlockedSender = true }
             do {
                 drained += try ring.receive { message in
+                    if Int(ring.usedBytes) >= threshold { mayHaveBlockedSender = true }
                     guard message.header.messageType == StreamFrame.messageType else {
                         self.metrics.malformedMessages.increment()
                         return

@@ -57,19 +57,32 @@ final class StreamConnection {
         self.channel = channel
     }
 
-    /// Bytes the local application wrote.
+    /// Bytes the local application wrote. Normally read only within credit, but NIO
+    /// reads everything up to EOF when the peer half-closes (EPOLLRDHUP), even before
+    /// the connection is accepted; such bytes are held (bounded by the socket's receive
+    /// buffer) and sent as credit allows.
     func localRead(_ buffer: ByteBuffer) {
         self.isReadRequested = false
         self.lastActivity = .now()
-        guard self.state.phase == .open, !self.state.hasSentFin else { return }
+        guard self.state.phase == .opening || (self.state.phase == .open && !self.state.hasSentFin) else { return }
         var buffer = buffer
         if var held = self.heldOutbound {
             held.writeBuffer(&buffer)
             buffer = held
             self.heldOutbound = nil
         }
-        self.sendWithinCredit(&buffer)
+        if self.state.phase == .open { self.sendWithinCredit(&buffer) }
         if buffer.readableBytes > 0 { self.heldOutbound = buffer }
+    }
+
+    /// Sends held bytes within the credit, then a pending FIN once they are all out.
+    private func sendHeld() {
+        if var held = self.heldOutbound {
+            self.heldOutbound = nil
+            self.sendWithinCredit(&held)
+            if held.readableBytes > 0 { self.heldOutbound = held }
+        }
+        if self.isFinPending, self.heldOutbound == nil { self.sendFin() }
     }
 
     private func sendWithinCredit(_ buffer: inout ByteBuffer) {
@@ -98,6 +111,11 @@ final class StreamConnection {
 
     /// The local application shut its output (half-close).
     func localInputClosed() {
+        if self.state.phase == .opening {
+            // FIN once the peer has accepted and the held bytes are sent.
+            self.isFinPending = true
+            return
+        }
         guard self.state.phase == .open, !self.state.hasSentFin else { return }
         if self.heldOutbound != nil {
             self.isFinPending = true
@@ -139,6 +157,7 @@ final class StreamConnection {
         switch self.state.accepted(credit: credit) {
         case .success:
             self.logger.debug("connection accepted by the peer")
+            self.sendHeld()
             self.requestReadIfPossible()
         case .failure(let violation):
             self.violation(violation)
@@ -195,12 +214,7 @@ final class StreamConnection {
     func peerCredit(_ increment: UInt32) {
         switch self.state.receivedCredit(increment) {
         case .success:
-            if var held = self.heldOutbound {
-                self.heldOutbound = nil
-                self.sendWithinCredit(&held)
-                if held.readableBytes > 0 { self.heldOutbound = held }
-            }
-            if self.isFinPending, self.heldOutbound == nil { self.sendFin() }
+            self.sendHeld()
             self.requestReadIfPossible()
         case .failure(let violation):
             self.violation(violation)
@@ -210,10 +224,14 @@ final class StreamConnection {
     func peerFin() {
         switch self.state.receivedFin() {
         case .success(.closeLocal):
+            // DATA frames just before this FIN may still be unflushed: flush first, or
+            // closing would drop them.
+            self.channel?.flush()
             self.channel?.close(mode: .output, promise: nil)
             self.finish(.opened)
         case .success:
             // Half-close: the local application sees EOF after the pending bytes.
+            self.channel?.flush()
             self.channel?.close(mode: .output, promise: nil)
         case .failure(let violation):
             self.violation(violation)
