@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 import ArgumentParser
 import Logging
+import ServiceLifecycle
+import UnixSignals
 
 #if canImport(Glibc)
 import Glibc
@@ -33,3 +35,21 @@ public func bootstrapLogging(level: Logger.Level) {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Runs one long-lived service until SIGTERM or SIGINT shuts it down gracefully;
+/// a failure is printed as one line prefixed with the tool's name, exit status 1.
+public func runUntilSignalled(_ service: some Service, tool: String, logger: Logger) async throws {
+    let group = ServiceGroup(
+        configuration: .init(
+            services: [.init(service: service)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        )
+    )
+    do {
+        try await group.run()
+    } catch {
+        printError("\(tool): \(error)")
+        throw ExitCode(1)
+    }
+}

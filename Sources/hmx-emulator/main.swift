@@ -48,19 +48,7 @@ struct Run: AsyncParsableCommand {
         bootstrapLogging(level: self.logLevel)
         let logger = Logger(label: "hmx-emulator")
         let service = EmulatorService(configPath: self.config, config: loaded, logger: logger)
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: service)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
-        )
-        do {
-            try await group.run()
-        } catch {
-            printError("hmx-emulator: \(error)")
-            throw ExitCode(1)
-        }
+        try await runUntilSignalled(service, tool: "hmx-emulator", logger: logger)
     }
 }
 

@@ -52,19 +52,7 @@ struct Run: AsyncParsableCommand {
         var logger = Logger(label: "hmx-gateway")
         logger[metadataKey: "config"] = "\(self.config)"
         let service = GatewayService(configPath: self.config, config: loaded, logger: logger, registry: registry)
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: service)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
-        )
-        do {
-            try await group.run()
-        } catch {
-            printError("hmx-gateway: \(error)")
-            throw ExitCode(1)
-        }
+        try await runUntilSignalled(service, tool: "hmx-gateway", logger: logger)
     }
 }
 
