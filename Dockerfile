@@ -4,6 +4,7 @@
 #   docker run --rm -v /run/hmx:/run/hmx -v $PWD/Configs:/etc/hmx --network host hmx-gateway \
 #       hmx-gateway run --config /etc/hmx/gateway.yaml
 FROM swift:6.1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends libxen-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Package manifest first, so that dependency resolution is cached between builds.
 COPY Package.swift ./
@@ -18,6 +19,10 @@ RUN for product in hmx-gateway hmx-emulator hmx-cat; do \
  && cp "$bin/hmx-gateway" "$bin/hmx-emulator" "$bin/hmx-cat" /out/
 
 FROM debian:bookworm-slim
+# Xen's user-space libraries for the real Argo backend (link: {xen: true}).
+RUN apt-get update && apt-get install -y --no-install-recommends \
+        libxencall1 libxenevtchn1 libxenforeignmemory1 libxenstore4 libxentoollog1 \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --no-create-home hmx && mkdir -p /run/hmx /etc/hmx
 COPY --from=build /out/ /usr/local/bin/
 COPY Configs/ /etc/hmx/

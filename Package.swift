@@ -82,7 +82,7 @@ let package = Package(
         .target(
             name: "HMXGateway",
             dependencies: [
-                "HMXCore", "HMXStream", "HMXConfig", "HMXEmulator", "HMXProxyProtocol",
+                "HMXCore", "HMXStream", "HMXConfig", "HMXEmulator", "HMXXen", "HMXProxyProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Metrics", package: "swift-metrics"),

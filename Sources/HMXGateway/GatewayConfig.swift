@@ -4,9 +4,23 @@ import HMXCore
 
 /// hmx-gateway's configuration file (see docs/CONFIG.md).
 public struct GatewayConfig: Sendable, Equatable {
+    /// Which hypervisor the gateway talks to.
+    public enum Backend: Sendable, Equatable, CustomStringConvertible {
+        /// hmx-emulator: the socket of this gateway's domain.
+        case emulator(socket: String)
+        /// Real Xen Argo, from user space (privcmd, libxencall, libxenevtchn).
+        case xen
+
+        public var description: String {
+            switch self {
+            case .emulator(let socket): "emulator \(socket)"
+            case .xen: "xen"
+            }
+        }
+    }
+
     public struct Link: Sendable, Equatable {
-        /// The emulator socket of this gateway's domain.
-        public var emulatorSocket: String
+        public var backend: Backend
         /// The Argo port of the gateway protocol (same on every gateway).
         public var port: HMXPort
         /// Bytes of each per-peer receive ring.
@@ -96,12 +110,20 @@ public struct GatewayConfig: Sendable, Equatable {
         let top = try root.mapping()
         let linkNode = try top.required("link")
         let link = try linkNode.mapping()
-        let emulator = try link.required("emulator").string()
+        let emulatorNode = link.optional("emulator")
+        let xenNode = link.optional("xen")
+        let backend: Backend
+        switch (emulatorNode, try xenNode?.bool() ?? false) {
+        case (let node?, false): backend = .emulator(socket: try node.string())
+        case (nil, true): backend = .xen
+        case (_?, true): throw linkNode.error("give either emulator: SOCKET or xen: true, not both")
+        case (nil, false): throw linkNode.error("say which hypervisor: emulator: SOCKET (hmx-emulator) or xen: true (real Xen Argo)")
+        }
         let port = try link.optional("port")?.integer(UInt32.self, in: 0...UInt32.max) ?? Self.defaultPort
         let ringNode = link.optional("ring_size")
         let ringSize = try ringNode?.integer(UInt32.self, in: 4032...ArgoABI.maximumUsableRingLength) ?? Self.defaultRingSize
         if let ringNode, ringSize % 16 != 0 { throw ringNode.error("must be a multiple of 16") }
-        try link.finish(known: ["emulator", "port", "ring_size"])
+        try link.finish(known: ["emulator", "xen", "port", "ring_size"])
 
         var peers: [String: DomainID] = [:]
         if let peersNode = top.optional("peers") {
@@ -199,7 +221,7 @@ public struct GatewayConfig: Sendable, Equatable {
         try top.finish(known: ["link", "peers", "exports", "imports", "limits", "metrics"])
         return GatewayConfig(
             file: root.file,
-            link: Link(emulatorSocket: emulator, port: port, ringSize: ringSize),
+            link: Link(backend: backend, port: port, ringSize: ringSize),
             peers: peers,
             exports: exports,
             imports: imports,

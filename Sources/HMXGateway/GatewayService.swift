@@ -2,6 +2,7 @@
 import HMXConfig
 import HMXCore
 import HMXEmulator
+import HMXXen
 import Logging
 import NIOCore
 import NIOPosix
@@ -48,16 +49,19 @@ public struct GatewayService: Service {
     }
 
     private func run(group: MultiThreadedEventLoopGroup, loop: any EventLoop) async throws {
-        let link: EmulatorLink
+        let link: any HMXLink
         do {
-            link = try await EmulatorLink.attach(socketPath: self.initialConfig.link.emulatorSocket, group: loop)
+            switch self.initialConfig.link.backend {
+            case .emulator(let socket): link = try await EmulatorLink.attach(socketPath: socket, group: loop)
+            case .xen: link = try await XenLink.open(group: loop)
+            }
         } catch {
             self.logger.critical("cannot attach to the hypervisor", metadata: ["error": "\(error)"])
             throw error
         }
         self.logger.info(
             "attached to the hypervisor",
-            metadata: ["domain": "\(link.localDomain)", "emulator": "\(self.initialConfig.link.emulatorSocket)"]
+            metadata: ["domain": "\(link.localDomain)", "backend": "\(self.initialConfig.link.backend)"]
         )
         let config = self.initialConfig
         let logger = self.logger

@@ -65,7 +65,7 @@ struct CheckConfig: ParsableCommand {
     func run() throws {
         let config = loadConfigOrExit(self.file)
         print("configuration \(self.file) is valid")
-        print("link: emulator \(config.link.emulatorSocket), gateway port \(config.link.port), ring \(config.link.ringSize) bytes per peer")
+        print("link: \(config.link.backend), gateway port \(config.link.port), ring \(config.link.ringSize) bytes per peer")
         for export in config.exports {
             let allow: String
             switch export.allow {

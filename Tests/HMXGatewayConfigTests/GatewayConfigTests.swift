@@ -19,8 +19,14 @@ struct GatewayConfigTests {
         metrics: {listen: "tcp://127.0.0.1:9464"}
         """
 
+    @Test func xenBackend() throws {
+        let config = try GatewayConfig.parse("link: {xen: true}\n", file: "gw.yaml")
+        #expect(config.link.backend == .xen)
+    }
+
     @Test func validConfig() throws {
         let config = try GatewayConfig.parse(Self.valid, file: "gw.yaml")
+        #expect(config.link.backend == .emulator(socket: "/run/hmx/a.sock"))
         #expect(config.link.port == 5000)
         #expect(config.link.ringSize == 131_008)
         #expect(config.exports[0].target == .unix(path: "/run/postgresql/.s.PGSQL.5432"))
@@ -42,6 +48,8 @@ struct GatewayConfigTests {
     func errors() {
         let cases: [(String, String)] = [
             ("peers: {}\n", "gw.yaml:1: link: required key is missing"),
+            ("link: {port: 1}\n", "gw.yaml:1: link: say which hypervisor"),
+            ("link: {emulator: /a, xen: true}\n", "gw.yaml:1: link: give either emulator: SOCKET or xen: true, not both"),
             ("link: {emulator: /a, colour: red}\n", "gw.yaml:1: link.colour: unknown key"),
             ("link: {emulator: /a, ring_size: 4040}\n", "gw.yaml:1: link.ring_size: must be a multiple of 16"),
             (
