@@ -28,7 +28,7 @@ extension GatewayEndToEndTests {
             // Once they are gone, the mapping accepts again.
             let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(limitedPort)", "--timeout", "10"], seconds: 20)
             #expect(probe.status == 0, "\(probe.output)\n\(lab.gatewayLogs)")
-            #expect(await eventually { lab.gateways[.alpha]?.log.contains("limit") == true }, "\(lab.gatewayLogs)")
+            #expect(await eventually { lab.gateways[.alpha]?.log.contains("limit_reached") == true }, "the reason is logged: \(lab.gatewayLogs)")
         }
 
         @Test("idle_timeout 1s: an idle connection is reset within a few seconds, a busy one is not", .timeLimit(.minutes(2)))
