@@ -59,6 +59,12 @@ final class GatewayLab: @unchecked Sendable {
 
     /// alpha's listening port of the echo service.
     var echoPort: Int { self.port(0) }
+    /// The port of beta's echo server.
+    var echoTarget: Int { self.port(1) }
+    /// beta's export of the echo service (in every lab).
+    var echoExport: Export { Export(name: "echo", port: 7, target: "tcp://127.0.0.1:\(self.echoTarget)") }
+    /// alpha's import of the echo service (in every lab).
+    var echoImport: Import { Import(name: "echo", listen: "tcp://127.0.0.1:\(self.echoPort)", port: 7) }
 
     init(policy: String = GatewayLab.openPolicy) async throws {
         try #require(executablePath("hmx-gateway") != nil, "hmx-gateway is not built in \(binDirectory)")
@@ -193,12 +199,9 @@ final class GatewayLab: @unchecked Sendable {
         betaPeers: [String: Int]? = nil,
         waitForEcho: Bool = true
     ) async throws {
-        let echoTarget = self.port(1)
-        try await self.startToolServer(.beta, ["echo-server", "--port", "\(echoTarget)"])
-        let echoExport = Export(name: "echo", port: 7, target: "tcp://127.0.0.1:\(echoTarget)")
-        let echoImport = Import(name: "echo", listen: "tcp://127.0.0.1:\(self.echoPort)", port: 7)
-        try self.startGateway(.beta, config: try self.gatewayConfig(.beta, exports: [echoExport] + exports, imports: [], peers: betaPeers))
-        try self.startGateway(.alpha, config: try self.gatewayConfig(.alpha, exports: [], imports: [echoImport] + imports))
+        try await self.startToolServer(.beta, ["echo-server", "--port", "\(self.echoTarget)"])
+        try self.startGateway(.beta, config: try self.gatewayConfig(.beta, exports: [self.echoExport] + exports, imports: [], peers: betaPeers))
+        try self.startGateway(.alpha, config: try self.gatewayConfig(.alpha, exports: [], imports: [self.echoImport] + imports))
         guard waitForEcho else { return }
         let probe = try await self.runTool(.alpha, ["probe", "--port", "\(self.echoPort)", "--timeout", "30"], seconds: 40)
         try #require(probe.status == 0, "echo through the gateways: \(probe.output)\n\(self.gatewayLogs)")

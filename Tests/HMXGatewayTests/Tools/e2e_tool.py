@@ -101,6 +101,118 @@ async def source_server(args):
         await server.serve_forever()
 
 
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def parse_proxy_v2(data):
+    """Parses a PROXY v2 header at the start of `data`. Returns (fields, header
+    length), (None, 0) if more bytes are needed; raises ValueError if malformed."""
+    if len(data) < 16:
+        if not PROXY_V2_SIGNATURE.startswith(bytes(data[:12])):
+            raise ValueError("no PROXY v2 signature")
+        return None, 0
+    if bytes(data[:12]) != PROXY_V2_SIGNATURE:
+        raise ValueError("no PROXY v2 signature")
+    version_command, family = data[12], data[13]
+    if version_command != 0x21:
+        raise ValueError(f"version/command 0x{version_command:02x}, expected 0x21 (v2 PROXY)")
+    length = int.from_bytes(data[14:16], "big")
+    if len(data) < 16 + length:
+        return None, 0
+    body = bytes(data[16:16 + length])
+    fields = {"family": family}
+    if family >> 4 == 1:  # AF_INET
+        if length < 12:
+            raise ValueError("short IPv4 address block")
+        fields["source"] = socket.inet_ntop(socket.AF_INET, body[0:4])
+        fields["destination"] = socket.inet_ntop(socket.AF_INET, body[4:8])
+        fields["source_port"] = int.from_bytes(body[8:10], "big")
+        fields["destination_port"] = int.from_bytes(body[10:12], "big")
+        offset = 12
+    elif family >> 4 == 2:  # AF_INET6
+        if length < 36:
+            raise ValueError("short IPv6 address block")
+        fields["source"] = socket.inet_ntop(socket.AF_INET6, body[0:16])
+        fields["destination"] = socket.inet_ntop(socket.AF_INET6, body[16:32])
+        fields["source_port"] = int.from_bytes(body[32:34], "big")
+        fields["destination_port"] = int.from_bytes(body[34:36], "big")
+        offset = 36
+    elif family >> 4 == 3:  # AF_UNIX
+        if length < 216:
+            raise ValueError("short Unix address block")
+        offset = 216
+    else:
+        offset = 0
+    tlvs = {}
+    while offset < length:
+        if length - offset < 3:
+            raise ValueError("truncated TLV header")
+        kind, size = body[offset], int.from_bytes(body[offset + 1:offset + 3], "big")
+        if offset + 3 + size > length:
+            raise ValueError(f"TLV 0x{kind:02x} runs past the header")
+        tlvs[kind] = body[offset + 3:offset + 3 + size]
+        offset += 3 + size
+    if 0xE0 in tlvs:
+        if len(tlvs[0xE0]) != 2:
+            raise ValueError("TLV 0xE0 is not 2 bytes")
+        fields["domain_id"] = int.from_bytes(tlvs[0xE0], "big")
+    if 0xE1 in tlvs:
+        fields["domain_name"] = tlvs[0xE1].decode("utf-8", "replace")
+    fields["tlvs"] = sorted(tlvs)
+    return fields, 16 + length
+
+
+async def proxy_echo_server(args):
+    """Expects a PROXY v2 header on every connection; answers with one JSON line of
+    what the header says, then echoes every byte after the header and half-closes
+    after the client's EOF. A missing or malformed header is answered with an
+    {"error": ...} line and the connection closed."""
+
+    async def handle(reader, writer):
+        data = bytearray()
+        try:
+            while True:
+                try:
+                    fields, length = parse_proxy_v2(data)
+                except ValueError as error:
+                    writer.write((json.dumps({"error": str(error)}) + "\n").encode())
+                    await writer.drain()
+                    say("closed bad header:", error)
+                    return
+                if fields is not None:
+                    break
+                chunk = await reader.read(1 << 16)
+                if not chunk:
+                    writer.write((json.dumps({"error": f"eof after {len(data)} bytes, no complete header"}) + "\n").encode())
+                    await writer.drain()
+                    say("closed before a header")
+                    return
+                data += chunk
+            say("header", json.dumps(fields))
+            writer.write((json.dumps(fields) + "\n").encode())
+            rest = bytes(data[length:])
+            received = len(rest)
+            if rest:
+                writer.write(rest)
+            await writer.drain()
+            while chunk := await reader.read(1 << 16):
+                received += len(chunk)
+                writer.write(chunk)
+                await writer.drain()
+            writer.write_eof()
+            await writer.drain()
+            say(f"closed eof after {received} bytes")
+        except (ConnectionError, OSError) as error:
+            say(f"closed error {type(error).__name__}")
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", args.port, backlog=128)
+    say("listening", args.port)
+    async with server:
+        await server.serve_forever()
+
+
 # ---- clients ---------------------------------------------------------------
 
 def connect(port, timeout):
@@ -311,12 +423,85 @@ async def many(args):
     return 0
 
 
+def proxy_check(args):
+    """Sends --bytes of random data to a proxy-echo-server behind the port, shuts its
+    write side, and prints the server's JSON line plus whether the bytes after it are
+    exactly the ones sent (exit status 0 only if they are)."""
+    payload = os.urandom(args.bytes)
+    with connect(args.port, args.timeout) as sock:
+        sock.settimeout(args.timeout)
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        reply = bytearray()
+        while chunk := sock.recv(1 << 16):
+            reply += chunk
+    line, _, rest = bytes(reply).partition(b"\n")
+    try:
+        result = json.loads(line)
+    except ValueError:
+        result = {"error": f"no JSON line: {line[:80]!r}"}
+    result["payload_ok"] = rest == payload
+    result["echoed"] = len(rest)
+    say(json.dumps(result))
+    return 0 if result["payload_ok"] else 1
+
+
+async def hold(args):
+    """Opens --count connections to an echo service and checks one exchange on each;
+    prints 'holding N' and keeps them open, idle, until the file --go exists; then
+    checks another exchange on each and prints 'ok N' (status 0) or what failed."""
+    raise_fd_limit()
+    gate = asyncio.Semaphore(100)
+
+    async def open_one(index):
+        async with gate:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", args.port), 10)
+            await exchange(index, reader, writer, "first")
+            return reader, writer
+
+    async def exchange(index, reader, writer, round_name):
+        payload = f"{round_name} {index:06d}\n".encode()
+        writer.write(payload)
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.readexactly(len(payload)), 10)
+        if reply != payload:
+            raise ValueError(f"connection {index}: {reply!r} instead of {payload!r}")
+
+    start = time.monotonic()
+    try:
+        connections = await asyncio.wait_for(asyncio.gather(*(open_one(i) for i in range(args.count))), args.timeout)
+    except Exception as error:  # noqa: BLE001 - reported, the status says it failed
+        say(f"opening failed: {type(error).__name__} {error}")
+        return 1
+    say(f"holding {len(connections)} connections, opened in {time.monotonic() - start:.2f}s")
+    deadline = time.monotonic() + args.timeout
+    while not os.path.exists(args.go):
+        if time.monotonic() > deadline:
+            say("no go file")
+            return 2
+        await asyncio.sleep(0.05)
+    results = await asyncio.gather(
+        *(exchange(i, r, w, "second") for i, (r, w) in enumerate(connections)), return_exceptions=True
+    )
+    good = sum(1 for result in results if result is None)
+    for _, writer in connections:
+        writer.close()
+    if good != args.count:
+        failures = [repr(result) for result in results if result is not None][:3]
+        say(f"only {good} of {args.count} still echoed: {failures}")
+        return 1
+    say(f"ok {good}")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("echo-server")
     command.add_argument("--port", type=int, required=True)
     command.add_argument("--reply-after-eof", type=float)
+    command = commands.add_parser("proxy-echo-server")
+    command.add_argument("--port", type=int, required=True)
     command = commands.add_parser("source-server")
     command.add_argument("--port", type=int, required=True)
     command = commands.add_parser("probe")
@@ -345,17 +530,30 @@ def main():
     command.add_argument("--count", type=int, required=True)
     command.add_argument("--bytes", type=int, default=1000)
     command.add_argument("--timeout", type=float, default=120)
+    command = commands.add_parser("proxy-check")
+    command.add_argument("--port", type=int, required=True)
+    command.add_argument("--bytes", type=int, required=True)
+    command.add_argument("--timeout", type=float, default=30)
+    command = commands.add_parser("hold")
+    command.add_argument("--port", type=int, required=True)
+    command.add_argument("--count", type=int, required=True)
+    command.add_argument("--go", required=True)
+    command.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
 
     if args.command == "echo-server":
         asyncio.run(echo_server(args))
     elif args.command == "source-server":
         asyncio.run(source_server(args))
+    elif args.command == "proxy-echo-server":
+        asyncio.run(proxy_echo_server(args))
     elif args.command == "many":
         return asyncio.run(many(args))
+    elif args.command == "hold":
+        return asyncio.run(hold(args))
     else:
         return {"probe": probe, "sink": sink, "slow-reader": slow_reader, "half-close": half_close,
-                "refused": refused, "stream": stream}[args.command](args)
+                "refused": refused, "stream": stream, "proxy-check": proxy_check}[args.command](args)
     return 0
 
 
