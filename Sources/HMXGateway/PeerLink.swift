@@ -54,7 +54,25 @@ final class PeerLink {
         max(1, min(StreamFrame.maximumDataLength, self.messageLimit - StreamFrame.headerSize))
     }
 
+    /// Frames that may wait for one peer. Flow control keeps a well-behaved peer far
+    /// below this; a peer that stops draining its ring while provoking answers (PINGs,
+    /// frames for unknown connections) would otherwise make the queue grow without end.
+    static let maximumQueuedFrames = 65536
+
     func enqueue(_ frame: StreamFrame) {
+        if self.queue.count >= Self.maximumQueuedFrames {
+            switch frame {
+            case .pong, .reset(_, .unknownConnection):
+                // Answers the peer provoked; dropping them is harmless.
+                return
+            default:
+                self.core.peerFailed(
+                    self.domain,
+                    error: HMXError(code: .resourceExhausted, message: "the peer does not drain its ring; \(self.queue.count) frames waiting")
+                )
+                return
+            }
+        }
         self.queue.append(frame)
         self.schedulePump()
     }
