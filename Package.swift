@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "hmx-cat", targets: ["hmx-cat"]),
         .library(name: "HMXXen", targets: ["HMXXen"]),
         .executable(name: "hmx-xen-probe", targets: ["hmx-xen-probe"]),
+        .executable(name: "hmx-conformance", targets: ["hmx-conformance"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -125,6 +126,18 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "hmx-conformance",
+            dependencies: [
+                "HMXCore",
+                "HMXConformance",
+                "HMXEmulator",
+                "HMXXen",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
