@@ -205,6 +205,16 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         XenProbe.run()
     }
 
+    /// The number of pages this domain holds now (`XENMEM_current_reservation`, Xen's
+    /// tot_pages), through a handle of its own. Ring and scratch frames count here, so
+    /// comparing it before and after shows whether every frame was given back.
+    /// - Returns: nil if privcmd cannot be opened or Xen refuses.
+    public static func currentReservationPages() -> Int? {
+        guard let hypervisor = try? XenHypervisor() else { return nil }
+        let pages = hypervisor.currentReservation()
+        return pages >= 0 ? pages : nil
+    }
+
     private func onLoop<T: Sendable>(_ body: @escaping @Sendable (XenLinkState) -> EventLoopFuture<T>) -> EventLoopFuture<T> {
         if self.eventLoop.inEventLoop {
             return body(self.state.value)

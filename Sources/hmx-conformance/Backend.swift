@@ -38,6 +38,11 @@ struct BackendOptions: ParsableArguments {
         }
     }
 
+    /// Xen: the pages this domain holds (XENMEM_current_reservation); nil otherwise.
+    func reservedPages() -> Int? {
+        self.backend == .xen ? XenLink.currentReservationPages() : nil
+    }
+
     /// Opens the primary link, and the peer if asked for and available. Exits with
     /// status 2 (and the reason) if the backend cannot be used.
     func open(peer wantPeer: Bool) async throws -> OpenLinks {

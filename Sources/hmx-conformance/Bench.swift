@@ -34,7 +34,7 @@ struct Bench: AsyncParsableCommand {
     var count: Int = 100_000
 
     @Option(help: "Ring data length in bytes (self, receive).")
-    var ringLength: UInt32 = ArgoABI.ringLength(fillingPages: 512)
+    var ringLength: UInt32 = ArgoABI.ringLength(fillingPages: 128)
 
     @Option(help: "Sends in flight at once.")
     var window: Int = 256

@@ -2,6 +2,7 @@
 import ArgumentParser
 import HMXConformance
 import HMXCore
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
@@ -51,6 +52,7 @@ struct Check: AsyncParsableCommand {
             for name in ConformanceSuite.checkNames { writeLine(name) }
             return
         }
+        let pagesBefore = self.backend.reservedPages()
         let links = try await self.backend.open(peer: true)
         writeLine("backend: \(links.description)")
         let world = ConformanceSuite.World(
@@ -67,8 +69,22 @@ struct Check: AsyncParsableCommand {
             passed = await Self.runSelected(self.only, in: world)
         }
         printError("conformance: ran for \(fixed(monotonicSeconds() - started, 1)) s")
+        // Every check unregisters its rings and releases its scratch frames; on Xen the
+        // domain must hold exactly as many pages as before, with the link still open.
+        // Scratch releases are queued on the link's loop: let them run first (FIFO).
+        _ = try? await links.primary.eventLoop.submit {}.get()
+        let pagesAfterChecks = self.backend.reservedPages()
         await links.close()
-        if !passed { throw ExitCode.failure }
+        let pagesAfterClose = self.backend.reservedPages()
+        var framesReturned = true
+        if let before = pagesBefore, let afterChecks = pagesAfterChecks, let afterClose = pagesAfterClose {
+            framesReturned = afterChecks == before && afterClose == before
+            writeLine(
+                "\(framesReturned ? "frames: all returned" : "FAIL frames leaked"): domain pages \(before) before, "
+                    + "\(afterChecks) after the checks (link open), \(afterClose) after close"
+            )
+        }
+        if !passed || !framesReturned { throw ExitCode.failure }
     }
 
     /// Like ``ConformanceSuite/runAll(in:print:)`` for the checks matching `filters`.
