@@ -39,7 +39,10 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Sends in flight at once.")
     var window: Int = 256
 
-    @Option(help: "Argo port of the ring (self, receive).")
+    @Option(help: "Argo port of the ring (self, receive); decimal or 0x hex.", transform: { text in
+        guard let port = parseInteger(text, as: UInt32.self) else { throw ValidationError("bad port '\(text)'") }
+        return port
+    })
     var port: UInt32 = 0x484D_4200
 
     @Option(help: "Destination DOMID:PORT (send).", transform: { text in
