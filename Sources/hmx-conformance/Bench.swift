@@ -105,9 +105,9 @@ struct Bench: AsyncParsableCommand {
             ring = try await link.registerRing(port: self.port, partner: me, length: self.ringLength, failIfExists: false).get()
             destination = HMXAddress(domain: me, port: self.port)
         case .receive:
-            ring = try await link.registerRing(
-                port: self.port, partner: DomainID(self.from!), length: self.ringLength, failIfExists: false
-            ).get()
+            ring = try await Self.registerWhenPartnerExists(
+                link, port: self.port, partner: DomainID(self.from!), length: self.ringLength, seconds: Double(self.timeout)
+            )
             destination = nil
             writeLine("bench: ring \(me):\(self.port) registered for domain \(self.from!), waiting for \(self.count) messages")
         case .send:
@@ -136,6 +136,21 @@ struct Bench: AsyncParsableCommand {
         let result = try await promise.futureResult.get()
         if let ring { _ = try? await link.unregisterRing(ring).get() }
         return result
+    }
+
+    /// Registers the ring, retrying while the partner domain does not exist yet (ESRCH;
+    /// with the emulator a domain exists while its process is attached). Bounded.
+    private static func registerWhenPartnerExists(
+        _ link: any HMXLink, port: UInt32, partner: DomainID, length: UInt32, seconds: Double
+    ) async throws -> HMXRing {
+        let deadline = monotonicSeconds() + seconds
+        while true {
+            do {
+                return try await link.registerRing(port: port, partner: partner, length: length, failIfExists: false).get()
+            } catch let error as HMXError where error.errno == .ESRCH && monotonicSeconds() < deadline {
+                try await Task.sleep(nanoseconds: 50_000_000)
+            }
+        }
     }
 
     /// Polls notify until the destination ring exists (bounded).
@@ -189,6 +204,8 @@ final class BenchDriver {
     private var received = 0
     private var receivedBytes = 0
     private var isWaitingForSpace = false
+    /// Events seen so far; a send remembers the count at the time it was issued.
+    private var events = 0
     private var isPumping = false
     private var isFinished = false
 
@@ -220,6 +237,7 @@ final class BenchDriver {
     }
 
     func event() {
+        self.events += 1
         guard !self.isFinished else { return }
         self.drain()
         if self.destination != nil {
@@ -273,14 +291,15 @@ final class BenchDriver {
                 self.issued += 1
             }
             self.inFlight += 1
+            let epoch = self.events
             self.link.send(from: 0, to: destination, type: HMXMessageType.datagram, self.payload).whenComplete {
                 [bound = NIOLoopBound(self, eventLoop: loop)] result in
-                bound.value.sent(result)
+                bound.value.sent(result, issuedAtEvent: epoch)
             }
         }
     }
 
-    private func sent(_ result: Result<Int, any Error>) {
+    private func sent(_ result: Result<Int, any Error>, issuedAtEvent epoch: Int) {
         self.inFlight -= 1
         switch result {
         case .success:
@@ -288,7 +307,11 @@ final class BenchDriver {
         case .failure(let error as HMXError) where error.errno == .EAGAIN:
             self.toRetry += 1
             self.retries += 1
-            self.isWaitingForSpace = true
+            // The hypervisor queued a wake-up when it refused this send. If an event came
+            // in after the send was issued, it may have been that very wake-up (the answer
+            // arrives later than the event with a pipelined backend): retry at once rather
+            // than wait for an event that already happened.
+            if self.events == epoch { self.isWaitingForSpace = true }
         case .failure(let error):
             self.fail(error)
             return
