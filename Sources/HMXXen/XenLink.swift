@@ -152,7 +152,11 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         let promise = self.closePromise
         let scratch = self.scratchFrames
         self.eventLoop.execute {
-            guard !state.value.isClosed else { return }
+            // isClosed is set by shutdown(), which runs only after the pump stopped;
+            // isClosing makes a second close() (e.g. the pump's failure path racing an
+            // explicit close) a no-op instead of stopping the pump twice.
+            guard !state.value.isClosed, !state.value.isClosing else { return }
+            state.value.isClosing = true
             let stopped = pump?.stop() ?? state.value.eventLoop.makeSucceededVoidFuture()
             stopped.whenComplete { _ in
                 state.value.shutdown()

@@ -22,6 +22,8 @@ final class XenLinkState {
     let eventLoop: any EventLoop
     var eventHandler: (@Sendable () -> Void)?
     private(set) var isClosed = false
+    /// Set by ``XenLink/close()`` when it starts stopping the pump.
+    var isClosing = false
     private var hypervisor: XenHypervisor?
     private var staging: UnsafeMutableRawPointer
     private var stagingPages: Int
