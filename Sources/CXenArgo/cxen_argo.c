@@ -166,6 +166,16 @@ static long reservation_op(cxa_hypervisor *h, unsigned int op, xen_pfn_t *frames
     return rc;
 }
 
+long cxa_current_reservation(cxa_hypervisor *h) {
+    domid_t *domid = xencall_alloc_buffer(h->call, sizeof *domid);
+    if (!domid) return -ENOMEM;
+    *domid = DOMID_SELF;
+    int r = xencall2(h->call, __HYPERVISOR_memory_op, XENMEM_current_reservation, (uint64_t)(uintptr_t)domid);
+    long rc = r < 0 ? -(long)(errno ? errno : EIO) : r;
+    xencall_free_buffer(h->call, domid);
+    return rc;
+}
+
 static int frames_alloc_reservation(cxa_hypervisor *h, size_t pages, void **mapping, uint64_t *frames) {
     xen_pfn_t *mfns = calloc(pages, sizeof *mfns);
     int *errs = calloc(pages, sizeof *errs);

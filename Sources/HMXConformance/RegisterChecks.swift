@@ -7,6 +7,28 @@ enum RegisterChecks {
         .init("probe: NULL notify succeeds when Argo is usable") { context in
             try expectSuccess(try await context.primary.call(ArgoABI.Op.notify), "notify(NULL)")
         },
+        // Runs before any check that re-registers a ring: Xen 4.17 counts every
+        // successful register_ring toward the 128, in-place re-registration of an
+        // existing ring included, and unregister_ring gives back one (xen/common/argo.c,
+        // register_ring: `currd->argo->ring_count++` after both paths). On real Xen the
+        // count lasts as long as the domain, so this check sees the full 128 only if it
+        // comes first.
+        .init("register: 128 rings per domain, the next is ENOSPC") { context in
+            let raw = context.primary
+            let me = raw.domain.rawValue
+            var registered = 0
+            var last: Int64 = 0
+            let base = freshPort()
+            while registered < 130 {
+                last = try await raw.register(port: base &+ UInt32(registered), partner: me, length: 48).result
+                if last != 0 { break }
+                registered += 1
+            }
+            try expect(last, .ENOSPC, "ring number \(registered + 1)")
+            try require(registered == ArgoABI.maximumRingsPerDomain, "ENOSPC after \(registered) rings, expected 128")
+            try expectSuccess(try await raw.unregister(port: base, partner: me), "unregister one")
+            try expectSuccess(try await raw.register(port: base, partner: me, length: 48).result, "register again")
+        },
         .init("unknown operation is EOPNOTSUPP") { context in
             try expect(try await context.primary.call(99), .EOPNOTSUPP, "argo_op(99)")
         },
@@ -78,22 +100,6 @@ enum RegisterChecks {
             )
             try expect(try await raw.register(port: port, partner: me, length: 8128).result, .EEXIST, "a different length")
             try expectSuccess(try await raw.register(port: port, partner: me, length: 4032).result, "re-registration, same length")
-        },
-        .init("register: 128 rings per domain, the next is ENOSPC") { context in
-            let raw = context.primary
-            let me = raw.domain.rawValue
-            var registered = 0
-            var last: Int64 = 0
-            let base = freshPort()
-            while registered < 130 {
-                last = try await raw.register(port: base &+ UInt32(registered), partner: me, length: 48).result
-                if last != 0 { break }
-                registered += 1
-            }
-            try expect(last, .ENOSPC, "ring number \(registered + 1)")
-            try require(registered == ArgoABI.maximumRingsPerDomain, "ENOSPC after \(registered) rings, expected 128")
-            try expectSuccess(try await raw.unregister(port: base, partner: me), "unregister one")
-            try expectSuccess(try await raw.register(port: base, partner: me, length: 48).result, "register again")
         },
     ]
 }

@@ -39,7 +39,12 @@ final class XenEventPump: Sendable {
         self.pool.start()
         let events = self.events
         let finished = self.finished
-        self.pool.submit { [self] _ in
+        self.pool.submit { [self] state in
+            guard case .active = state else {
+                // The pool was shut down before the work ran: nothing was pumped.
+                finished.succeed(())
+                return
+            }
             while !self.stopped.load(ordering: .acquiring) {
                 let fired = cxa_events_wait(events.pointer, Self.pollSliceMilliseconds)
                 if fired < 0 {
@@ -61,10 +66,13 @@ final class XenEventPump: Sendable {
     /// Fails if the event channel broke (the pump then stopped); succeeds after ``stop()``.
     var done: EventLoopFuture<Void> { self.finished.futureResult }
 
-    /// Stops the thread (bounded by one poll slice) and unbinds the VIRQ.
+    /// Stops the thread (bounded by one poll slice) and unbinds the VIRQ. Idempotent:
+    /// only the first call wakes the thread. Must run on the event loop, where the
+    /// handle is closed (after ``done``), so the wake-up never touches a closed handle.
     func stop() -> EventLoopFuture<Void> {
-        self.stopped.store(true, ordering: .releasing)
-        cxa_events_wake(self.events.pointer)
+        if !self.stopped.exchange(true, ordering: .acquiringAndReleasing) {
+            cxa_events_wake(self.events.pointer)
+        }
         let events = self.events
         let pool = self.pool
         return self.finished.futureResult.recover { _ in }.always { _ in

@@ -36,6 +36,11 @@ final class XenHypervisor {
         Int64(cxa_argo_op(self.handle, command, arg1, arg2, arg3, arg4))
     }
 
+    /// The pages this domain holds (XENMEM_current_reservation), or a negative errno.
+    func currentReservation() -> Int {
+        cxa_current_reservation(self.handle)
+    }
+
     /// Zeroed hypercall-safe pages, or nil.
     func allocateBuffer(pages: Int) -> UnsafeMutableRawPointer? {
         cxa_buffer_alloc(self.handle, pages)

@@ -152,7 +152,11 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         let promise = self.closePromise
         let scratch = self.scratchFrames
         self.eventLoop.execute {
-            guard !state.value.isClosed else { return }
+            // isClosed is set by shutdown(), which runs only after the pump stopped;
+            // isClosing makes a second close() (e.g. the pump's failure path racing an
+            // explicit close) a no-op instead of stopping the pump twice.
+            guard !state.value.isClosed, !state.value.isClosing else { return }
+            state.value.isClosing = true
             let stopped = pump?.stop() ?? state.value.eventLoop.makeSucceededVoidFuture()
             stopped.whenComplete { _ in
                 state.value.shutdown()
@@ -203,6 +207,16 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
     /// rings (one NULL notify, which only wakes waiting senders).
     public static func probe() -> XenProbe.Result {
         XenProbe.run()
+    }
+
+    /// The number of pages this domain holds now (`XENMEM_current_reservation`, Xen's
+    /// tot_pages), through a handle of its own. Ring and scratch frames count here, so
+    /// comparing it before and after shows whether every frame was given back.
+    /// - Returns: nil if privcmd cannot be opened or Xen refuses.
+    public static func currentReservationPages() -> Int? {
+        guard let hypervisor = try? XenHypervisor() else { return nil }
+        let pages = hypervisor.currentReservation()
+        return pages >= 0 ? pages : nil
     }
 
     private func onLoop<T: Sendable>(_ body: @escaping @Sendable (XenLinkState) -> EventLoopFuture<T>) -> EventLoopFuture<T> {

@@ -22,10 +22,12 @@ final class XenLinkState {
     let eventLoop: any EventLoop
     var eventHandler: (@Sendable () -> Void)?
     private(set) var isClosed = false
+    /// Set by ``XenLink/close()`` when it starts stopping the pump.
+    var isClosing = false
     private var hypervisor: XenHypervisor?
-    private let staging: UnsafeMutableRawPointer
-    private let stagingSize: Int
-    private let stagingPages: Int
+    private var staging: UnsafeMutableRawPointer
+    private var stagingPages: Int
+    private var stagingSize: Int { self.stagingPages * ArgoABI.pageSize }
     private var rings: [RingKey: RingEntry] = [:]
     private var scratch: [XenFrames] = []
     private var nextToken = 1
@@ -35,7 +37,6 @@ final class XenLinkState {
         self.eventLoop = eventLoop
         self.staging = staging
         self.stagingPages = stagingPages
-        self.stagingSize = stagingPages * ArgoABI.pageSize
     }
 
     deinit {
@@ -46,18 +47,28 @@ final class XenLinkState {
 
     // MARK: - Staging
 
+    /// Staging never grows beyond this (4 MiB); larger requests get a temporary buffer.
+    static let maximumStagingPages = 1024
+
     /// Runs `body` with `size` bytes of zeroed hypercall-safe memory: the staging
-    /// buffer, or a temporary buffer for larger requests.
+    /// buffer, grown to fit (up to ``maximumStagingPages``), or a temporary buffer for
+    /// larger requests. Growing keeps large messages (a 64 KiB payload does not fit the
+    /// default 16 pages with its headers) from paying a buffer mmap per hypercall.
     private func withHypercallMemory<T>(
         _ hypervisor: XenHypervisor,
         size: Int,
         _ body: (UnsafeMutableRawPointer) -> T
     ) -> Result<T, HMXError> {
+        let pages = (size + ArgoABI.pageSize - 1) / ArgoABI.pageSize
+        if size > self.stagingSize, pages <= Self.maximumStagingPages, let grown = hypervisor.allocateBuffer(pages: pages) {
+            hypervisor.freeBuffer(self.staging, pages: self.stagingPages)
+            self.staging = grown
+            self.stagingPages = pages
+        }
         if size <= self.stagingSize {
             memset(self.staging, 0, size)
             return .success(body(self.staging))
         }
-        let pages = (size + ArgoABI.pageSize - 1) / ArgoABI.pageSize
         guard let buffer = hypervisor.allocateBuffer(pages: pages) else {
             return .failure(HMXError(code: .resourceExhausted, message: "cannot allocate \(pages) hypercall buffer pages"))
         }
@@ -175,19 +186,29 @@ final class XenLinkState {
             )
         }
         let key = RingKey(port: port, partner: partner)
-        var rc = self.issueRegister(hypervisor, port: port, partner: partner, length: length, frames: frames.frames, failIfExists: failIfExists)
-        if rc == -Int64(ArgoErrno.EEXIST.rawValue), !failIfExists, self.rings[key] == nil {
-            // A ring with this id but another length exists, and it is not ours: it was
-            // left behind by a crashed earlier run. Replace it.
-            _ = self.issueUnregister(hypervisor, port: port, partner: partner)
-            rc = self.issueRegister(hypervisor, port: port, partner: partner, length: length, frames: frames.frames, failIfExists: false)
+        // Never re-register a ring in place: Xen 4.17's register_ring increments the
+        // domain's ring_count on every success, also when it only swaps the frames of an
+        // existing ring, while unregister_ring decrements it once (xen/common/argo.c).
+        // Each in-place re-registration would use up one of the 128 ring slots for the
+        // rest of the domain's life. So register with FAIL_EXIST, and if a ring with
+        // this id exists (ours, or one left behind by a crashed earlier run), unregister
+        // it and register again.
+        var rc = self.issueRegister(hypervisor, port: port, partner: partner, length: length, frames: frames.frames, failIfExists: true)
+        if rc == -Int64(ArgoErrno.EEXIST.rawValue), !failIfExists {
+            let unregistered = self.issueUnregister(hypervisor, port: port, partner: partner)
+            if unregistered >= 0 || unregistered == -Int64(ArgoErrno.ENOENT.rawValue), let old = self.rings.removeValue(forKey: key) {
+                // Xen no longer references our earlier ring's frames.
+                old.ring.markClosed()
+                hypervisor.freeFrames(old.frames)
+            }
+            rc = self.issueRegister(hypervisor, port: port, partner: partner, length: length, frames: frames.frames, failIfExists: true)
         }
         guard rc >= 0 else {
             hypervisor.freeFrames(frames)
             return self.eventLoop.makeFailedFuture(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc))))
         }
-        if let old = self.rings[key] {
-            // Our own re-registration (same length): Xen now uses the new frames.
+        if let old = self.rings.removeValue(forKey: key) {
+            // Xen had no ring with this id (FAIL_EXIST passed), so it does not use these.
             old.ring.markClosed()
             hypervisor.freeFrames(old.frames)
         }

@@ -55,6 +55,10 @@ int cxa_frames_alloc(cxa_hypervisor *h, size_t pages, void **mapping, uint64_t *
 /// PV). Only call this once no ring uses the frames any more. Returns 0 or -errno.
 int cxa_frames_free(cxa_hypervisor *h, void *mapping, size_t pages, const uint64_t *frames);
 
+/// XENMEM_current_reservation for DOMID_SELF: the pages this domain holds now
+/// (Xen's tot_pages), or -errno. Ring frames from cxa_frames_alloc count here.
+long cxa_current_reservation(cxa_hypervisor *h);
+
 /// This domain's id: 0 for the control domain, else read from xenstore ("domid").
 /// Returns the id (>= 0) or -errno.
 int cxa_local_domid(void);
