@@ -79,10 +79,28 @@ final class GatewayCore {
         return EventLoopFuture.andAllSucceed(binds, on: self.eventLoop)
     }
 
-    private func registerRing(for domain: DomainID) {
+    /// Peers whose ring registration is under way (so the tick does not start another).
+    private var registering: Set<DomainID> = []
+
+    private func registerRing(for domain: DomainID, attempt: Int = 0) {
+        guard attempt > 0 || !self.registering.contains(domain) else { return }
+        self.registering.insert(domain)
         let peer = self.peer(domain)
         self.link.registerRing(port: self.config.link.port, partner: domain, length: self.config.link.ringSize, failIfExists: false)
             .assumeIsolated().whenComplete { result in
+                if case .failure(let error as HMXError) = result, error.errno == .ESRCH, !self.isShuttingDown,
+                    attempt < 4
+                {
+                    // The peer domain is starting: try again soon (100, 200, 400, 800 ms),
+                    // then leave it to the once-a-second tick.
+                    peer.hasRing = false
+                    let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+                    self.eventLoop.scheduleTask(in: .milliseconds(100 << Int64(attempt))) {
+                        bound.value.registerRing(for: domain, attempt: attempt + 1)
+                    }
+                    return
+                }
+                self.registering.remove(domain)
                 switch result {
                 case .success(let ring):
                     self.partnerRings[domain] = ring
