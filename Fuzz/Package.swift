@@ -12,11 +12,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
-        .executableTarget(name: "FuzzRingReader", dependencies: [.product(name: "HMXCore", package: "hmx-gateway")]),
-        .executableTarget(name: "FuzzLinkWire", dependencies: [.product(name: "HMXCore", package: "hmx-gateway")]),
+        .target(name: "FuzzSupport"),
+        .executableTarget(name: "FuzzRingReader", dependencies: ["FuzzSupport", .product(name: "HMXCore", package: "hmx-gateway")]),
+        .executableTarget(name: "FuzzLinkWire", dependencies: ["FuzzSupport", .product(name: "HMXCore", package: "hmx-gateway")]),
         .executableTarget(
             name: "FuzzStreamFrame",
             dependencies: [
+                "FuzzSupport",
                 .product(name: "HMXStream", package: "hmx-gateway"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -24,6 +26,7 @@ let package = Package(
         .executableTarget(
             name: "FuzzProxyProtocol",
             dependencies: [
+                "FuzzSupport",
                 .product(name: "HMXProxyProtocol", package: "hmx-gateway"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]

@@ -297,8 +297,7 @@ final class GatewayCore {
         let now = NIODeadline.now()
         for (domain, peer) in self.peers {
             if !peer.hasRing, self.config.partnerDomains.contains(domain) { self.registerRing(for: domain) }
-            let hasConnections = self.connections.values.contains { $0.peer === peer }
-            guard hasConnections else {
+            guard peer.connectionCount > 0 else {
                 peer.lastHeard = now
                 continue
             }
@@ -467,9 +466,6 @@ final class GatewayCore {
         case .accept(let key, let credit, let instance):
             self.notePeerInstance(peer, instance)
             self.connection(peer, key, frameName: "ACCEPT")?.peerAccepted(credit: credit)
-            if let connection = self.connections[ConnectionID(peer: peer.domain, key: key)], connection.state.phase == .open {
-                connection.countOpened()
-            }
         case .refuse(let key, let reason):
             self.connection(peer, key, frameName: "REFUSE")?.peerRefused(reason)
         case .data(let key, let payload):

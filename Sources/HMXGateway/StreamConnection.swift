@@ -157,6 +157,7 @@ final class StreamConnection {
         switch self.state.accepted(credit: credit) {
         case .success:
             self.logger.debug("connection accepted by the peer")
+            self.countOpened()
             self.sendHeld()
             self.requestReadIfPossible()
         case .failure(let violation):
