@@ -137,13 +137,29 @@ final class GatewayCore {
             }
     }
 
-    /// Learns how large a message the peer's ring takes.
+    /// Learns how large a message the peer's ring takes. Asked when our ring for the
+    /// peer is registered, and again while the answer is unknown (the peer's gateway
+    /// may start after ours: until its ring exists, messages stay at the minimum size)
+    /// or stale (the peer restarted, perhaps with another ring size).
     private func refreshPeerSize(_ peer: PeerLink) {
-        self.link.notify([HMXNotifyQuery(ring: peer.destination, spaceRequired: 0)]).assumeIsolated().whenSuccess { results in
-            if let result = results.first, result.flags.contains(.exists), result.maxMessageSize >= 64 {
-                peer.maximumMessageSize = Int(min(result.maxMessageSize, 1 << 20))
+        guard !peer.isQueryingMessageSize else { return }
+        peer.isQueryingMessageSize = true
+        peer.lastMessageSizeQuery = .now()
+        self.link.notify([HMXNotifyQuery(ring: peer.destination, spaceRequired: 0)]).assumeIsolated().whenComplete { result in
+            peer.isQueryingMessageSize = false
+            if case .success(let results) = result, let ring = results.first, ring.flags.contains(.exists),
+                ring.maxMessageSize >= 64
+            {
+                peer.maximumMessageSize = Int(min(ring.maxMessageSize, 1 << 20))
+                peer.isMessageSizeKnown = true
             }
         }
+    }
+
+    /// Asks for the peer's ring size if it is not known yet, at most every 100 ms.
+    private func refreshPeerSizeIfUnknown(_ peer: PeerLink, now: NIODeadline = .now()) {
+        guard !peer.isMessageSizeKnown, now - peer.lastMessageSizeQuery >= .milliseconds(100) else { return }
+        self.refreshPeerSize(peer)
     }
 
     private func bind(_ importConfig: GatewayConfig.Import) -> EventLoopFuture<Void> {
@@ -297,6 +313,7 @@ final class GatewayCore {
         let now = NIODeadline.now()
         for (domain, peer) in self.peers {
             if !peer.hasRing, self.config.partnerDomains.contains(domain) { self.registerRing(for: domain) }
+            if peer.hasRing { self.refreshPeerSizeIfUnknown(peer, now: now) }
             guard peer.connectionCount > 0 else {
                 peer.lastHeard = now
                 continue
@@ -437,7 +454,10 @@ final class GatewayCore {
     private func dispatch(_ message: ByteBuffer, from source: DomainID) {
         var buffer = message
         let peer = self.peer(source)
-        peer.lastHeard = .now()
+        let now = NIODeadline.now()
+        peer.lastHeard = now
+        // A message from the peer's gateway: its ring for us most likely exists now.
+        self.refreshPeerSizeIfUnknown(peer, now: now)
         while true {
             let frame: StreamFrame?
             do {
@@ -499,6 +519,10 @@ final class GatewayCore {
             for connection in self.connections.values where connection.peer === peer {
                 connection.terminate(.peerLost, resetReason: nil)
             }
+            // Its new ring may have another size.
+            peer.isMessageSizeKnown = false
+            peer.maximumMessageSize = PeerLink.minimumMessageSize
+            self.refreshPeerSize(peer)
         }
         peer.remoteInstance = instance
     }

@@ -22,8 +22,15 @@ final class PeerLink {
     private var retryMessage: ByteBuffer?
     private var isSending = false
     private var isPumpScheduled = false
-    /// Largest message the peer's ring takes (learnt from notify).
-    var maximumMessageSize: Int = 4000
+    /// Largest message the peer's ring takes, learnt from notify; until then a size
+    /// that fits the smallest ring a gateway registers.
+    var maximumMessageSize: Int = PeerLink.minimumMessageSize
+    /// `maximumMessageSize` was learnt from the peer's ring (not the default).
+    var isMessageSizeKnown = false
+    /// A notify asking for the peer's ring size is under way.
+    var isQueryingMessageSize = false
+    /// When the peer's ring size was last asked for.
+    var lastMessageSizeQuery: NIODeadline = .distantPast
     /// The peer gateway's instance id, once heard.
     var remoteInstance: UInt64?
     var lastHeard: NIODeadline = .now()
@@ -40,6 +47,10 @@ final class PeerLink {
     }
 
     var destination: HMXAddress { HMXAddress(domain: self.domain, port: self.gatewayPort) }
+
+    /// A message that fits the smallest ring a gateway registers (4032 bytes, less the
+    /// message header and one slot).
+    static let minimumMessageSize = 4000
 
     /// Messages are packed up to this size even when the peer's ring takes more, so
     /// that a sender can only be blocked when the ring is nearly full (see

@@ -61,6 +61,40 @@ extension GatewayEndToEndTests {
             return a != nil && a == b
         }
 
+        @Test("the importing gateway starts first: both still learn the other's ring size and send large messages", .timeLimit(.minutes(2)))
+        func messageSizeLearntInEitherStartOrder() async throws {
+            let lab = try await GatewayLab()
+            let metricsPort = [GatewayLab.Domain.alpha: lab.port(45), .beta: lab.port(46)]
+            func metrics(_ domain: GatewayLab.Domain) -> String { "metrics:\n  listen: tcp://127.0.0.1:\(metricsPort[domain]!)\n" }
+            // alpha (the importer) comes up while beta has no gateway, so no ring for alpha.
+            try lab.startGateway(.alpha, config: try lab.gatewayConfig(.alpha, exports: [], imports: [lab.echoImport], extra: metrics(.alpha)))
+            try await Task.sleep(for: .seconds(1.5))
+            try await lab.startToolServer(.beta, ["echo-server", "--port", "\(lab.echoTarget)"])
+            try lab.startGateway(.beta, config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: [], extra: metrics(.beta)))
+            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"], seconds: 40)
+            try #require(probe.status == 0, "echo through the gateways: \(probe.output)\n\(lab.gatewayLogs)")
+
+            let bytes = 16 << 20
+            let client = try await lab.runTool(.alpha, ["half-close", "--port", "\(lab.echoPort)", "--bytes", "\(bytes)"], seconds: 60)
+            #expect(client.status == 0, "\(client.output)\n\(lab.gatewayLogs)")
+            #expect(client.output.hasPrefix("ok \(bytes) bytes after half-close"), "\(client.output)")
+
+            // Bytes per message each way: with the 4000-byte default the average stays below
+            // it; with the learnt size (the peer's 256 KiB ring) the bulk goes in up to 68 KiB.
+            for domain in GatewayLab.Domain.allCases {
+                let script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:\(metricsPort[domain]!)/metrics', timeout=10).read().decode())"
+                let scrape = try await lab.run(domain, "python3", ["-c", script])
+                try #require(scrape.status == 0, "metrics of \(domain): \(scrape.output)")
+                func value(_ name: String) -> Double? {
+                    scrape.output.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last!) }
+                }
+                let sentBytes = try #require(value("hmx_bytes_total{direction=\"to_peer\"}"), "\(scrape.output)")
+                let sentMessages = try #require(value("hmx_messages_total{direction=\"sent\"}"), "\(scrape.output)")
+                #expect(sentBytes >= Double(bytes), "\(domain) sent \(sentBytes) bytes")
+                #expect(sentBytes / sentMessages > 16384, "\(domain): \(sentBytes) bytes in \(sentMessages) messages")
+            }
+        }
+
         @Test("half-close: the client shuts its write side and still reads the whole reply", .timeLimit(.minutes(2)))
         func halfClose() async throws {
             let lab = try await GatewayLab()
