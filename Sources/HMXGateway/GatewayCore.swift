@@ -170,7 +170,7 @@ final class GatewayCore {
             .childChannelOption(.autoRead, value: false)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.maxMessagesPerRead, value: 1)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 65536))
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262144))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = StreamGlueHandler(connection: nil) { channel in
@@ -418,7 +418,8 @@ final class GatewayCore {
             // A sender that found the ring full (EAGAIN) cannot add to it until woken,
             // so the next look at the ring after its EAGAIN sees it at least that full:
             // looking before every message (and before the first) never misses one.
-            let largest = ring.partner == .any ? Int(ring.maximumMessageSize) : PeerLink.packingLimit
+            let largest =
+                ring.partner == .any ? Int(ring.maximumMessageSize) : PeerLink.packingLimit(ringMaximumMessageSize: Int(ring.maximumMessageSize))
             let threshold = Int(ring.length) - largest - 32
             if Int(ring.usedBytes) >= threshold { mayHaveBlockedSender = true }
             do {
@@ -451,6 +452,8 @@ final class GatewayCore {
         for connection in toFlush { connection.flush() }
     }
 
+    /// A message from a peer's gateway: its SEQUENCE frame puts it in order; the
+    /// messages now in order are handled frame by frame.
     private func dispatch(_ message: ByteBuffer, from source: DomainID) {
         var buffer = message
         let peer = self.peer(source)
@@ -458,23 +461,63 @@ final class GatewayCore {
         peer.lastHeard = now
         // A message from the peer's gateway: its ring for us most likely exists now.
         self.refreshPeerSizeIfUnknown(peer, now: now)
-        while true {
-            let frame: StreamFrame?
-            do {
-                frame = try StreamFrame.parse(&buffer)
-            } catch {
-                self.metrics.malformedMessages.increment()
-                self.logger.warning(
-                    "malformed message from peer; its connections are reset",
-                    metadata: ["peer": "\(self.config.name(of: source))", "error": "\(error)"]
-                )
-                for connection in self.connections.values where connection.peer === peer {
-                    connection.terminate(.protocolError, resetReason: .protocolViolation)
-                }
-                return
+        let delivery: MessageOrder.Delivery
+        let instance: UInt64
+        do {
+            guard case .sequence(let number, let base, let sender) = try StreamFrame.parse(&buffer) else {
+                throw MalformedMessage.noSequenceFirst
             }
-            guard let frame else { return }
-            self.handle(frame, from: peer)
+            instance = sender
+            delivery = try peer.order.receive(number: number, base: base, instance: sender, message: buffer)
+        } catch {
+            self.malformed(from: peer, error)
+            return
+        }
+        if delivery.messages.isEmpty { self.metrics.outOfOrder.increment() }
+        self.notePeerInstance(peer, instance)
+        for message in delivery.messages {
+            guard self.handleFrames(of: message, from: peer) else { return }
+        }
+    }
+
+    private enum MalformedMessage: Error, CustomStringConvertible {
+        case noSequenceFirst
+        case sequenceInside
+
+        var description: String {
+            switch self {
+            case .noSequenceFirst: "the message does not start with SEQUENCE"
+            case .sequenceInside: "SEQUENCE after the start of a message"
+            }
+        }
+    }
+
+    /// - Returns: false if the message was malformed (the peer's connections ended).
+    private func handleFrames(of message: ByteBuffer, from peer: PeerLink) -> Bool {
+        var buffer = message
+        while true {
+            do {
+                guard let frame = try StreamFrame.parse(&buffer) else { return true }
+                if case .sequence = frame { throw MalformedMessage.sequenceInside }
+                self.handle(frame, from: peer)
+            } catch {
+                self.malformed(from: peer, error)
+                return false
+            }
+        }
+    }
+
+    /// A broken or hostile peer: every connection with it ends, and its message
+    /// numbering starts again with its next message.
+    private func malformed(from peer: PeerLink, _ error: any Error) {
+        self.metrics.malformedMessages.increment()
+        self.logger.warning(
+            "malformed message from peer; its connections are reset",
+            metadata: ["peer": "\(self.config.name(of: peer.domain))", "error": "\(error)"]
+        )
+        peer.order.reset()
+        for connection in self.connections.values where connection.peer === peer {
+            connection.terminate(.protocolError, resetReason: .protocolViolation)
         }
     }
 
@@ -502,6 +545,9 @@ final class GatewayCore {
             peer.enqueue(.pong(instance: self.instance, nonce: nonce))
         case .pong(let instance, _):
             self.notePeerInstance(peer, instance)
+        case .sequence:
+            // Only ever first in a message, where `dispatch` takes it.
+            break
         }
     }
 
@@ -573,7 +619,7 @@ final class GatewayCore {
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.maxMessagesPerRead, value: 1)
-            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 65536))
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262144))
             .connectTimeout(.milliseconds(export.connectTimeoutMilliseconds))
         let bound = NIOLoopBound(connection, eventLoop: self.eventLoop)
         let configured = bootstrap.channelInitializer { channel in

@@ -30,6 +30,8 @@ struct GatewayMetrics: Sendable {
     let messagesSent: Counter
     let messagesReceived: Counter
     let ringFull: Counter
+    /// Messages that arrived before an earlier one (held until it came).
+    let outOfOrder: Counter
     let malformedMessages: Counter
 
     init() {
@@ -47,6 +49,7 @@ struct GatewayMetrics: Sendable {
         self.messagesSent = Counter(label: "hmx_messages_total", dimensions: [("direction", "sent")])
         self.messagesReceived = Counter(label: "hmx_messages_total", dimensions: [("direction", "received")])
         self.ringFull = Counter(label: "hmx_ring_full_total")
+        self.outOfOrder = Counter(label: "hmx_messages_out_of_order_total")
         self.malformedMessages = Counter(label: "hmx_malformed_messages_total")
     }
 

@@ -6,8 +6,9 @@ import Logging
 import NIOCore
 
 /// Everything this gateway sends to one peer domain: a bounded queue of frames packed
-/// into Argo messages, with exactly one sendv in flight so that messages can never
-/// overtake each other (a retried message stays first).
+/// into numbered Argo messages, several in flight at once. A message that finds the
+/// peer's ring full is sent again after the hypervisor's wake-up, so a later one may
+/// arrive first; the receiver puts them back in order by number (``MessageOrder``).
 ///
 /// The queue is bounded by flow control: DATA frames are queued only within the
 /// credit the peer granted, and each connection has a bounded number of control
@@ -18,9 +19,19 @@ final class PeerLink {
     let gatewayPort: HMXPort
     private unowned let core: GatewayCore
     private var queue = CircularBuffer<StreamFrame>(initialCapacity: 16)
-    /// A packed message that found the peer's ring full; sent again first.
-    private var retryMessage: ByteBuffer?
-    private var isSending = false
+    /// A numbered message that has not been seen delivered yet.
+    private struct Outstanding {
+        enum State { case inFlight, ringFull, delivered }
+        var number: UInt32
+        var iovecs: [ByteBuffer]
+        var state: State
+    }
+    /// Sent messages, oldest first, from the oldest not seen delivered (the base).
+    private var outstanding = CircularBuffer<Outstanding>(initialCapacity: Int(MessageOrder.window))
+    /// The number of the next new message.
+    private var nextNumber: UInt32 = 0
+    /// A message found the ring full: nothing new is sent until the wake-up.
+    private var isWaitingForRoom = false
     private var isPumpScheduled = false
     /// Largest message the peer's ring takes, learnt from notify; until then a size
     /// that fits the smallest ring a gateway registers.
@@ -33,6 +44,8 @@ final class PeerLink {
     var lastMessageSizeQuery: NIODeadline = .distantPast
     /// The peer gateway's instance id, once heard.
     var remoteInstance: UInt64?
+    /// Puts the peer's messages back in the order it sent them.
+    var order = MessageOrder()
     var lastHeard: NIODeadline = .now()
     /// Our ring for this peer is registered.
     var hasRing = false
@@ -52,17 +65,24 @@ final class PeerLink {
     /// message header and one slot).
     static let minimumMessageSize = 4000
 
-    /// Messages are packed up to this size even when the peer's ring takes more, so
-    /// that a sender can only be blocked when the ring is nearly full (see
-    /// ``GatewayCore/onEvent()``).
-    static let packingLimit = StreamFrame.maximumDataLength + 4096
+    /// Messages are packed up to a quarter of the peer's ring (at least one full DATA
+    /// frame, at most four), even when the ring takes more, so that a sender can only
+    /// be blocked when the ring is nearly full (see ``GatewayCore/onEvent()``). The
+    /// receiver computes the same bound from its own ring.
+    static func packingLimit(ringMaximumMessageSize maximum: Int) -> Int {
+        let oneFrame = StreamFrame.maximumDataLength + 4096
+        return min(maximum, 4 * oneFrame, max(oneFrame, maximum / 4))
+    }
 
     /// Largest message we send to this peer.
-    var messageLimit: Int { min(self.maximumMessageSize, Self.packingLimit) }
+    var messageLimit: Int { Self.packingLimit(ringMaximumMessageSize: self.maximumMessageSize) }
 
-    /// Largest DATA body that fits one message to this peer.
+    /// Bytes the SEQUENCE frame at the start of every message takes.
+    static let sequenceLength = StreamFrame.sequence(number: 0, base: 0, instance: 0).encodedLength
+
+    /// Largest DATA body that fits one message to this peer (after the SEQUENCE frame).
     var maximumDataLength: Int {
-        max(1, min(StreamFrame.maximumDataLength, self.messageLimit - StreamFrame.headerSize))
+        max(1, min(StreamFrame.maximumDataLength, self.messageLimit - Self.sequenceLength - StreamFrame.headerSize))
     }
 
     /// Frames that may wait for one peer. Flow control keeps a well-behaved peer far
@@ -100,47 +120,110 @@ final class PeerLink {
 
     /// The hypervisor signalled an event: a full ring may have room again.
     func retryIfWaiting() {
-        if self.retryMessage != nil, !self.isSending { self.pump() }
+        guard self.isWaitingForRoom else { return }
+        self.isWaitingForRoom = false
+        self.pump()
     }
 
-    /// Drops everything queued (the peer is gone).
+    /// Drops everything queued and outstanding (the peer is gone). Numbering goes on:
+    /// the next message's base tells the receiver that the dropped ones never come.
     func discardQueue() {
         self.queue.removeAll()
-        self.retryMessage = nil
+        self.outstanding.removeAll()
+        self.isWaitingForRoom = false
     }
 
-    private func pump() {
-        guard !self.isSending else { return }
-        let message: ByteBuffer
-        if let retry = self.retryMessage {
-            message = retry
-        } else {
-            guard !self.queue.isEmpty else { return }
-            var packed = ByteBufferAllocator().buffer(capacity: min(self.messageLimit, 65536 + 64))
-            while let frame = self.queue.first,
-                packed.readableBytes == 0 || packed.readableBytes + frame.encodedLength <= self.messageLimit
-            {
-                frame.encode(into: &packed)
-                self.queue.removeFirst()
+    /// DATA payloads at least this large go to sendv as iovecs of their own (no copy);
+    /// smaller frames are copied together into one iovec.
+    static let separatePayloadSize = 1024
+
+    /// Takes frames off the queue into one message that starts with `sequence`: a
+    /// gather list of at most ``ArgoABI/maximumIOVs`` buffers and at most
+    /// ``messageLimit`` bytes. Control frames and DATA headers are packed into shared
+    /// small buffers; large DATA payloads are referenced, not copied (the hypervisor
+    /// copies them once, into the peer's ring).
+    private func nextMessage(_ sequence: StreamFrame) -> [ByteBuffer] {
+        let limit = self.messageLimit
+        var iovecs: [ByteBuffer] = []
+        var small = ByteBufferAllocator().buffer(capacity: 256)
+        sequence.encode(into: &small)
+        var total = sequence.encodedLength
+        while let frame = self.queue.first {
+            let length = frame.encodedLength
+            if total + length > limit, total > sequence.encodedLength { break }
+            if let payload = frame.dataPayload, payload.readableBytes >= Self.separatePayloadSize {
+                // The header joins the small buffer, which is then closed, and the
+                // payload follows as its own iovec.
+                guard iovecs.count + 2 <= ArgoABI.maximumIOVs else { break }
+                if small.capacity == 0 { small = ByteBufferAllocator().buffer(capacity: 256) }
+                frame.encodeHeader(into: &small)
+                iovecs.append(small)
+                iovecs.append(payload)
+                small = ByteBuffer()
+            } else {
+                if small.readableBytes == 0 {
+                    guard iovecs.count + 1 <= ArgoABI.maximumIOVs else { break }
+                    if small.capacity == 0 { small = ByteBufferAllocator().buffer(capacity: min(limit, max(256, length))) }
+                }
+                frame.encode(into: &small)
             }
-            message = packed
+            total += length
+            self.queue.removeFirst()
         }
-        self.isSending = true
-        self.link.send(from: self.gatewayPort, to: self.destination, type: StreamFrame.messageType, message)
+        if small.readableBytes > 0 { iovecs.append(small) }
+        return iovecs
+    }
+
+    /// The oldest number not seen delivered.
+    private var base: UInt32 { self.outstanding.first?.number ?? self.nextNumber }
+
+    /// Set while `pump` runs: a send that completes at once (a synchronous backend)
+    /// calls `pump` again, and the running loop picks up from there instead.
+    private var isPumping = false
+
+    /// Sends again what found the ring full (in order), then new messages while the
+    /// receiver's window allows.
+    private func pump() {
+        guard !self.isPumping else { return }
+        self.isPumping = true
+        defer { self.isPumping = false }
+        let retries = self.outstanding.filter { $0.state == .ringFull }.map(\.number)
+        for number in retries {
+            guard !self.isWaitingForRoom else { break }
+            guard let index = self.outstanding.firstIndex(where: { $0.number == number }),
+                self.outstanding[index].state == .ringFull
+            else { continue }
+            self.outstanding[index].state = .inFlight
+            self.send(self.outstanding[index])
+        }
+        while !self.isWaitingForRoom, !self.queue.isEmpty, self.nextNumber &- self.base < MessageOrder.window {
+            let number = self.nextNumber
+            let sequence = StreamFrame.sequence(number: number, base: self.base, instance: self.core.instance)
+            self.nextNumber &+= 1
+            let message = Outstanding(number: number, iovecs: self.nextMessage(sequence), state: .inFlight)
+            self.outstanding.append(message)
+            self.send(message)
+        }
+    }
+
+    private func send(_ message: Outstanding) {
+        self.link.sendv(from: self.gatewayPort, to: self.destination, type: StreamFrame.messageType, iovecs: message.iovecs)
             .assumeIsolated().whenComplete { result in
-            self.isSending = false
+            // Gone if the peer failed meanwhile (the queue was discarded).
+            guard let index = self.outstanding.firstIndex(where: { $0.number == message.number }) else { return }
             switch result {
             case .success:
-                self.retryMessage = nil
+                self.outstanding[index].state = .delivered
+                while self.outstanding.first?.state == .delivered { self.outstanding.removeFirst() }
                 self.core.metrics.messagesSent.increment()
                 self.pump()
             case .failure(let error as HMXError) where error.errno == .EAGAIN:
-                // Flow control: Xen queued a wake-up; the event handler retries.
-                self.retryMessage = message
+                // Flow control: the hypervisor queued a wake-up; the event handler retries.
+                self.outstanding[index].state = .ringFull
+                self.isWaitingForRoom = true
                 self.core.metrics.ringFull.increment()
             case .failure(let error):
-                self.retryMessage = nil
-                self.queue.removeAll()
+                self.discardQueue()
                 self.core.peerFailed(self.domain, error: error)
             }
         }

@@ -15,8 +15,9 @@ import NIOCore
 public enum StreamFrame: Equatable, Sendable {
     /// Argo message type of stream messages ("HMXS").
     public static let messageType: UInt32 = 0x5358_4D48
-    /// Protocol version carried by OPEN.
-    public static let version: UInt16 = 1
+    /// Protocol version carried by OPEN. Version 2 added SEQUENCE (several messages in
+    /// flight per peer).
+    public static let version: UInt16 = 2
     public static let headerSize = 16
     /// Largest DATA body. Keeps one frame well inside the smallest useful ring.
     public static let maximumDataLength = 65536
@@ -45,6 +46,10 @@ public enum StreamFrame: Equatable, Sendable {
     case reset(key: ConnectionKey, reason: ResetReason)
     case ping(instance: UInt64, nonce: UInt64)
     case pong(instance: UInt64, nonce: UInt64)
+    /// First frame of every message: the message's number in the sender's sequence
+    /// for this peer, the oldest number the sender has not yet seen delivered (`base`,
+    /// at most ``MessageOrder/window`` - 1 behind), and the sender's instance id.
+    case sequence(number: UInt32, base: UInt32, instance: UInt64)
 
     enum Kind: UInt8 {
         case open = 1
@@ -56,6 +61,7 @@ public enum StreamFrame: Equatable, Sendable {
         case reset = 7
         case ping = 8
         case pong = 9
+        case sequence = 10
     }
 
     /// Why a connection was refused.
@@ -153,6 +159,28 @@ public enum StreamFrame: Equatable, Sendable {
             Self.writeHeader(&buffer, .pong, opener: false, id: 0, length: 16, value: 0)
             buffer.writeInteger(instance, endianness: .little)
             buffer.writeInteger(nonce, endianness: .little)
+        case .sequence(let number, let base, let instance):
+            Self.writeHeader(&buffer, .sequence, opener: false, id: 0, length: 16, value: number)
+            buffer.writeInteger(instance, endianness: .little)
+            buffer.writeInteger(base, endianness: .little)
+            buffer.writeInteger(UInt32(0), endianness: .little)
+        }
+    }
+
+    /// For a DATA frame, its payload (which the sender can hand to sendv as an iovec
+    /// of its own instead of copying it); nil for every other frame.
+    public var dataPayload: ByteBuffer? {
+        if case .data(_, let payload) = self { return payload }
+        return nil
+    }
+
+    /// Appends this frame without its DATA payload: the whole of any other frame, only
+    /// the header of a DATA frame (whose payload must follow it on the wire).
+    public func encodeHeader(into buffer: inout ByteBuffer) {
+        if case .data(let key, let payload) = self {
+            Self.writeHeader(&buffer, .data, key: key, length: UInt32(payload.readableBytes), value: 0)
+        } else {
+            self.encode(into: &buffer)
         }
     }
 
@@ -161,7 +189,7 @@ public enum StreamFrame: Equatable, Sendable {
         switch self {
         case .open: Self.headerSize + 16
         case .accept: Self.headerSize + 8
-        case .ping, .pong: Self.headerSize + 16
+        case .ping, .pong, .sequence: Self.headerSize + 16
         case .data(_, let payload): Self.headerSize + payload.readableBytes
         case .refuse, .credit, .fin, .reset: Self.headerSize
         }
@@ -205,7 +233,7 @@ public enum StreamFrame: Equatable, Sendable {
         switch kind {
         case .open: expected = 16...16
         case .accept: expected = 8...8
-        case .ping, .pong: expected = 16...16
+        case .ping, .pong, .sequence: expected = 16...16
         case .data: expected = 1...UInt32(Self.maximumDataLength)
         case .refuse, .credit, .fin, .reset: expected = 0...0
         }
@@ -215,8 +243,8 @@ public enum StreamFrame: Equatable, Sendable {
         }
         // The value field is unused by these frames: it must be zero.
         if value != 0, kind == .data || kind == .fin || kind == .ping || kind == .pong { throw .nonZeroReserved }
-        // PING and PONG belong to no connection.
-        if kind == .ping || kind == .pong, id != 0 || flags != 0 { throw .nonZeroReserved }
+        // PING, PONG and SEQUENCE belong to no connection.
+        if kind == .ping || kind == .pong || kind == .sequence, id != 0 || flags != 0 { throw .nonZeroReserved }
         buffer.moveReaderIndex(forwardBy: Self.headerSize)
         // The sender opened it <=> we did not.
         let key = ConnectionKey(id: id, openedLocally: flags & 1 == 0)
@@ -249,6 +277,11 @@ public enum StreamFrame: Equatable, Sendable {
         case .pong:
             let instance = buffer.readInteger(endianness: .little, as: UInt64.self)!
             return .pong(instance: instance, nonce: buffer.readInteger(endianness: .little, as: UInt64.self)!)
+        case .sequence:
+            let instance = buffer.readInteger(endianness: .little, as: UInt64.self)!
+            let base = buffer.readInteger(endianness: .little, as: UInt32.self)!
+            guard buffer.readInteger(endianness: .little, as: UInt32.self)! == 0 else { throw .nonZeroReserved }
+            return .sequence(number: value, base: base, instance: instance)
         }
     }
 }

@@ -154,13 +154,21 @@ final class GatewayLab: @unchecked Sendable {
     }
 
     /// The gateway configuration file of `domain`.
-    func gatewayConfig(_ domain: Domain, exports: [Export], imports: [Import], peers: [String: Int]? = nil, extra: String = "") throws -> String {
+    func gatewayConfig(
+        _ domain: Domain,
+        exports: [Export],
+        imports: [Import],
+        peers: [String: Int]? = nil,
+        ringSize: Int? = nil,
+        extra: String = ""
+    ) throws -> String {
         var text = """
             link:
               emulator: \(self.directory.path)/\(domain.rawValue).sock
-            peers:
 
             """
+        if let ringSize { text += "  ring_size: \(ringSize)\n" }
+        text += "peers:\n"
         for (name, id) in (peers ?? [domain.peer.rawValue: domain.peer.id]).sorted(by: { $0.key < $1.key }) {
             text += "  \(name): \(id)\n"
         }
@@ -205,6 +213,20 @@ final class GatewayLab: @unchecked Sendable {
         guard waitForEcho else { return }
         let probe = try await self.runTool(.alpha, ["probe", "--port", "\(self.echoPort)", "--timeout", "30"], seconds: 40)
         try #require(probe.status == 0, "echo through the gateways: \(probe.output)\n\(self.gatewayLogs)")
+    }
+
+    /// A gateway's Prometheus counters and gauges (`metrics.listen` on `port` in its
+    /// config), by their full name with labels, e.g. `hmx_ring_full_total`.
+    func metrics(_ domain: Domain, port: Int) async throws -> [String: Double] {
+        let script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:\(port)/metrics', timeout=10).read().decode())"
+        let scrape = try await self.run(domain, "python3", ["-c", script])
+        try #require(scrape.status == 0, "metrics of \(domain): \(scrape.output)")
+        var values: [String: Double] = [:]
+        for line in scrape.output.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+            values[String(line[..<space])] = value
+        }
+        return values
     }
 
     /// Both gateways' output, for failure messages.

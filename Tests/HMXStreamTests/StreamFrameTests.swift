@@ -28,6 +28,7 @@ struct StreamFrameTests {
             .reset(key: mine, reason: .flowControlViolation),
             .ping(instance: 1, nonce: 2),
             .pong(instance: 3, nonce: 4),
+            .sequence(number: 0xFFFF_FFFF, base: 0xFFFF_FFFA, instance: 9),
         ]
         let parsed = try self.roundTrip(frames)
         #expect(parsed.count == frames.count)
@@ -41,6 +42,30 @@ struct StreamFrameTests {
         #expect(parsed[6] == .reset(key: theirs, reason: .flowControlViolation))
         #expect(parsed[7] == .ping(instance: 1, nonce: 2))
         #expect(parsed[8] == .pong(instance: 3, nonce: 4))
+        #expect(parsed[9] == .sequence(number: 0xFFFF_FFFF, base: 0xFFFF_FFFA, instance: 9))
+    }
+
+    @Test func sequenceLayout() {
+        var buffer = ByteBuffer()
+        StreamFrame.sequence(number: 0x0102_0304, base: 0x0A0B_0C0D, instance: 0x1122_3344_5566_7788).encode(into: &buffer)
+        #expect(
+            Array(buffer.readableBytesView) == [
+                10, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 4, 3, 2, 1,
+                0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0x0D, 0x0C, 0x0B, 0x0A, 0, 0, 0, 0,
+            ]
+        )
+        var bytes = Array(buffer.readableBytesView)
+        bytes[28] = 1  // reserved
+        #expect(self.parseError(bytes) == .nonZeroReserved)
+        bytes = Array(buffer.readableBytesView)
+        bytes[4] = 1  // a connection id
+        #expect(self.parseError(bytes) == .nonZeroReserved)
+        bytes = Array(buffer.readableBytesView)
+        bytes[1] = 1  // the opener flag
+        #expect(self.parseError(bytes) == .nonZeroReserved)
+        bytes = Array(buffer.readableBytesView)
+        bytes[8] = 8  // a short body
+        #expect(self.parseError(Array(bytes.prefix(24))) == .badBodyLength(type: 10, length: 8))
     }
 
     @Test func headerLayoutIsLittleEndianAndDocumented() {

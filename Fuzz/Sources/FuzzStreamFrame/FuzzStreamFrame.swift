@@ -5,12 +5,15 @@ import NIOCore
 
 /// Fuzzes the HMX stream frame parser with arbitrary message bodies (what a hostile
 /// peer gateway can put in an Argo message): it must never crash or over-read, and
-/// every frame it accepts must re-encode to exactly the bytes it came from.
+/// every frame it accepts must re-encode to exactly the bytes it came from. Its
+/// SEQUENCE frames go through ``MessageOrder``, which must never hold a window's worth.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzStreamFrame(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let input = UnsafeRawBufferPointer(start: data, count: size)
     var buffer = ByteBuffer(bytes: input)
     var frames = 0
+    // SEQUENCE frames also drive the receiver's reordering, as a hostile peer could.
+    var order = MessageOrder()
     while frames < 65536 {
         let start = buffer.readerIndex
         let frame: StreamFrame?
@@ -29,6 +32,14 @@ public func fuzzStreamFrame(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 
         let original = Array(input[start..<(start + consumed)])
         let again = Array(encoded.readableBytesView)
         precondition(original[0] == again[0] && original[2...] == again[2...])
+        if case .sequence(let number, let base, let instance) = frame {
+            do {
+                _ = try order.receive(number: number, base: base, instance: instance, message: ByteBuffer())
+            } catch {
+                order.reset()
+            }
+            precondition(order.heldCount < Int(MessageOrder.window))
+        }
         frames += 1
     }
     return 0
