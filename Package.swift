@@ -211,6 +211,7 @@ let package = Package(
             name: "HMXEmulatorTests",
             dependencies: [
                 "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "HMXProcessTestSupport", "hmx-emulator", "hmx-cat",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

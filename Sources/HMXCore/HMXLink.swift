@@ -59,6 +59,13 @@ public protocol HMXLink: AnyObject, Sendable {
     ///   wake-up event has been queued for this domain.
     func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int>
 
+    /// `sendv` for a caller that does not wait for the result: a backend whose
+    /// hypercalls are round trips to another process (the emulator) may report a
+    /// success a little late, and in exchange wake the caller less often. Failures are
+    /// never late. Backends with synchronous hypercalls (Xen) ignore the hint.
+    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+        -> EventLoopFuture<Int>
+
     /// Argo notify: wakes senders waiting on this domain's rings and reports on the
     /// given remote rings (an empty list is the NULL notify).
     func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]>
@@ -140,6 +147,12 @@ public final class HMXRing: @unchecked Sendable {
 }
 
 extension HMXLink {
+    public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+        -> EventLoopFuture<Int>
+    {
+        self.sendv(from: port, to: destination, type: type, iovecs: iovecs)
+    }
+
     /// Sends one buffer as one message.
     public func send(from port: HMXPort, to destination: HMXAddress, type: UInt32, _ payload: ByteBuffer) -> EventLoopFuture<Int> {
         self.sendv(from: port, to: destination, type: type, iovecs: [payload])

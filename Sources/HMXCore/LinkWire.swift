@@ -9,13 +9,17 @@
 /// ```
 ///  0       4       6       8
 ///  +-------+-------+-------+---------------------+
-///  | length| kind  | zero  | body (length - 8)   |   all little-endian
+///  | length| kind  | flags | body (length - 8)   |   all little-endian
 ///  +-------+-------+-------+---------------------+
 /// ```
 ///
 /// - `hypercall` (domain → emulator, 48 bytes): tag u32, command u32, arg1..arg4 u64.
 ///   Pointers in the arguments are guest addresses in the domain's memory, exactly as
-///   a guest passes them to Xen.
+///   a guest passes them to Xen. Flags bit 0 (version 2), *deferrable*: the caller does
+///   not wait for this result, so the emulator may hold a success back (not a
+///   failure) until the next result that is not held, the domain's next event, or
+///   ``deferredResultDelay``, whichever comes first; that saves the domain a wake-up
+///   per message. Every other flag bit, and the flags of every other kind, are 0.
 /// - `result` (emulator → domain, 24 bytes): tag u32, zero u32, value i64.
 ///   Results come back in request order.
 /// - `event` (emulator → domain, 8 bytes): VIRQ_ARGO was raised. Raises during one
@@ -26,7 +30,13 @@
 /// the connection is dropped.
 public enum LinkWire {
     public static let magic: UInt32 = 0x4C58_4D48  // "HMXL"
-    public static let version: UInt16 = 1
+    /// Version 2 added the deferrable flag; the emulator accepts versions 1 and 2.
+    public static let version: UInt16 = 2
+    public static let supportedVersions: ClosedRange<UInt16> = 1...2
+    /// How long the emulator may hold back the result of a deferrable hypercall.
+    public static let deferredResultDelay: Duration = .milliseconds(1)
+    /// Frame flag of a `hypercall` whose success may be reported late.
+    public static let deferrableFlag: UInt16 = 1
     public static let frameHeaderSize = 8
 
     public enum Kind: UInt16, Sendable {
@@ -47,7 +57,7 @@ public enum LinkWire {
     }
 
     public enum Frame: Equatable, Sendable {
-        case hypercall(tag: UInt32, command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64)
+        case hypercall(tag: UInt32, command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64, deferrable: Bool = false)
         case eventAck
         case result(tag: UInt32, value: Int64)
         case event
@@ -83,7 +93,9 @@ public enum LinkWire {
         let rawKind = loadLE(base, 4, as: UInt16.self)
         guard let kind = Kind(rawValue: rawKind) else { throw .unknownKind(rawKind) }
         guard length == UInt32(kind.frameLength) else { throw .badLength(kind: rawKind, length: length) }
-        guard loadLE(base, 6, as: UInt16.self) == 0 else { throw .nonZeroReserved }
+        let flags = loadLE(base, 6, as: UInt16.self)
+        let knownFlags = kind == .hypercall ? Self.deferrableFlag : 0
+        guard flags & ~knownFlags == 0 else { throw .nonZeroReserved }
         guard bytes.count >= kind.frameLength else { return .needMore }
         let frame: Frame
         switch kind {
@@ -94,7 +106,8 @@ public enum LinkWire {
                 arg1: loadLE(base, 16, as: UInt64.self),
                 arg2: loadLE(base, 24, as: UInt64.self),
                 arg3: loadLE(base, 32, as: UInt64.self),
-                arg4: loadLE(base, 40, as: UInt64.self)
+                arg4: loadLE(base, 40, as: UInt64.self),
+                deferrable: flags & Self.deferrableFlag != 0
             )
         case .eventAck:
             frame = .eventAck
@@ -118,7 +131,8 @@ public enum LinkWire {
         storeLE(base, 4, kind.rawValue)
         storeLE(base, 6, UInt16(0))
         switch frame {
-        case .hypercall(let tag, let command, let arg1, let arg2, let arg3, let arg4):
+        case .hypercall(let tag, let command, let arg1, let arg2, let arg3, let arg4, let deferrable):
+            if deferrable { storeLE(base, 6, Self.deferrableFlag) }
             storeLE(base, 8, tag)
             storeLE(base, 12, command)
             storeLE(base, 16, arg1)

@@ -9,6 +9,10 @@ import NIOCore
 /// Events are coalesced like an event channel's: however many times VIRQ_ARGO is
 /// raised for this domain while the emulator works through one burst of hypercalls,
 /// one event frame goes out with that burst's results.
+///
+/// Results are written at the end of each burst, except that the successes of
+/// *deferrable* hypercalls (``LinkWire``) may wait, in order, for the next result that
+/// cannot, the domain's next event, or ``LinkWire/deferredResultDelay``.
 final class DomainConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = LinkWire.Frame
     typealias OutboundOut = ByteBuffer
@@ -22,6 +26,10 @@ final class DomainConnectionHandler: ChannelInboundHandler {
     /// An event frame is already in `output`, not yet flushed.
     private var isEventQueued = false
     private var output: ByteBuffer
+    /// `output` holds something that must go out at the end of this burst.
+    private var isOutputUrgent = false
+    /// Flushes results that were held back, at the latest.
+    private var deferredFlush: Scheduled<Void>?
 
     init(domain: EmulatorConfig.DomainEntry, memory: SharedMemory, core: EmulatorCore, logger: Logger) {
         self.domain = domain
@@ -68,7 +76,7 @@ final class DomainConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard self.isAttached else { return }
         switch Self.unwrapInboundIn(data) {
-        case .hypercall(let tag, let command, let arg1, let arg2, let arg3, let arg4):
+        case .hypercall(let tag, let command, let arg1, let arg2, let arg3, let arg4, let deferrable):
             let value = self.core.hypervisor.hypercall(
                 caller: self.domain.id,
                 command: command,
@@ -78,6 +86,7 @@ final class DomainConnectionHandler: ChannelInboundHandler {
                 arg4: arg4
             )
             self.output.writeLinkFrame(.result(tag: tag, value: value))
+            if !deferrable || value < 0 { self.isOutputUrgent = true }
         case .eventAck:
             // Accepted for compatibility; events are coalesced per burst instead.
             break
@@ -88,7 +97,14 @@ final class DomainConnectionHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        self.flushOutput()
+        if self.isOutputUrgent || self.isEventQueued {
+            self.flushOutput()
+        } else if self.output.readableBytes > 0, self.deferredFlush == nil {
+            self.deferredFlush = context.eventLoop.assumeIsolated().scheduleTask(in: .init(LinkWire.deferredResultDelay)) {
+                self.deferredFlush = nil
+                self.flushOutput()
+            }
+        }
         context.fireChannelReadComplete()
     }
 
@@ -110,6 +126,9 @@ final class DomainConnectionHandler: ChannelInboundHandler {
     func flushOutput() {
         guard let context = self.context, self.output.readableBytes > 0 else { return }
         self.isEventQueued = false
+        self.isOutputUrgent = false
+        self.deferredFlush?.cancel()
+        self.deferredFlush = nil
         let bytes = self.output
         self.output = context.channel.allocator.buffer(capacity: 4096)
         context.writeAndFlush(Self.wrapOutboundOut(bytes), promise: nil)

@@ -160,7 +160,13 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
     }
 
     public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
-        self.onLoop { state in state.sendv(from: port, to: destination, type: type, iovecs: iovecs) }
+        self.onLoop { state in state.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: false) }
+    }
+
+    public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+        -> EventLoopFuture<Int>
+    {
+        self.onLoop { state in state.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: resultMayBeLate) }
     }
 
     public func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]> {

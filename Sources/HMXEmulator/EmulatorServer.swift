@@ -253,7 +253,7 @@ public final class EmulatorServer: Sendable {
             refuse(.malformedHello, count < 0 ? "no hello within the deadline (errno \(errno))" : "bad hello")
             return
         }
-        guard hello.version == LinkWire.version else {
+        guard LinkWire.supportedVersions.contains(hello.version) else {
             close(fds[0])
             refuse(.unsupportedVersion, "version \(hello.version)")
             return

@@ -43,6 +43,13 @@ struct StagingArena {
         return (offset, offset + count)
     }
 
+    /// Bytes between the oldest live allocation and the newest end (with a wrap, also
+    /// the unused end of the arena that was skipped).
+    var usedBytes: Int {
+        if self.liveCount == 0 { return 0 }
+        return self.head > self.tail ? self.head - self.tail : self.size - self.tail + self.head
+    }
+
     /// Releases the oldest live allocation, which ended at `end`.
     mutating func releaseOldest(end: Int) {
         precondition(self.liveCount > 0)

@@ -80,7 +80,12 @@ final class LinkState {
 
     // MARK: - Operations
 
-    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
+    /// - Parameter resultMayBeLate: the hypercall is marked deferrable (``LinkWire``)
+    ///   unless staging is half full or requests wait for it: then results free staging
+    ///   and must come back at once.
+    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+        -> EventLoopFuture<Int>
+    {
         let promise = self.eventLoop.makePromise(of: Int.self)
         guard iovecs.count <= ArgoABI.maximumIOVs else {
             promise.fail(HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
@@ -89,7 +94,8 @@ final class LinkState {
         var size = ArgoSendAddr.size + iovecs.count * ArgoIOV.size
         for buffer in iovecs { size += (buffer.readableBytes + 15) & ~15 }
         let domain = self.domain
-        self.issue(size: size, completion: .sendv(promise)) { [memory] offset in
+        let deferrable = resultMayBeLate && self.waiting.isEmpty && self.staging.usedBytes + size <= self.staging.size / 2
+        self.issue(size: size, completion: .sendv(promise), deferrable: deferrable) { [memory] offset in
             let base = UInt64(offset!)
             let pointer = memory.base + offset!
             ArgoSendAddr(
@@ -181,7 +187,7 @@ final class LinkState {
 
     /// Allocates staging (waiting in FIFO order if there is none), lets `prepare` fill
     /// it, and sends the hypercall.
-    private func issue(size: Int, completion: Completion, prepare: @escaping (Int?) -> Arguments) {
+    private func issue(size: Int, completion: Completion, deferrable: Bool = false, prepare: @escaping (Int?) -> Arguments) {
         if self.isClosed {
             completion.fail(HMXError(code: .linkClosed, message: "the link to the emulator is closed"))
             return
@@ -190,7 +196,7 @@ final class LinkState {
             completion.fail(HMXError(code: .resourceExhausted, message: "request of \(size) bytes exceeds the staging area"))
             return
         }
-        if self.waiting.isEmpty, self.tryIssue(size: size, completion: completion, prepare: prepare) { return }
+        if self.waiting.isEmpty, self.tryIssue(size: size, completion: completion, deferrable: deferrable, prepare: prepare) { return }
         guard self.waiting.count < self.maximumQueued else {
             completion.fail(HMXError(code: .resourceExhausted, message: "too many requests waiting for the emulator"))
             return
@@ -198,7 +204,7 @@ final class LinkState {
         self.waiting.append((size, completion, prepare))
     }
 
-    private func tryIssue(size: Int, completion: Completion, prepare: (Int?) -> Arguments) -> Bool {
+    private func tryIssue(size: Int, completion: Completion, deferrable: Bool = false, prepare: (Int?) -> Arguments) -> Bool {
         var stagingEnd: Int?
         var offset: Int?
         if size > 0 {
@@ -211,7 +217,7 @@ final class LinkState {
         self.nextTag &+= 1
         self.inFlight.append(InFlight(tag: tag, stagingOffset: offset, stagingEnd: stagingEnd, completion: completion))
         var frame = self.channel.allocator.buffer(capacity: LinkWire.Kind.hypercall.frameLength)
-        frame.writeLinkFrame(.hypercall(tag: tag, command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4))
+        frame.writeLinkFrame(.hypercall(tag: tag, command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4, deferrable: deferrable))
         self.channel.write(frame, promise: nil)
         self.scheduleFlush()
         return true

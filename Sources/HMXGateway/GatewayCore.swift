@@ -299,10 +299,14 @@ final class GatewayCore {
         if let peer = self.peers[domain] {
             peer.discardQueue()
             peer.remoteInstance = nil
-            if errno == .ESRCH {
-                // The peer domain is gone, and with it our partner ring for it.
+            if errno != .EACCES, errno != .EPERM {
+                // The peer's domain may have been destroyed (gone, silent, or back with
+                // no ring for us yet), and with it our partner ring for it: register it
+                // again (the tick does) rather than wait on a ring that may not exist.
                 peer.hasRing = false
-                self.partnerRings[domain] = nil
+                if let ring = self.partnerRings.removeValue(forKey: domain), errno != .ESRCH {
+                    _ = self.link.unregisterRing(ring)
+                }
             }
         }
     }

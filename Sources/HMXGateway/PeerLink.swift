@@ -194,7 +194,7 @@ final class PeerLink {
                 self.outstanding[index].state == .ringFull
             else { continue }
             self.outstanding[index].state = .inFlight
-            self.send(self.outstanding[index])
+            self.send(self.outstanding[index], resultMayBeLate: false)
         }
         while !self.isWaitingForRoom, !self.queue.isEmpty, self.nextNumber &- self.base < MessageOrder.window {
             let number = self.nextNumber
@@ -202,13 +202,21 @@ final class PeerLink {
             self.nextNumber &+= 1
             let message = Outstanding(number: number, iovecs: self.nextMessage(sequence), state: .inFlight)
             self.outstanding.append(message)
-            self.send(message)
+            // While the window is less than half used, this message's result is not
+            // needed soon: the backend may report it late and save us a wake-up.
+            self.send(message, resultMayBeLate: self.nextNumber &- self.base <= MessageOrder.window / 2)
         }
     }
 
-    private func send(_ message: Outstanding) {
-        self.link.sendv(from: self.gatewayPort, to: self.destination, type: StreamFrame.messageType, iovecs: message.iovecs)
-            .assumeIsolated().whenComplete { result in
+    private func send(_ message: Outstanding, resultMayBeLate: Bool) {
+        self.link.sendv(
+            from: self.gatewayPort,
+            to: self.destination,
+            type: StreamFrame.messageType,
+            iovecs: message.iovecs,
+            resultMayBeLate: resultMayBeLate
+        )
+        .assumeIsolated().whenComplete { result in
             // Gone if the peer failed meanwhile (the queue was discarded).
             guard let index = self.outstanding.firstIndex(where: { $0.number == message.number }) else { return }
             switch result {

@@ -17,6 +17,7 @@ struct LinkWireTests {
     @Test func roundTrip() throws {
         let frames: [LinkWire.Frame] = [
             .hypercall(tag: 1, command: 3, arg1: 0x1000, arg2: 0x2000, arg3: 8, arg4: 0x6447_724D),
+            .hypercall(tag: 2, command: 3, arg1: 0x1000, arg2: 0x2000, arg3: 8, arg4: 0x6447_724D, deferrable: true),
             .eventAck,
             .result(tag: 99, value: -111),
             .result(tag: 7, value: 65536),
@@ -32,7 +33,7 @@ struct LinkWireTests {
         }
     }
 
-    @Test func rejectsWhatIsNotExactlyAFrame() {
+    @Test func rejectsWhatIsNotExactlyAFrame() throws {
         var bytes = self.encode(.event)
         bytes[4] = 0x55
         #expect(throws: LinkWire.ParseError.unknownKind(0x55)) { try self.parse(bytes) }
@@ -46,6 +47,15 @@ struct LinkWireTests {
         bytes = self.encode(.event)
         bytes[6] = 1
         #expect(throws: LinkWire.ParseError.nonZeroReserved) { try self.parse(bytes) }
+        // Only hypercalls carry a flag, and only the deferrable one.
+        bytes = self.encode(.result(tag: 1, value: 0))
+        bytes[6] = 1
+        #expect(throws: LinkWire.ParseError.nonZeroReserved) { try self.parse(bytes) }
+        bytes = self.encode(.hypercall(tag: 0, command: 0, arg1: 0, arg2: 0, arg3: 0, arg4: 0))
+        bytes[6] = 2
+        #expect(throws: LinkWire.ParseError.nonZeroReserved) { try self.parse(bytes) }
+        bytes[6] = 1
+        #expect(try self.parse(bytes) == .frame(.hypercall(tag: 0, command: 0, arg1: 0, arg2: 0, arg3: 0, arg4: 0, deferrable: true), consumed: 48))
     }
 
     @Test func helloAndWelcome() {

@@ -4,6 +4,7 @@ import Foundation
 import HMXProcessTestSupport
 import HMXCore
 import HMXEmulator
+import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 
@@ -102,6 +103,46 @@ struct EmulatorBehaviourTests {
             #expect(try await emulator.server.withHypervisor { $0.ringCount(of: DomainID(2)) } == 0)
             #expect(await self.argoErrno { _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 20), "z") } == .ECONNREFUSED)
             _ = try await again.close().get()
+        }
+    }
+
+    @Test("results that may be late still all arrive, in order, and failures are never held back")
+    func deferredResults() async throws {
+        try await withEmulator(domains: [1, 2]) { emulator in
+            let one = try await emulator.attach(1)
+            let two = try await emulator.attach(2)
+            let ring = try await two.registerRing(port: 20, partner: DomainID(1), length: 4032, failIfExists: true).get()
+            let destination = HMXAddress(domain: DomainID(2), port: 20)
+            func late(_ text: String) -> EventLoopFuture<Int> {
+                one.sendv(from: 1, to: destination, type: 7, iovecs: [ByteBuffer(string: text)], resultMayBeLate: true)
+            }
+            // Alone, a deferrable send completes (held back at most briefly).
+            #expect(try await late("a").get() == 1)
+            // Several, then one that is not deferrable: all complete, in the order sent.
+            let order = NIOLockedValueBox<[Int]>([])
+            var futures: [EventLoopFuture<Int>] = []
+            for (index, text) in ["bb", "ccc", "dddd"].enumerated() {
+                futures.append(late(text).map { value in order.withLockedValue { $0.append(index) }; return value })
+            }
+            futures.append(
+                one.sendv(from: 1, to: destination, type: 7, iovecs: [ByteBuffer(string: "eeeee")]).map { value in
+                    order.withLockedValue { $0.append(3) }
+                    return value
+                }
+            )
+            var sizes: [Int] = []
+            for future in futures { sizes.append(try await future.get()) }
+            #expect(sizes == [2, 3, 4, 5])
+            #expect(order.withLockedValue { $0 } == [0, 1, 2, 3])
+            // The receiver got them all, in order.
+            var received: [String] = []
+            _ = try ring.receive { message in received.append(String(decoding: message.first, as: UTF8.self) + String(decoding: message.second, as: UTF8.self)) }
+            #expect(received == ["a", "bb", "ccc", "dddd", "eeeee"])
+            // A failure is reported at once even when the send was marked deferrable.
+            let failure = one.sendv(from: 1, to: HMXAddress(domain: DomainID(2), port: 99), type: 7, iovecs: [ByteBuffer(string: "x")], resultMayBeLate: true)
+            #expect(await self.argoErrno { _ = try await failure.get() } == .ECONNREFUSED)
+            _ = try await one.close().get()
+            _ = try await two.close().get()
         }
     }
 
