@@ -48,6 +48,8 @@ final class GatewayCore {
     /// How often peers with connections are pinged, and when silence means death.
     static let keepaliveInterval = TimeAmount.seconds(1)
     static let peerTimeout = TimeAmount.seconds(4)
+    /// A peer with connections that has been silent this long: check our ring for it.
+    static let silenceBeforeRingCheck = TimeAmount.milliseconds(1500)
 
     init(config: GatewayConfig, link: any HMXLink, logger: Logger) {
         self.config = config
@@ -299,16 +301,51 @@ final class GatewayCore {
         if let peer = self.peers[domain] {
             peer.discardQueue()
             peer.remoteInstance = nil
-            if errno != .EACCES, errno != .EPERM {
-                // The peer's domain may have been destroyed (gone, silent, or back with
-                // no ring for us yet), and with it our partner ring for it: register it
-                // again (the tick does) rather than wait on a ring that may not exist.
+            if errno == .ESRCH {
+                // The peer domain is gone, and with it our partner ring for it.
                 peer.hasRing = false
-                if let ring = self.partnerRings.removeValue(forKey: domain), errno != .ESRCH {
-                    _ = self.link.unregisterRing(ring)
-                }
+                self.partnerRings[domain] = nil
+            } else if errno != .EACCES, errno != .EPERM {
+                // The peer is silent or has no ring for us: its domain may have been
+                // destroyed and started again, taking our partner ring for it along.
+                self.checkRing(for: peer)
             }
         }
+    }
+
+    /// Makes sure our partner ring for `peer` still exists: Argo destroys the rings
+    /// that name a destroyed domain as partner, and a peer domain that is destroyed and
+    /// started again between two of our sends leaves no other trace. Registering with
+    /// FAIL_EXIST changes nothing if the ring is there (EEXIST) and restores it if not.
+    /// At most once a second per peer.
+    private func checkRing(for peer: PeerLink) {
+        let now = NIODeadline.now()
+        guard peer.hasRing, self.config.partnerDomains.contains(peer.domain), now - peer.lastRingCheck >= .seconds(1) else { return }
+        peer.lastRingCheck = now
+        let domain = peer.domain
+        self.link.registerRing(port: self.config.link.port, partner: domain, length: self.config.link.ringSize, failIfExists: true)
+            .assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let ring):
+                    self.partnerRings[domain] = ring
+                    peer.hasRing = true
+                    self.logger.warning(
+                        "our ring for the peer was gone (its domain was destroyed); registered it again",
+                        metadata: ["peer": "\(self.config.name(of: domain))"]
+                    )
+                    self.onEvent()
+                case .failure(let error as HMXError) where error.errno == .EEXIST:
+                    break
+                case .failure(let error as HMXError) where error.errno == .ESRCH:
+                    peer.hasRing = false
+                    self.partnerRings[domain] = nil
+                case .failure(let error):
+                    self.logger.error(
+                        "cannot check the ring for a peer",
+                        metadata: ["peer": "\(self.config.name(of: domain))", "error": "\(error)"]
+                    )
+                }
+            }
     }
 
     /// Periodic work: keepalive pings, dead-peer detection, ring re-registration,
@@ -321,6 +358,11 @@ final class GatewayCore {
             guard peer.connectionCount > 0 else {
                 peer.lastHeard = now
                 continue
+            }
+            if now - peer.lastHeard > Self.silenceBeforeRingCheck {
+                // Pinged, but no answer for a while: perhaps the peer's answers cannot
+                // reach us because our ring for it went with its previous run.
+                self.checkRing(for: peer)
             }
             if now - peer.lastHeard > Self.peerTimeout {
                 self.peerFailed(domain, error: HMXError(code: .linkClosed, message: "no answer to keepalive pings"))

@@ -49,6 +49,8 @@ final class PeerLink {
     var lastHeard: NIODeadline = .now()
     /// Our ring for this peer is registered.
     var hasRing = false
+    /// When we last checked that our ring for this peer still exists.
+    var lastRingCheck: NIODeadline = .distantPast
     /// Connections with this peer.
     var connectionCount = 0
 

@@ -37,6 +37,22 @@ extension GatewayEndToEndTests {
             #expect(probe.status == 0, "after the peer restarted: \(probe.output)\n\(restarted.log)\n\(lab.gatewayLogs)")
         }
 
+        @Test("a peer gateway restarted while idle is reachable again (our ring for it went with its domain)", .timeLimit(.minutes(2)))
+        func idlePeerRestart() async throws {
+            let lab = try await GatewayLab()
+            try await lab.startGateways()
+            // Let the probe's connection finish on both sides: from now on alpha is idle.
+            try await Task.sleep(for: .seconds(2))
+            let beta = try #require(lab.gateways[.beta])
+            beta.signal(SIGKILL)
+            #expect(await beta.wait(seconds: 10) != nil)
+            // alpha sends nothing meanwhile, so it cannot have seen beta's domain go.
+            let restarted = try lab.startGateway(.beta, config: "\(lab.directory.path)/gateway-beta.yaml")
+            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"], seconds: 40)
+            #expect(probe.status == 0, "after the peer restarted: \(probe.output)\n\(restarted.log)\n\(lab.gatewayLogs)")
+            #expect(await eventually { lab.gateways[.alpha]?.log.contains("registered it again") == true }, "\(lab.gatewayLogs)")
+        }
+
         @Test("the export's allow-list refuses another domain promptly, with the reason logged", .timeLimit(.minutes(2)))
         func gatewayPolicyDenies() async throws {
             let lab = try await GatewayLab()
@@ -64,6 +80,9 @@ extension GatewayEndToEndTests {
         func hypervisorPolicyDenies() async throws {
             let lab = try await GatewayLab(policy: "  - {action: allow, from: beta, to: alpha}")
             try await lab.startGateways(waitForEcho: false)
+            // Both gateways attached (else alpha's first connection finds beta not running).
+            let ready = await eventually(within: 30) { GatewayLab.Domain.allCases.allSatisfy { lab.gateways[$0]?.log.contains("gateway ready") == true } }
+            try #require(ready, "the gateways did not start: \(lab.gatewayLogs)")
             // Wait for alpha's listener; the HMX connection behind it must be refused.
             var outcome: [String: Any] = [:]
             let listening = await eventually(within: 30) {
