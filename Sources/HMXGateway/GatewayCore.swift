@@ -339,6 +339,9 @@ final class GatewayCore {
                 case .failure(let error as HMXError) where error.errno == .ESRCH:
                     peer.hasRing = false
                     self.partnerRings[domain] = nil
+                case .failure(let error as HMXError) where error.code == .linkClosed:
+                    // The hypervisor link is gone; the gateway stops and says so.
+                    break
                 case .failure(let error):
                     self.logger.error(
                         "cannot check the ring for a peer",
