@@ -130,11 +130,23 @@ final class GatewayCore {
                 case .success(let ring):
                     self.wildcardRing = ring
                 case .failure(let error as HMXError) where error.errno == .EPERM:
+                    // Xen refuses wildcard rings unless booted with mac-permissive=1. The
+                    // gateway keeps running: partner rings still carry every named peer.
+                    let names = self.config.exports.filter { $0.allow == .any }.map(\.name).joined(separator: ", ")
                     self.logger.error(
-                        "an export allows any domain, but the hypervisor refuses wildcard rings (Xen needs mac-permissive=1); only named peers can connect"
+                        """
+                        the hypervisor refused the wildcard ring (EPERM) that exports [\(names)] need to accept any domain: \
+                        on Xen, wildcard rings need the hypervisor booted with argo=1,mac-permissive=1; until then only \
+                        domains with a partner ring (import peers and domains named in an allow-list) can reach those exports
+                        """,
+                        metadata: ["error": "\(error)"]
                     )
                 case .failure(let error):
-                    self.logger.error("cannot register the wildcard ring", metadata: ["error": "\(error)"])
+                    let names = self.config.exports.filter { $0.allow == .any }.map(\.name).joined(separator: ", ")
+                    self.logger.error(
+                        "cannot register the wildcard ring that exports [\(names)] need to accept any domain",
+                        metadata: ["error": "\(error)"]
+                    )
                 }
             }
     }

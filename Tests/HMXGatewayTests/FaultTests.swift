@@ -76,6 +76,27 @@ extension GatewayEndToEndTests {
             #expect(probe.status == 0, "\(probe.output)")
         }
 
+        @Test("an export allowing any domain without wildcard rings: the log names it and mac-permissive; named peers still reach it", .timeLimit(.minutes(2)))
+        func wildcardRingRefused() async throws {
+            // The lab's emulator refuses wildcard rings (like Xen without mac-permissive=1).
+            let lab = try await GatewayLab()
+            let importPort = lab.port(85)
+            try await lab.startGateways(
+                exports: [.init(name: "public", port: 9009, target: "tcp://127.0.0.1:\(lab.echoTarget)", allow: ["any"])],
+                imports: [.init(name: "public", listen: "tcp://127.0.0.1:\(importPort)", port: 9009)]
+            )
+            let beta = try #require(lab.gateways[.beta])
+            let reported = await eventually { beta.log.contains("refused the wildcard ring") }
+            #expect(reported, "\(lab.gatewayLogs)")
+            #expect(beta.log.contains("exports [public]"), "names the export: \(beta.log)")
+            #expect(beta.log.contains("argo=1,mac-permissive=1"), "names Xen's boot option: \(beta.log)")
+            #expect(beta.isRunning, "the gateway keeps running")
+            // alpha has a partner ring with beta (the echo export names it), so it reaches
+            // the export that allows any domain.
+            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(importPort)", "--timeout", "20"], seconds: 30)
+            #expect(probe.status == 0, "\(probe.output)\n\(lab.gatewayLogs)")
+        }
+
         @Test("the hypervisor policy refuses alpha -> beta promptly, with the reason logged", .timeLimit(.minutes(2)))
         func hypervisorPolicyDenies() async throws {
             let lab = try await GatewayLab(policy: "  - {action: allow, from: beta, to: alpha}")
