@@ -201,15 +201,26 @@ final class GatewayLab: @unchecked Sendable {
     /// Starts the echo server in beta, then beta's gateway (exports) and alpha's gateway
     /// (imports), both with the echo mapping added, and waits until an echo round trip
     /// through HMX succeeds.
+    /// `ringSize` and `extra` (per domain) go into both configurations.
     func startGateways(
         exports: [Export] = [],
         imports: [Import] = [],
         betaPeers: [String: Int]? = nil,
+        ringSize: Int? = nil,
+        extra: [Domain: String] = [:],
         waitForEcho: Bool = true
     ) async throws {
         try await self.startToolServer(.beta, ["echo-server", "--port", "\(self.echoTarget)"])
-        try self.startGateway(.beta, config: try self.gatewayConfig(.beta, exports: [self.echoExport] + exports, imports: [], peers: betaPeers))
-        try self.startGateway(.alpha, config: try self.gatewayConfig(.alpha, exports: [], imports: [self.echoImport] + imports))
+        try self.startGateway(
+            .beta,
+            config: try self.gatewayConfig(
+                .beta, exports: [self.echoExport] + exports, imports: [], peers: betaPeers, ringSize: ringSize, extra: extra[.beta] ?? ""
+            )
+        )
+        try self.startGateway(
+            .alpha,
+            config: try self.gatewayConfig(.alpha, exports: [], imports: [self.echoImport] + imports, ringSize: ringSize, extra: extra[.alpha] ?? "")
+        )
         guard waitForEcho else { return }
         let probe = try await self.runTool(.alpha, ["probe", "--port", "\(self.echoPort)", "--timeout", "30"], seconds: 40)
         try #require(probe.status == 0, "echo through the gateways: \(probe.output)\n\(self.gatewayLogs)")

@@ -7,58 +7,94 @@ extension GatewayEndToEndTests {
     /// The stream promises: exact bytes, half-close, backpressure, many connections.
     @Suite("streams")
     struct Streams {
+        /// An upload (alpha sends to a socat sink in beta) and a download (a socat source in
+        /// beta sends to alpha) of `bytes` random bytes each, through an export/import pair
+        /// per direction; each side keeps the sha256 of what it sent or received.
+        struct BulkTransfers {
+            let lab: GatewayLab
+            let bytes: Int
+            let path: String
+            let uploadPort: Int
+            let downloadPort: Int
+            let exports: [GatewayLab.Export]
+            let imports: [GatewayLab.Import]
+            /// beta's sink and source, started at once (they listen).
+            let receiver: ChildProcess
+            let source: ChildProcess
+
+            /// Uses lab ports `firstPort`…`firstPort + 3` and HMX service ports `servicePort`
+            /// and `servicePort + 1`.
+            init(_ lab: GatewayLab, bytes: Int, firstPort: Int, servicePort: Int) throws {
+                self.lab = lab
+                self.bytes = bytes
+                self.path = lab.directory.path
+                let (uploadTarget, downloadTarget) = (lab.port(firstPort), lab.port(firstPort + 1))
+                (self.uploadPort, self.downloadPort) = (lab.port(firstPort + 2), lab.port(firstPort + 3))
+                self.exports = [
+                    .init(name: "upload", port: servicePort, target: "tcp://127.0.0.1:\(uploadTarget)"),
+                    .init(name: "download", port: servicePort + 1, target: "tcp://127.0.0.1:\(downloadTarget)"),
+                ]
+                self.imports = [
+                    .init(name: "upload", listen: "tcp://127.0.0.1:\(self.uploadPort)", port: servicePort),
+                    .init(name: "download", listen: "tcp://127.0.0.1:\(self.downloadPort)", port: servicePort + 1),
+                ]
+                self.receiver = try lab.shell(
+                    .beta, "socat -u TCP-LISTEN:\(uploadTarget),bind=127.0.0.1,reuseaddr - | sha256sum > \(self.path)/upload.received"
+                )
+                self.source = try lab.shell(
+                    .beta,
+                    "head -c \(bytes) /dev/urandom | tee >(sha256sum > \(self.path)/download.sent) | socat -u - TCP-LISTEN:\(downloadTarget),bind=127.0.0.1,reuseaddr"
+                )
+            }
+
+            func startUpload() throws -> ChildProcess {
+                try self.lab.shell(
+                    .alpha,
+                    "head -c \(self.bytes) /dev/urandom | tee >(sha256sum > \(self.path)/upload.sent) | socat -u - TCP:127.0.0.1:\(self.uploadPort)"
+                )
+            }
+
+            func startDownload() throws -> ChildProcess {
+                try self.lab.shell(.alpha, "socat -u TCP:127.0.0.1:\(self.downloadPort) - | sha256sum > \(self.path)/download.received")
+            }
+
+            /// The upload's sender and receiver both ended well and saw the same bytes.
+            func expectUploadExact(_ sender: ChildProcess, seconds: Double) async throws {
+                #expect(await sender.wait(seconds: seconds) == 0, "upload sender: \(sender.log)\n\(self.lab.gatewayLogs)")
+                #expect(await self.receiver.wait(seconds: 30) == 0, "upload receiver did not see the end of the stream: \(self.receiver.log)")
+                #expect(try await self.sameDigest("upload.sent", "upload.received"))
+            }
+
+            /// The download's receiver and source both ended well and saw the same bytes.
+            func expectDownloadExact(_ downloader: ChildProcess, seconds: Double) async throws {
+                #expect(await downloader.wait(seconds: seconds) == 0, "download receiver: \(downloader.log)\n\(self.lab.gatewayLogs)")
+                #expect(await self.source.wait(seconds: 30) == 0, "download sender: \(self.source.log)")
+                #expect(try await self.sameDigest("download.sent", "download.received"))
+            }
+
+            /// Both files hold the same 64-hex-digit digest (tee's process substitution may
+            /// finish a moment after the pipeline).
+            private func sameDigest(_ first: String, _ second: String) async throws -> Bool {
+                let path = self.path
+                func digest(_ name: String) -> String? {
+                    let text = (try? String(contentsOfFile: "\(path)/\(name)", encoding: .utf8)) ?? ""
+                    return text.count >= 64 ? String(text.prefix(64)) : nil
+                }
+                _ = await eventually(within: 10) { digest(first) != nil && digest(second) != nil }
+                let (a, b) = (digest(first), digest(second))
+                #expect(a != nil && a == b, "\(first) \(a ?? "missing") vs \(second) \(b ?? "missing")")
+                return a != nil && a == b
+            }
+        }
+
         @Test("256 MiB each way with socat, sha256 equal; the sender's close ends the receiver", .timeLimit(.minutes(6)))
         func largeFiles() async throws {
             let lab = try await GatewayLab()
-            let uploadTarget = lab.port(30)
-            let downloadTarget = lab.port(31)
-            let uploadPort = lab.port(32)
-            let downloadPort = lab.port(33)
-            let bytes = 256 << 20
-            let path = lab.directory.path
-            // Upload: alpha sends to a socat listener in beta.
-            let receiver = try lab.shell(.beta, "socat -u TCP-LISTEN:\(uploadTarget),bind=127.0.0.1,reuseaddr - | sha256sum > \(path)/upload.received")
-            // Download: a socat listener in beta sends to alpha.
-            let source = try lab.shell(
-                .beta,
-                "head -c \(bytes) /dev/urandom | tee >(sha256sum > \(path)/download.sent) | socat -u - TCP-LISTEN:\(downloadTarget),bind=127.0.0.1,reuseaddr"
-            )
-            try await lab.startGateways(
-                exports: [
-                    .init(name: "upload", port: 9001, target: "tcp://127.0.0.1:\(uploadTarget)"),
-                    .init(name: "download", port: 9002, target: "tcp://127.0.0.1:\(downloadTarget)"),
-                ],
-                imports: [
-                    .init(name: "upload", listen: "tcp://127.0.0.1:\(uploadPort)", port: 9001),
-                    .init(name: "download", listen: "tcp://127.0.0.1:\(downloadPort)", port: 9002),
-                ]
-            )
-
-            let sender = try lab.shell(
-                .alpha,
-                "head -c \(bytes) /dev/urandom | tee >(sha256sum > \(path)/upload.sent) | socat -u - TCP:127.0.0.1:\(uploadPort)"
-            )
-            #expect(await sender.wait(seconds: 150) == 0, "upload sender: \(sender.log)\n\(lab.gatewayLogs)")
-            #expect(await receiver.wait(seconds: 30) == 0, "upload receiver did not see the end of the stream: \(receiver.log)")
-            #expect(try await sameDigest(path, "upload.sent", "upload.received"))
-
-            let downloader = try lab.shell(.alpha, "socat -u TCP:127.0.0.1:\(downloadPort) - | sha256sum > \(path)/download.received")
-            #expect(await downloader.wait(seconds: 150) == 0, "download receiver: \(downloader.log)\n\(lab.gatewayLogs)")
-            #expect(await source.wait(seconds: 30) == 0, "download sender: \(source.log)")
-            #expect(try await sameDigest(path, "download.sent", "download.received"))
-        }
-
-        /// Both files hold the same 64-hex-digit digest (tee's process substitution may
-        /// finish a moment after the pipeline).
-        private func sameDigest(_ path: String, _ first: String, _ second: String) async throws -> Bool {
-            func digest(_ name: String) -> String? {
-                let text = (try? String(contentsOfFile: "\(path)/\(name)", encoding: .utf8)) ?? ""
-                return text.count >= 64 ? String(text.prefix(64)) : nil
-            }
-            _ = await eventually(within: 10) { digest(first) != nil && digest(second) != nil }
-            let (a, b) = (digest(first), digest(second))
-            #expect(a != nil && a == b, "\(first) \(a ?? "missing") vs \(second) \(b ?? "missing")")
-            return a != nil && a == b
+            let transfers = try BulkTransfers(lab, bytes: 256 << 20, firstPort: 30, servicePort: 9001)
+            try await lab.startGateways(exports: transfers.exports, imports: transfers.imports)
+            // One direction after the other.
+            try await transfers.expectUploadExact(try transfers.startUpload(), seconds: 150)
+            try await transfers.expectDownloadExact(try transfers.startDownload(), seconds: 150)
         }
 
         @Test("the importing gateway starts first: both still learn the other's ring size and send large messages", .timeLimit(.minutes(2)))
@@ -93,56 +129,21 @@ extension GatewayEndToEndTests {
         @Test("tiny rings: many messages find the ring full and are retried, both streams stay exact", .timeLimit(.minutes(3)))
         func ringFullRetriesKeepOrder() async throws {
             let lab = try await GatewayLab()
-            let uploadTarget = lab.port(50)
-            let downloadTarget = lab.port(51)
-            let uploadPort = lab.port(52)
-            let downloadPort = lab.port(53)
             let metricsPort = [GatewayLab.Domain.alpha: lab.port(54), .beta: lab.port(55)]
-            let bytes = 24 << 20
-            let path = lab.directory.path
-            let receiver = try lab.shell(.beta, "socat -u TCP-LISTEN:\(uploadTarget),bind=127.0.0.1,reuseaddr - | sha256sum > \(path)/up.received")
-            let source = try lab.shell(
-                .beta,
-                "head -c \(bytes) /dev/urandom | tee >(sha256sum > \(path)/down.sent) | socat -u - TCP-LISTEN:\(downloadTarget),bind=127.0.0.1,reuseaddr"
-            )
+            let transfers = try BulkTransfers(lab, bytes: 24 << 20, firstPort: 50, servicePort: 9011)
             // 16 KiB rings: every message is up to a whole ring, so with several in flight
             // most find the ring full, are retried after the wake-up, and arrive out of order.
-            try await lab.startToolServer(.beta, ["echo-server", "--port", "\(lab.echoTarget)"])
-            let exports: [GatewayLab.Export] = [
-                lab.echoExport,
-                .init(name: "up", port: 9011, target: "tcp://127.0.0.1:\(uploadTarget)"),
-                .init(name: "down", port: 9012, target: "tcp://127.0.0.1:\(downloadTarget)"),
-            ]
-            let imports: [GatewayLab.Import] = [
-                lab.echoImport,
-                .init(name: "up", listen: "tcp://127.0.0.1:\(uploadPort)", port: 9011),
-                .init(name: "down", listen: "tcp://127.0.0.1:\(downloadPort)", port: 9012),
-            ]
-            for (domain, mappings) in [(GatewayLab.Domain.beta, (exports, [GatewayLab.Import]())), (.alpha, ([], imports))] {
-                let config = try lab.gatewayConfig(
-                    domain,
-                    exports: mappings.0,
-                    imports: mappings.1,
-                    ringSize: 16384,
-                    extra: "metrics:\n  listen: tcp://127.0.0.1:\(metricsPort[domain]!)\n"
-                )
-                try lab.startGateway(domain, config: config)
-            }
-            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"], seconds: 40)
-            try #require(probe.status == 0, "echo through the gateways: \(probe.output)\n\(lab.gatewayLogs)")
-
-            // Both directions at once.
-            let sender = try lab.shell(
-                .alpha,
-                "head -c \(bytes) /dev/urandom | tee >(sha256sum > \(path)/up.sent) | socat -u - TCP:127.0.0.1:\(uploadPort)"
+            try await lab.startGateways(
+                exports: transfers.exports,
+                imports: transfers.imports,
+                ringSize: 16384,
+                extra: metricsPort.mapValues { "metrics:\n  listen: tcp://127.0.0.1:\($0)\n" }
             )
-            let downloader = try lab.shell(.alpha, "socat -u TCP:127.0.0.1:\(downloadPort) - | sha256sum > \(path)/down.received")
-            #expect(await sender.wait(seconds: 120) == 0, "upload: \(sender.log)\n\(lab.gatewayLogs)")
-            #expect(await downloader.wait(seconds: 120) == 0, "download: \(downloader.log)\n\(lab.gatewayLogs)")
-            #expect(await receiver.wait(seconds: 30) == 0, "upload receiver: \(receiver.log)")
-            #expect(await source.wait(seconds: 30) == 0, "download source: \(source.log)")
-            #expect(try await self.sameDigest(path, "up.sent", "up.received"))
-            #expect(try await self.sameDigest(path, "down.sent", "down.received"))
+            // Both directions at once.
+            let sender = try transfers.startUpload()
+            let downloader = try transfers.startDownload()
+            try await transfers.expectUploadExact(sender, seconds: 120)
+            try await transfers.expectDownloadExact(downloader, seconds: 120)
             var ringFull = 0.0
             var outOfOrder = 0.0
             for domain in GatewayLab.Domain.allCases {
