@@ -28,8 +28,8 @@ final class DomainConnectionHandler: ChannelInboundHandler {
     private var output: ByteBuffer
     /// `output` holds something that must go out at the end of this burst.
     private var isOutputUrgent = false
-    /// Flushes results that were held back, at the latest.
-    private var deferredFlush: Scheduled<Void>?
+    /// A timer is armed that flushes results held back, at the latest.
+    private var isDeferredFlushArmed = false
 
     init(domain: EmulatorConfig.DomainEntry, memory: SharedMemory, core: EmulatorCore, logger: Logger) {
         self.domain = domain
@@ -99,9 +99,12 @@ final class DomainConnectionHandler: ChannelInboundHandler {
     func channelReadComplete(context: ChannelHandlerContext) {
         if self.isOutputUrgent || self.isEventQueued {
             self.flushOutput()
-        } else if self.output.readableBytes > 0, self.deferredFlush == nil {
-            self.deferredFlush = context.eventLoop.assumeIsolated().scheduleTask(in: .init(LinkWire.deferredResultDelay)) {
-                self.deferredFlush = nil
+        } else if self.output.readableBytes > 0, !self.isDeferredFlushArmed {
+            // One timer at a time, never cancelled: earlier flushes only make what it
+            // finds smaller, and anything held is held for less than the delay.
+            self.isDeferredFlushArmed = true
+            context.eventLoop.assumeIsolated().scheduleTask(in: .init(LinkWire.deferredResultDelay)) {
+                self.isDeferredFlushArmed = false
                 self.flushOutput()
             }
         }
@@ -127,8 +130,6 @@ final class DomainConnectionHandler: ChannelInboundHandler {
         guard let context = self.context, self.output.readableBytes > 0 else { return }
         self.isEventQueued = false
         self.isOutputUrgent = false
-        self.deferredFlush?.cancel()
-        self.deferredFlush = nil
         let bytes = self.output
         self.output = context.channel.allocator.buffer(capacity: 4096)
         context.writeAndFlush(Self.wrapOutboundOut(bytes), promise: nil)

@@ -312,7 +312,8 @@ final class GatewayCore {
         }
         if let peer = self.peers[domain] {
             peer.discardQueue()
-            peer.remoteInstance = nil
+            // Its next message, from this run or a new one, starts the numbering again.
+            peer.order.reset()
             if errno == .ESRCH {
                 // The peer domain is gone, and with it our partner ring for it.
                 peer.hasRing = false
@@ -523,19 +524,17 @@ final class GatewayCore {
         // A message from the peer's gateway: its ring for us most likely exists now.
         self.refreshPeerSizeIfUnknown(peer, now: now)
         let delivery: MessageOrder.Delivery
-        let instance: UInt64
         do {
-            guard case .sequence(let number, let base, let sender) = try StreamFrame.parse(&buffer) else {
+            guard case .sequence(let number, let base, let instance) = try StreamFrame.parse(&buffer) else {
                 throw MalformedMessage.noSequenceFirst
             }
-            instance = sender
-            delivery = try peer.order.receive(number: number, base: base, instance: sender, message: buffer)
+            delivery = try peer.order.receive(number: number, base: base, instance: instance, message: buffer)
         } catch {
             self.malformed(from: peer, error)
             return
         }
         if delivery.messages.isEmpty { self.metrics.outOfOrder.increment() }
-        self.notePeerInstance(peer, instance)
+        if delivery.peerRestarted { self.peerRestarted(peer) }
         for message in delivery.messages {
             guard self.handleFrames(of: message, from: peer) else { return }
         }
@@ -584,11 +583,9 @@ final class GatewayCore {
 
     private func handle(_ frame: StreamFrame, from peer: PeerLink) {
         switch frame {
-        case .open(let id, let servicePort, let credit, let instance, let version):
-            self.notePeerInstance(peer, instance)
+        case .open(let id, let servicePort, let credit, _, let version):
             self.handleOpen(peer: peer, id: id, servicePort: servicePort, credit: credit, version: version)
-        case .accept(let key, let credit, let instance):
-            self.notePeerInstance(peer, instance)
+        case .accept(let key, let credit, _):
             self.connection(peer, key, frameName: "ACCEPT")?.peerAccepted(credit: credit)
         case .refuse(let key, let reason):
             self.connection(peer, key, frameName: "REFUSE")?.peerRefused(reason)
@@ -601,11 +598,11 @@ final class GatewayCore {
         case .reset(let key, let reason):
             // Never answer a RESET: that could loop.
             self.connections[ConnectionID(peer: peer.domain, key: key)]?.peerReset(reason)
-        case .ping(let instance, let nonce):
-            self.notePeerInstance(peer, instance)
+        case .ping(_, let nonce):
             peer.enqueue(.pong(instance: self.instance, nonce: nonce))
-        case .pong(let instance, _):
-            self.notePeerInstance(peer, instance)
+        case .pong:
+            // Hearing from the peer (in `dispatch`) is what a PONG is for.
+            break
         case .sequence:
             // Only ever first in a message, where `dispatch` takes it.
             break
@@ -619,19 +616,17 @@ final class GatewayCore {
         return nil
     }
 
-    /// A new instance id from a peer means it restarted: its old connections are gone.
-    private func notePeerInstance(_ peer: PeerLink, _ instance: UInt64) {
-        if let known = peer.remoteInstance, known != instance {
-            self.logger.warning("peer gateway restarted; resetting its old connections", metadata: ["peer": "\(self.config.name(of: peer.domain))"])
-            for connection in self.connections.values where connection.peer === peer {
-                connection.terminate(.peerLost, resetReason: nil)
-            }
-            // Its new ring may have another size.
-            peer.isMessageSizeKnown = false
-            peer.maximumMessageSize = PeerLink.minimumMessageSize
-            self.refreshPeerSize(peer)
+    /// A message with a new instance id (SEQUENCE) means the peer restarted: its old
+    /// connections are gone.
+    private func peerRestarted(_ peer: PeerLink) {
+        self.logger.warning("peer gateway restarted; resetting its old connections", metadata: ["peer": "\(self.config.name(of: peer.domain))"])
+        for connection in self.connections.values where connection.peer === peer {
+            connection.terminate(.peerLost, resetReason: nil)
         }
-        peer.remoteInstance = instance
+        // Its new ring may have another size.
+        peer.isMessageSizeKnown = false
+        peer.maximumMessageSize = PeerLink.minimumMessageSize
+        self.refreshPeerSize(peer)
     }
 
     /// OPEN from a peer: check the export, its allow-list and limits, then dial.

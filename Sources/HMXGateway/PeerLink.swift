@@ -42,9 +42,8 @@ final class PeerLink {
     var isQueryingMessageSize = false
     /// When the peer's ring size was last asked for.
     var lastMessageSizeQuery: NIODeadline = .distantPast
-    /// The peer gateway's instance id, once heard.
-    var remoteInstance: UInt64?
-    /// Puts the peer's messages back in the order it sent them.
+    /// Puts the peer's messages back in the order it sent them; knows the instance id
+    /// of the peer's current run.
     var order = MessageOrder()
     var lastHeard: NIODeadline = .now()
     /// Our ring for this peer is registered.
@@ -189,12 +188,8 @@ final class PeerLink {
         guard !self.isPumping else { return }
         self.isPumping = true
         defer { self.isPumping = false }
-        let retries = self.outstanding.filter { $0.state == .ringFull }.map(\.number)
-        for number in retries {
-            guard !self.isWaitingForRoom else { break }
-            guard let index = self.outstanding.firstIndex(where: { $0.number == number }),
-                self.outstanding[index].state == .ringFull
-            else { continue }
+        // Oldest first; a retry that finds the ring full again stops the loop.
+        while !self.isWaitingForRoom, let index = self.outstanding.firstIndex(where: { $0.state == .ringFull }) {
             self.outstanding[index].state = .inFlight
             self.send(self.outstanding[index], resultMayBeLate: false)
         }
