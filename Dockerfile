@@ -1,5 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # Multi-stage build of the release binaries; the runtime image holds only them.
+# Release builds skip Swift's run-time exclusivity checks (all tests run with them, in
+# debug builds); see docs/BENCHMARKS.md for what that buys.
 #   docker build -t hmx-gateway .
 #   docker run --rm -v /run/hmx:/run/hmx -v $PWD/Configs:/etc/hmx --network host hmx-gateway \
 #       hmx-gateway run --config /etc/hmx/gateway.yaml
@@ -12,10 +14,10 @@ RUN swift package resolve
 COPY Sources ./Sources
 COPY Tests ./Tests
 RUN for product in hmx-gateway hmx-emulator hmx-cat; do \
-        swift build -c release --static-swift-stdlib --product "$product" || exit 1; \
+        swift build -c release -Xswiftc -enforce-exclusivity=unchecked --static-swift-stdlib --product "$product" || exit 1; \
     done \
  && mkdir -p /out \
- && bin="$(swift build -c release --show-bin-path)" \
+ && bin="$(swift build -c release -Xswiftc -enforce-exclusivity=unchecked --show-bin-path)" \
  && cp "$bin/hmx-gateway" "$bin/hmx-emulator" "$bin/hmx-cat" /out/
 
 FROM debian:bookworm-slim

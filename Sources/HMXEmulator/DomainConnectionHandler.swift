@@ -14,7 +14,7 @@ import NIOCore
 /// *deferrable* hypercalls (``LinkWire``) may wait, in order, for the next result that
 /// cannot, the domain's next event, or ``LinkWire/deferredResultDelay``.
 final class DomainConnectionHandler: ChannelInboundHandler {
-    typealias InboundIn = LinkWire.Frame
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     let domain: EmulatorConfig.DomainEntry
@@ -30,6 +30,12 @@ final class DomainConnectionHandler: ChannelInboundHandler {
     private var isOutputUrgent = false
     /// A timer is armed that flushes results held back, at the latest.
     private var isDeferredFlushArmed = false
+    private var splitter = LinkFrameSplitter()
+
+    /// A frame only the emulator may send came from the domain.
+    private struct ForbiddenFrame: Error, CustomStringConvertible {
+        var description: String { "the domain sent a frame only the emulator may send" }
+    }
 
     init(domain: EmulatorConfig.DomainEntry, memory: SharedMemory, core: EmulatorCore, logger: Logger) {
         self.domain = domain
@@ -75,7 +81,19 @@ final class DomainConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard self.isAttached else { return }
-        switch Self.unwrapInboundIn(data) {
+        do {
+            try self.splitter.split(Self.unwrapInboundIn(data)) { frame in try self.execute(frame) }
+        } catch {
+            // A malformed or forbidden frame: nothing after it is executed.
+            self.isAttached = false
+            self.core.detach(self)
+            self.logger.warning("dropping domain after a link error; its rings are destroyed", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    private func execute(_ frame: LinkWire.Frame) throws {
+        switch frame {
         case .hypercall(let tag, let command, let arg1, let arg2, let arg3, let arg4, let deferrable):
             let value = self.core.hypervisor.hypercall(
                 caller: self.domain.id,
@@ -91,8 +109,7 @@ final class DomainConnectionHandler: ChannelInboundHandler {
             // Accepted for compatibility; events are coalesced per burst instead.
             break
         case .result, .event:
-            self.logger.warning("dropping domain: it sent a frame only the emulator may send")
-            context.close(promise: nil)
+            throw ForbiddenFrame()
         }
     }
 
@@ -130,9 +147,9 @@ final class DomainConnectionHandler: ChannelInboundHandler {
         guard let context = self.context, self.output.readableBytes > 0 else { return }
         self.isEventQueued = false
         self.isOutputUrgent = false
-        let bytes = self.output
-        self.output = context.channel.allocator.buffer(capacity: 4096)
-        context.writeAndFlush(Self.wrapOutboundOut(bytes), promise: nil)
+        context.writeAndFlush(Self.wrapOutboundOut(self.output), promise: nil)
+        // Reuses the storage when the write went out at once (the usual case).
+        self.output.clear()
     }
 
     func close() {

@@ -79,7 +79,6 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
             channel = try await ClientBootstrap(group: eventLoop)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LinkClientDecoder()))
                         try channel.pipeline.syncOperations.addHandler(LinkClientHandler(welcome: welcome))
                     }
                 }

@@ -281,7 +281,6 @@ public final class EmulatorServer: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = DomainConnectionHandler(domain: domain, memory: memory, core: core.value, logger: handlerLogger)
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LinkFrameDecoder()))
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }

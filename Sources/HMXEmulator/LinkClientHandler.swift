@@ -2,66 +2,42 @@
 import HMXCore
 import NIOCore
 
-/// What a domain process receives: first the emulator's welcome, then frames.
-enum LinkClientInbound {
-    case welcome(LinkWire.Welcome)
-    case frame(LinkWire.Frame)
-}
-
-/// Decodes the welcome (16 bytes, once) and then fixed-size link frames.
-struct LinkClientDecoder: ByteToMessageDecoder {
-    typealias InboundOut = LinkClientInbound
-    private var hasWelcome = false
-
-    struct MalformedWelcome: Error {}
-
-    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        if !self.hasWelcome {
-            guard buffer.readableBytes >= LinkWire.Welcome.size else { return .needMoreData }
-            let welcome = buffer.withUnsafeReadableBytes { bytes in
-                LinkWire.Welcome(parsing: UnsafeRawBufferPointer(rebasing: bytes[0..<LinkWire.Welcome.size]))
-            }
-            guard let welcome else { throw MalformedWelcome() }
-            buffer.moveReaderIndex(forwardBy: LinkWire.Welcome.size)
-            self.hasWelcome = true
-            context.fireChannelRead(Self.wrapInboundOut(.welcome(welcome)))
-            return .continue
-        }
-        let result = try buffer.withUnsafeReadableBytes { bytes in try LinkWire.parse(bytes) }
-        switch result {
-        case .needMore:
-            return .needMoreData
-        case .frame(let frame, let consumed):
-            buffer.moveReaderIndex(forwardBy: consumed)
-            context.fireChannelRead(Self.wrapInboundOut(.frame(frame)))
-            return .continue
-        }
-    }
-
-    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        while try self.decode(context: context, buffer: &buffer) == .continue {}
-        return .needMoreData
-    }
-}
-
-/// Hands the welcome to the attach call, then frames to the ``LinkState``.
+/// What a domain process receives: first the emulator's welcome (16 bytes, once), then
+/// fixed-size link frames. Hands the welcome to the attach call, then each frame to
+/// the ``LinkState`` as it is parsed.
 final class LinkClientHandler: ChannelInboundHandler {
-    typealias InboundIn = LinkClientInbound
+    typealias InboundIn = ByteBuffer
 
     private var welcome: EventLoopPromise<LinkWire.Welcome>?
+    private var hasWelcome = false
+    /// Bytes of the welcome received so far (it is 16 bytes; usually one read).
+    private var welcomeBytes = ByteBuffer()
+    private var splitter = LinkFrameSplitter()
     var state: LinkState?
+
+    struct MalformedWelcome: Error {}
 
     init(welcome: EventLoopPromise<LinkWire.Welcome>) {
         self.welcome = welcome
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch Self.unwrapInboundIn(data) {
-        case .welcome(let welcome):
-            self.welcome?.succeed(welcome)
-            self.welcome = nil
-        case .frame(let frame):
-            self.state?.received(frame)
+        var input = Self.unwrapInboundIn(data)
+        do {
+            if !self.hasWelcome {
+                var piece = input.readSlice(length: min(input.readableBytes, LinkWire.Welcome.size - self.welcomeBytes.readableBytes))!
+                self.welcomeBytes.writeBuffer(&piece)
+                guard self.welcomeBytes.readableBytes == LinkWire.Welcome.size else { return }
+                let welcome = self.welcomeBytes.withUnsafeReadableBytes { bytes in LinkWire.Welcome(parsing: bytes) }
+                guard let welcome else { throw MalformedWelcome() }
+                self.hasWelcome = true
+                self.welcomeBytes = ByteBuffer()
+                self.welcome?.succeed(welcome)
+                self.welcome = nil
+            }
+            try self.splitter.split(input) { frame in self.state?.received(frame) }
+        } catch {
+            self.errorCaught(context: context, error: error)
         }
     }
 

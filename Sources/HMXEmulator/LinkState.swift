@@ -62,6 +62,8 @@ final class LinkState {
     private var waiting = CircularBuffer<(size: Int, completion: Completion, prepare: (Int?) -> (UInt32, UInt64, UInt64, UInt64, UInt64))>()
     private var rings: [RingKey: HMXRing] = [:]
     private var nextTag: UInt32 = 1
+    /// Hypercall frames issued in this loop tick, written in one go at its end.
+    private var output = ByteBuffer()
     private var isFlushScheduled = false
     private(set) var isClosed = false
 
@@ -216,9 +218,7 @@ final class LinkState {
         let tag = self.nextTag
         self.nextTag &+= 1
         self.inFlight.append(InFlight(tag: tag, stagingOffset: offset, stagingEnd: stagingEnd, completion: completion))
-        var frame = self.channel.allocator.buffer(capacity: LinkWire.Kind.hypercall.frameLength)
-        frame.writeLinkFrame(.hypercall(tag: tag, command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4, deferrable: deferrable))
-        self.channel.write(frame, promise: nil)
+        self.output.writeLinkFrame(.hypercall(tag: tag, command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4, deferrable: deferrable))
         self.scheduleFlush()
         return true
     }
@@ -228,7 +228,10 @@ final class LinkState {
         self.isFlushScheduled = true
         self.eventLoop.assumeIsolated().execute {
             self.isFlushScheduled = false
-            self.channel.flush()
+            guard self.output.readableBytes > 0 else { return }
+            self.channel.writeAndFlush(self.output, promise: nil)
+            // Reuses the storage when the write went out at once (the usual case).
+            self.output.clear()
         }
     }
 
