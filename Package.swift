@@ -83,7 +83,7 @@ let package = Package(
         .target(
             name: "HMXGateway",
             dependencies: [
-                "HMXCore", "HMXStream", "HMXConfig", "HMXEmulator", "HMXXen", "HMXProxyProtocol",
+                "CHMXShims", "HMXCore", "HMXStream", "HMXConfig", "HMXEmulator", "HMXXen", "HMXProxyProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -71,6 +71,9 @@ public struct GatewayConfig: Sendable, Equatable {
     public var imports: [Import]
     /// Bytes each side may send before the receiver grants more (per connection).
     public var window: Int
+    /// Bytes of messages on their way to one peer's ring at once (sent, result not
+    /// back); nil: what the peer's ring holds.
+    public var peerInFlight: Int?
     public var metricsListen: Endpoint?
     /// How long SIGTERM waits for connections to finish.
     public var drainTimeoutMilliseconds: Int64
@@ -206,11 +209,13 @@ public struct GatewayConfig: Sendable, Equatable {
 
         var window = Self.defaultWindow
         var drain: Int64 = 10_000
+        var peerInFlight: Int?
         if let limitsNode = top.optional("limits") {
             let limits = try limitsNode.mapping()
             window = try limits.optional("window")?.integer(Int.self, in: 4096...(64 << 20)) ?? window
             drain = try limits.optional("drain_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? drain
-            try limits.finish(known: ["window", "drain_timeout"])
+            peerInFlight = try limits.optional("peer_in_flight")?.integer(Int.self, in: 4096...(64 << 20))
+            try limits.finish(known: ["window", "drain_timeout", "peer_in_flight"])
         }
         var metrics: Endpoint?
         if let metricsNode = top.optional("metrics") {
@@ -226,6 +231,7 @@ public struct GatewayConfig: Sendable, Equatable {
             exports: exports,
             imports: imports,
             window: window,
+            peerInFlight: peerInFlight,
             metricsListen: metrics,
             drainTimeoutMilliseconds: drain
         )

@@ -258,6 +258,7 @@ final class GatewayCore {
         }
         let old = self.config
         self.config = newConfig
+        for peer in self.peers.values { peer.configuredInFlight = newConfig.peerInFlight }
         for (name, listener) in self.listeners where !newConfig.imports.contains(listener.importConfig) {
             listener.channel.close(promise: nil)
             self.listeners[name] = nil
@@ -284,6 +285,7 @@ final class GatewayCore {
     private func peer(_ domain: DomainID) -> PeerLink {
         if let peer = self.peers[domain] { return peer }
         let peer = PeerLink(domain: domain, link: self.link, gatewayPort: self.config.link.port, core: self)
+        peer.configuredInFlight = self.config.peerInFlight
         self.peers[domain] = peer
         return peer
     }

@@ -24,6 +24,7 @@ final class PeerLink {
         enum State { case inFlight, ringFull, delivered }
         var number: UInt32
         var iovecs: [ByteBuffer]
+        var length: Int
         var state: State
     }
     /// Sent messages, oldest first, from the oldest not seen delivered (the base).
@@ -32,6 +33,10 @@ final class PeerLink {
     private var nextNumber: UInt32 = 0
     /// A message found the ring full: nothing new is sent until the wake-up.
     private var isWaitingForRoom = false
+    /// Bytes of the messages sent whose result has not come back yet.
+    private var bytesInFlight = 0
+    /// `limits.peer_in_flight`, if set.
+    var configuredInFlight: Int?
     private var isPumpScheduled = false
     /// Largest message the peer's ring takes, learnt from notify; until then a size
     /// that fits the smallest ring a gateway registers.
@@ -132,6 +137,7 @@ final class PeerLink {
         self.queue.removeAll()
         self.outstanding.removeAll()
         self.isWaitingForRoom = false
+        self.bytesInFlight = 0
     }
 
     /// DATA payloads at least this large go to sendv as iovecs of their own (no copy);
@@ -182,6 +188,21 @@ final class PeerLink {
     /// calls `pump` again, and the running loop picks up from there instead.
     private var isPumping = false
 
+    /// Bytes that may be on their way to the peer's ring at once: by default what its
+    /// ring holds (unlimited while its size is unknown and messages are small). Sending
+    /// more in one burst than the ring can take only earns ring-full failures and
+    /// retries (`limits.peer_in_flight` overrides it).
+    private var inFlightLimit: Int {
+        if let configured = self.configuredInFlight { return configured }
+        return self.isMessageSizeKnown ? self.maximumMessageSize : .max
+    }
+
+    /// A message of `length` bytes may be sent now without passing ``inFlightLimit``
+    /// (one message always may).
+    private func mayStart(_ length: Int) -> Bool {
+        self.bytesInFlight == 0 || self.bytesInFlight + length <= self.inFlightLimit
+    }
+
     /// Sends again what found the ring full (in order), then new messages while the
     /// receiver's window allows.
     private func pump() {
@@ -190,22 +211,31 @@ final class PeerLink {
         defer { self.isPumping = false }
         // Oldest first; a retry that finds the ring full again stops the loop.
         while !self.isWaitingForRoom, let index = self.outstanding.firstIndex(where: { $0.state == .ringFull }) {
+            guard self.mayStart(self.outstanding[index].length) else { return }
             self.outstanding[index].state = .inFlight
             self.send(self.outstanding[index], resultMayBeLate: false)
         }
-        while !self.isWaitingForRoom, !self.queue.isEmpty, self.nextNumber &- self.base < MessageOrder.window {
+        while !self.isWaitingForRoom, !self.queue.isEmpty, self.nextNumber &- self.base < MessageOrder.window,
+            self.bytesInFlight == 0 || self.bytesInFlight + self.messageLimit <= self.inFlightLimit
+        {
             let number = self.nextNumber
             let sequence = StreamFrame.sequence(number: number, base: self.base, instance: self.core.instance)
             self.nextNumber &+= 1
-            let message = Outstanding(number: number, iovecs: self.nextMessage(sequence), state: .inFlight)
+            let iovecs = self.nextMessage(sequence)
+            let message = Outstanding(number: number, iovecs: iovecs, length: iovecs.reduce(0) { $0 + $1.readableBytes }, state: .inFlight)
             self.outstanding.append(message)
-            // While the window is less than half used, this message's result is not
-            // needed soon: the backend may report it late and save us a wake-up.
-            self.send(message, resultMayBeLate: self.nextNumber &- self.base <= MessageOrder.window / 2)
+            // While the window and the peer's ring are less than half used, this
+            // message's result is not needed soon: the backend may report it late and
+            // save us a wake-up.
+            let isEarly =
+                self.nextNumber &- self.base <= MessageOrder.window / 2
+                && self.bytesInFlight + message.length <= self.inFlightLimit / 2
+            self.send(message, resultMayBeLate: isEarly)
         }
     }
 
     private func send(_ message: Outstanding, resultMayBeLate: Bool) {
+        self.bytesInFlight += message.length
         self.link.sendv(
             from: self.gatewayPort,
             to: self.destination,
@@ -216,6 +246,7 @@ final class PeerLink {
         .assumeIsolated().whenComplete { result in
             // Gone if the peer failed meanwhile (the queue was discarded).
             guard let index = self.outstanding.firstIndex(where: { $0.number == message.number }) else { return }
+            self.bytesInFlight -= message.length
             switch result {
             case .success:
                 self.outstanding[index].state = .delivered

@@ -46,6 +46,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let loaded = loadConfigOrExit(self.config)
+        tuneAllocatorForDataPath()
         bootstrapLogging(level: self.logLevel)
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
@@ -86,7 +87,9 @@ struct CheckConfig: ParsableCommand {
         print(
             "rings: \(config.partnerDomains.count) partner ring(s)\(config.wantsWildcardRing ? " + 1 wildcard ring (needs mac-permissive)" : ""); memory for rings: \(peers * ringPages * 4) KiB"
         )
-        print("flow control: \(config.window) bytes window per connection and direction")
+        print(
+            "flow control: \(config.window) bytes window per connection and direction; \(config.peerInFlight.map { "\($0) bytes" } ?? "a ring's worth") on the way to each peer at once"
+        )
         if let metrics = config.metricsListen { print("metrics: \(metrics)/metrics") }
     }
 }

@@ -15,13 +15,14 @@ struct GatewayConfigTests {
         imports:
           - {name: redis, listen: "tcp://127.0.0.1:16379", peer: gamma, port: 6379, idle_timeout: 2m}
           - {name: vs, listen: "vsock://1:5000", peer: 2, port: 1}
-        limits: {window: 65536, drain_timeout: 3s}
+        limits: {window: 65536, drain_timeout: 3s, peer_in_flight: 524288}
         metrics: {listen: "tcp://127.0.0.1:9464"}
         """
 
     @Test func xenBackend() throws {
         let config = try GatewayConfig.parse("link: {xen: true}\n", file: "gw.yaml")
         #expect(config.link.backend == .xen)
+        #expect(config.peerInFlight == nil)
     }
 
     @Test func validConfig() throws {
@@ -39,6 +40,7 @@ struct GatewayConfigTests {
         #expect(config.imports[0].idleTimeoutMilliseconds == 120_000)
         #expect(config.imports[1].listen == .vsock(cid: 1, port: 5000))
         #expect(config.window == 65536)
+        #expect(config.peerInFlight == 524_288)
         #expect(config.drainTimeoutMilliseconds == 3000)
         #expect(config.partnerDomains == [DomainID(2), DomainID(3), DomainID(7)])
         #expect(config.wantsWildcardRing)
@@ -77,6 +79,7 @@ struct GatewayConfigTests {
                 "gw.yaml:4: imports[1].listen: tcp://h:1 is listened on twice"
             ),
             ("link: {emulator: /a}\npeers: {a: 2, b: 2}\n", "gw.yaml:2: peers.b: domain 2 is already named 'a'"),
+            ("link: {emulator: /a}\nlimits: {peer_in_flight: 100}\n", "gw.yaml:2: limits.peer_in_flight: "),
         ]
         for (text, expected) in cases {
             do {

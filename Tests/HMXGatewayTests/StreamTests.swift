@@ -131,13 +131,14 @@ extension GatewayEndToEndTests {
             let lab = try await GatewayLab()
             let metricsPort = [GatewayLab.Domain.alpha: lab.port(54), .beta: lab.port(55)]
             let transfers = try BulkTransfers(lab, bytes: 24 << 20, firstPort: 50, servicePort: 9011)
-            // 16 KiB rings: every message is up to a whole ring, so with several in flight
-            // most find the ring full, are retried after the wake-up, and arrive out of order.
+            // 16 KiB rings: every message is up to a whole ring. A gateway keeps at most a
+            // ring's worth on the way (one message here); with eight allowed, most find the
+            // ring full, are retried after the wake-up, and arrive out of order.
             try await lab.startGateways(
                 exports: transfers.exports,
                 imports: transfers.imports,
                 ringSize: 16384,
-                extra: metricsPort.mapValues { "metrics:\n  listen: tcp://127.0.0.1:\($0)\n" }
+                extra: metricsPort.mapValues { "metrics:\n  listen: tcp://127.0.0.1:\($0)\nlimits:\n  peer_in_flight: 131072\n" }
             )
             // Both directions at once.
             let sender = try transfers.startUpload()
@@ -155,6 +156,29 @@ extension GatewayEndToEndTests {
             #expect(ringFull > 0, "no message found a ring full: the test did not test retries")
             #expect(outOfOrder > 0, "no message arrived out of order: the test did not test reordering")
             #expect(!lab.gatewayLogs.contains("malformed"), "\(lab.gatewayLogs)")
+        }
+
+        @Test("a window larger than the ring: at most a ring's worth on the way, so few messages find the ring full", .timeLimit(.minutes(3)))
+        func inFlightBoundedByRing() async throws {
+            let lab = try await GatewayLab()
+            let metricsPort = [GatewayLab.Domain.alpha: lab.port(54), .beta: lab.port(55)]
+            let transfers = try BulkTransfers(lab, bytes: 64 << 20, firstPort: 50, servicePort: 9011)
+            // 64 KiB rings and a 1 MiB window: the credit lets a connection put 16 rings'
+            // worth on the way. Without the bound, eight 64 KiB messages went out at once
+            // and nearly every one came back ring-full (EAGAIN) and was sent again.
+            try await lab.startGateways(
+                exports: transfers.exports,
+                imports: transfers.imports,
+                ringSize: 65536,
+                extra: metricsPort.mapValues { "metrics:\n  listen: tcp://127.0.0.1:\($0)\nlimits:\n  window: 1048576\n" }
+            )
+            let sender = try transfers.startUpload()
+            try await transfers.expectUploadExact(sender, seconds: 120)
+            let metrics = try await lab.metrics(.alpha, port: metricsPort[.alpha]!)
+            let sent = try #require(metrics["hmx_messages_total{direction=\"sent\"}"], "\(metrics)")
+            let ringFull = metrics["hmx_ring_full_total"] ?? 0
+            #expect(sent > 1000, "\(metrics)")
+            #expect(ringFull < sent / 4, "\(ringFull) of \(sent) messages found the ring full")
         }
 
         @Test("half-close: the client shuts its write side and still reads the whole reply", .timeLimit(.minutes(2)))

@@ -46,6 +46,9 @@ int chmx_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 /// Sets SO_RCVTIMEO / SO_SNDTIMEO in milliseconds.
 int chmx_set_socket_timeouts(int sock, int millis);
 
+/// Sets glibc's mmap and trim thresholds (bytes); 0 on success, -1 where unsupported.
+int chmx_set_malloc_thresholds(int mmap_threshold, int trim_threshold);
+
 #endif
 
 #ifndef CHMX_SHIMS_EXTRA
