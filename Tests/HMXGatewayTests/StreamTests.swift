@@ -47,6 +47,19 @@ extension GatewayEndToEndTests {
                 )
             }
 
+            /// Starts both gateways with `ringSize` rings and `limits` (YAML mapping lines),
+            /// metrics on lab ports 54 (alpha) and 55 (beta); returns the metrics ports.
+            func startGateways(ringSize: Int, limits: String) async throws -> [GatewayLab.Domain: Int] {
+                let metricsPort = [GatewayLab.Domain.alpha: self.lab.port(54), .beta: self.lab.port(55)]
+                try await self.lab.startGateways(
+                    exports: self.exports,
+                    imports: self.imports,
+                    ringSize: ringSize,
+                    extra: metricsPort.mapValues { "metrics:\n  listen: tcp://127.0.0.1:\($0)\nlimits:\n  \(limits)\n" }
+                )
+                return metricsPort
+            }
+
             func startUpload() throws -> ChildProcess {
                 try self.lab.shell(
                     .alpha,
@@ -129,17 +142,11 @@ extension GatewayEndToEndTests {
         @Test("tiny rings: many messages find the ring full and are retried, both streams stay exact", .timeLimit(.minutes(3)))
         func ringFullRetriesKeepOrder() async throws {
             let lab = try await GatewayLab()
-            let metricsPort = [GatewayLab.Domain.alpha: lab.port(54), .beta: lab.port(55)]
             let transfers = try BulkTransfers(lab, bytes: 24 << 20, firstPort: 50, servicePort: 9011)
             // 16 KiB rings: every message is up to a whole ring. A gateway keeps at most a
             // ring's worth on the way (one message here); with eight allowed, most find the
             // ring full, are retried after the wake-up, and arrive out of order.
-            try await lab.startGateways(
-                exports: transfers.exports,
-                imports: transfers.imports,
-                ringSize: 16384,
-                extra: metricsPort.mapValues { "metrics:\n  listen: tcp://127.0.0.1:\($0)\nlimits:\n  peer_in_flight: 131072\n" }
-            )
+            let metricsPort = try await transfers.startGateways(ringSize: 16384, limits: "peer_in_flight: 131072")
             // Both directions at once.
             let sender = try transfers.startUpload()
             let downloader = try transfers.startDownload()
@@ -161,17 +168,11 @@ extension GatewayEndToEndTests {
         @Test("a window larger than the ring: at most a ring's worth on the way, so few messages find the ring full", .timeLimit(.minutes(3)))
         func inFlightBoundedByRing() async throws {
             let lab = try await GatewayLab()
-            let metricsPort = [GatewayLab.Domain.alpha: lab.port(54), .beta: lab.port(55)]
             let transfers = try BulkTransfers(lab, bytes: 64 << 20, firstPort: 50, servicePort: 9011)
             // 64 KiB rings and a 1 MiB window: the credit lets a connection put 16 rings'
             // worth on the way. Without the bound, eight 64 KiB messages went out at once
             // and nearly every one came back ring-full (EAGAIN) and was sent again.
-            try await lab.startGateways(
-                exports: transfers.exports,
-                imports: transfers.imports,
-                ringSize: 65536,
-                extra: metricsPort.mapValues { "metrics:\n  listen: tcp://127.0.0.1:\($0)\nlimits:\n  window: 1048576\n" }
-            )
+            let metricsPort = try await transfers.startGateways(ringSize: 65536, limits: "window: 1048576")
             let sender = try transfers.startUpload()
             try await transfers.expectUploadExact(sender, seconds: 120)
             let metrics = try await lab.metrics(.alpha, port: metricsPort[.alpha]!)
