@@ -14,7 +14,14 @@ let package = Package(
     targets: [
         .target(name: "FuzzSupport"),
         .executableTarget(name: "FuzzRingReader", dependencies: ["FuzzSupport", .product(name: "HMXCore", package: "hmx-gateway")]),
-        .executableTarget(name: "FuzzLinkWire", dependencies: ["FuzzSupport", .product(name: "HMXCore", package: "hmx-gateway")]),
+        .executableTarget(
+            name: "FuzzLinkWire",
+            dependencies: [
+                "FuzzSupport",
+                .product(name: "HMXCore", package: "hmx-gateway"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "FuzzStreamFrame",
             dependencies: [
