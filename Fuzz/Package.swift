@@ -13,30 +13,22 @@ let package = Package(
     ],
     targets: [
         .target(name: "FuzzSupport"),
-        .executableTarget(name: "FuzzRingReader", dependencies: ["FuzzSupport", .product(name: "HMXCore", package: "hmx-gateway")]),
-        .executableTarget(
-            name: "FuzzLinkWire",
-            dependencies: [
-                "FuzzSupport",
-                .product(name: "HMXCore", package: "hmx-gateway"),
-                .product(name: "NIOCore", package: "swift-nio"),
-            ]
-        ),
-        .executableTarget(
-            name: "FuzzStreamFrame",
-            dependencies: [
-                "FuzzSupport",
-                .product(name: "HMXStream", package: "hmx-gateway"),
-                .product(name: "NIOCore", package: "swift-nio"),
-            ]
-        ),
-        .executableTarget(
-            name: "FuzzProxyProtocol",
-            dependencies: [
-                "FuzzSupport",
-                .product(name: "HMXProxyProtocol", package: "hmx-gateway"),
-                .product(name: "NIOCore", package: "swift-nio"),
-            ]
-        ),
+        fuzzer("FuzzRingReader", testing: "HMXCore"),
+        fuzzer("FuzzLinkWire", testing: "HMXCore"),
+        fuzzer("FuzzStreamFrame", testing: "HMXStream"),
+        fuzzer("FuzzProxyProtocol", testing: "HMXProxyProtocol"),
     ]
 )
+
+/// A libFuzzer executable for one of the product's libraries (with NIOCore, for
+/// targets that feed ByteBuffers).
+func fuzzer(_ name: String, testing library: String) -> Target {
+    .executableTarget(
+        name: name,
+        dependencies: [
+            "FuzzSupport",
+            .product(name: library, package: "hmx-gateway"),
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]
+    )
+}
