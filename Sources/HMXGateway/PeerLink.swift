@@ -215,8 +215,9 @@ final class PeerLink {
             self.outstanding[index].state = .inFlight
             self.send(self.outstanding[index], resultMayBeLate: false)
         }
+        // A new message may be as large as the packing limit.
         while !self.isWaitingForRoom, !self.queue.isEmpty, self.nextNumber &- self.base < MessageOrder.window,
-            self.bytesInFlight == 0 || self.bytesInFlight + self.messageLimit <= self.inFlightLimit
+            self.mayStart(self.messageLimit)
         {
             let number = self.nextNumber
             let sequence = StreamFrame.sequence(number: number, base: self.base, instance: self.core.instance)
