@@ -69,8 +69,15 @@ public struct GatewayConfig: Sendable, Equatable {
     public var peers: [String: DomainID]
     public var exports: [Export]
     public var imports: [Import]
-    /// Bytes each side may send before the receiver grants more (per connection).
+    /// Bytes each side may send before the receiver grants more (per connection), to
+    /// begin with.
     public var window: Int
+    /// Largest window a connection's receiver grows to when the window, not the
+    /// applications, limits it (equal to `window`: no growth).
+    public var windowMax: Int
+    /// Total bytes by which all connections' windows together may grow beyond
+    /// `window`: with it, buffered bytes stay below connections × window + this.
+    public var windowPool: Int
     /// Bytes of messages on their way to one peer's ring at once (sent, result not
     /// back); nil: what the peer's ring holds.
     public var peerInFlight: Int?
@@ -79,8 +86,20 @@ public struct GatewayConfig: Sendable, Equatable {
     public var drainTimeoutMilliseconds: Int64
 
     public static let defaultPort: HMXPort = 4747
-    public static let defaultRingSize: UInt32 = ArgoABI.ringLength(fillingPages: 64)
+    /// Ring size for each backend when `link.ring_size` is not given. On Xen, ring
+    /// frames come out of the domain's small balloon slack (see docs/XEN.md), so rings
+    /// stay at 64 pages; an emulated domain's ring memory is the gateway's own, and a
+    /// 1 MiB ring lets bulk streams use quarter-megabyte messages.
+    public static func defaultRingSize(for backend: Backend) -> UInt32 {
+        switch backend {
+        case .emulator: ArgoABI.ringLength(fillingPages: 256)
+        case .xen: ArgoABI.ringLength(fillingPages: 64)
+        }
+    }
+
     public static let defaultWindow = 256 * 1024
+    public static let defaultWindowMax = 4 << 20
+    public static let defaultWindowPool = 64 << 20
 
     /// Domains this gateway talks to: import targets and the named domains of
     /// allow-lists. One partner ring is registered for each.
@@ -124,7 +143,7 @@ public struct GatewayConfig: Sendable, Equatable {
         }
         let port = try link.optional("port")?.integer(UInt32.self, in: 0...UInt32.max) ?? Self.defaultPort
         let ringNode = link.optional("ring_size")
-        let ringSize = try ringNode?.integer(UInt32.self, in: 4032...ArgoABI.maximumUsableRingLength) ?? Self.defaultRingSize
+        let ringSize = try ringNode?.integer(UInt32.self, in: 4032...ArgoABI.maximumUsableRingLength) ?? Self.defaultRingSize(for: backend)
         if let ringNode, ringSize % 16 != 0 { throw ringNode.error("must be a multiple of 16") }
         try link.finish(known: ["emulator", "xen", "port", "ring_size"])
 
@@ -210,12 +229,20 @@ public struct GatewayConfig: Sendable, Equatable {
         var window = Self.defaultWindow
         var drain: Int64 = 10_000
         var peerInFlight: Int?
+        var windowMax: Int?
+        var windowPool = Self.defaultWindowPool
         if let limitsNode = top.optional("limits") {
             let limits = try limitsNode.mapping()
             window = try limits.optional("window")?.integer(Int.self, in: 4096...(64 << 20)) ?? window
+            if let node = limits.optional("window_max") {
+                let value = try node.integer(Int.self, in: 4096...(64 << 20))
+                if value < window { throw node.error("must be at least limits.window (\(window))") }
+                windowMax = value
+            }
+            windowPool = try limits.optional("window_pool")?.integer(Int.self, in: 0...(1 << 40)) ?? windowPool
             drain = try limits.optional("drain_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? drain
             peerInFlight = try limits.optional("peer_in_flight")?.integer(Int.self, in: 4096...(64 << 20))
-            try limits.finish(known: ["window", "drain_timeout", "peer_in_flight"])
+            try limits.finish(known: ["window", "window_max", "window_pool", "drain_timeout", "peer_in_flight"])
         }
         var metrics: Endpoint?
         if let metricsNode = top.optional("metrics") {
@@ -231,6 +258,8 @@ public struct GatewayConfig: Sendable, Equatable {
             exports: exports,
             imports: imports,
             window: window,
+            windowMax: windowMax ?? max(window, Self.defaultWindowMax),
+            windowPool: windowPool,
             peerInFlight: peerInFlight,
             metricsListen: metrics,
             drainTimeoutMilliseconds: drain

@@ -44,6 +44,8 @@ final class GatewayCore {
     private var timers: [RepeatedTask] = []
     private(set) var isShuttingDown = false
     private var nextNonce: UInt64 = 1
+    /// Bytes by which live connections' windows have grown beyond `config.window`.
+    private(set) var windowPoolInUse = 0
 
     /// How often peers with connections are pinged, and when silence means death.
     static let keepaliveInterval = TimeAmount.seconds(1)
@@ -420,7 +422,7 @@ final class GatewayCore {
             key: key,
             peer: peer,
             role: .imported(name: importConfig.name),
-            state: .opening(window: self.config.window),
+            state: .opening(window: self.config.window, maximumWindow: self.config.windowMax),
             core: self,
             logger: logger,
             idleTimeout: importConfig.idleTimeoutMilliseconds > 0 ? .milliseconds(importConfig.idleTimeoutMilliseconds) : nil
@@ -458,6 +460,19 @@ final class GatewayCore {
         self.countsByMapping[mapping, default: 1] -= 1
         connection.peer.connectionCount -= 1
         self.metrics.activeConnections.set(self.connections.count)
+        if connection.windowGrowth > 0 {
+            self.windowPoolInUse -= connection.windowGrowth
+            self.metrics.windowPoolInUse.set(self.windowPoolInUse)
+        }
+    }
+
+    /// What the window pool still has for connections whose window should grow.
+    var windowPoolFree: Int { max(0, self.config.windowPool - self.windowPoolInUse) }
+
+    func windowGrew(by bytes: Int) {
+        self.windowPoolInUse += bytes
+        self.metrics.windowGrowths.increment()
+        self.metrics.windowPoolInUse.set(self.windowPoolInUse)
     }
 
     func markNeedsFlush(_ connection: StreamConnection) {
@@ -663,7 +678,7 @@ final class GatewayCore {
             key: key,
             peer: peer,
             role: .exported(name: export.name),
-            state: .dialing(window: self.config.window, peerCredit: credit),
+            state: .dialing(window: self.config.window, maximumWindow: self.config.windowMax, peerCredit: credit),
             core: self,
             logger: logger,
             idleTimeout: nil

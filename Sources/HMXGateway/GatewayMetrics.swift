@@ -33,6 +33,10 @@ struct GatewayMetrics: Sendable {
     /// Messages that arrived before an earlier one (held until it came).
     let outOfOrder: Counter
     let malformedMessages: Counter
+    /// Times a connection's receive window grew (window autotuning).
+    let windowGrowths: Counter
+    /// Bytes by which live connections' windows have grown (out of `limits.window_pool`).
+    let windowPoolInUse: Meter
 
     init() {
         var importOutcomes: [Outcome: Counter] = [:]
@@ -51,6 +55,8 @@ struct GatewayMetrics: Sendable {
         self.ringFull = Counter(label: "hmx_ring_full_total")
         self.outOfOrder = Counter(label: "hmx_messages_out_of_order_total")
         self.malformedMessages = Counter(label: "hmx_malformed_messages_total")
+        self.windowGrowths = Counter(label: "hmx_window_growths_total")
+        self.windowPoolInUse = Meter(label: "hmx_window_pool_bytes")
     }
 
     func count(_ outcome: Outcome, imported: Bool) {

@@ -52,7 +52,12 @@ public struct GatewayService: Service {
         let link: any HMXLink
         do {
             switch self.initialConfig.link.backend {
-            case .emulator(let socket): link = try await EmulatorLink.attach(socketPath: socket, group: loop)
+            case .emulator(let socket):
+                link = try await EmulatorLink.attach(
+                    socketPath: socket,
+                    configuration: Self.emulatorLinkConfiguration(for: self.initialConfig),
+                    group: loop
+                )
             case .xen: link = try await XenLink.open(group: loop)
             }
         } catch {
@@ -128,5 +133,16 @@ public struct GatewayService: Service {
         } catch {
             self.logger.error("reload failed", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// Guest memory for an emulated domain: room for twice the rings the configuration
+    /// asks for (peers added by a reload, a ring registered again), at least the
+    /// emulator link's default.
+    static func emulatorLinkConfiguration(for config: GatewayConfig) -> EmulatorLink.Configuration {
+        var configuration = EmulatorLink.Configuration()
+        let ringBytes = Int(ArgoABI.pagesForRing(length: config.link.ringSize)) * ArgoABI.pageSize
+        let rings = config.partnerDomains.count + 1
+        configuration.ringMemoryBytes = max(configuration.ringMemoryBytes, 2 * rings * ringBytes)
+        return configuration
     }
 }

@@ -38,6 +38,9 @@ final class StreamConnection {
     private var isFinPending = false
     private var isReadRequested = false
     private var hasCounted = false
+    /// Bytes by which this connection's window grew (taken from the core's pool and
+    /// given back when the connection is removed).
+    private(set) var windowGrowth = 0
     var lastActivity: NIODeadline = .now()
     let idleTimeout: TimeAmount?
 
@@ -200,8 +203,16 @@ final class StreamConnection {
             channel.write(payload, promise: promise)
             self.core.markNeedsFlush(self)
             promise.futureResult.assumeIsolated().whenSuccess {
-                let grant = self.state.delivered(count)
-                if grant > 0 { self.peer.enqueue(.credit(key: self.key, increment: grant)) }
+                let grant = self.state.delivered(
+                    count,
+                    now: NIODeadline.now().uptimeNanoseconds,
+                    mayGrowBy: self.core.windowPoolFree
+                )
+                if grant.growth > 0 {
+                    self.windowGrowth += grant.growth
+                    self.core.windowGrew(by: grant.growth)
+                }
+                if grant.increment > 0 { self.peer.enqueue(.credit(key: self.key, increment: grant.increment)) }
             }
         case .failure(let violation):
             self.violation(violation)

@@ -31,8 +31,23 @@ public struct StreamConnectionState: Sendable, Equatable {
     public private(set) var consumedNotGranted: Int
     public private(set) var hasSentFin = false
     public private(set) var hasReceivedFin = false
-    /// The window we grant the peer.
-    public let window: Int
+    /// The window we grant the peer: it starts at the configured window and may grow
+    /// (see ``delivered(_:now:mayGrowBy:)``) up to ``maximumWindow``.
+    public private(set) var window: Int
+    /// Largest ``window`` this connection may grow to.
+    public let maximumWindow: Int
+    /// Set when the peer's allowance ran low since the last growth decision: it was
+    /// sending as fast as our credit let it.
+    public private(set) var peerWasLimited = false
+    /// Bytes delivered since the current growth measurement began, and when it began
+    /// (nil before the first delivery).
+    private var measuredBytes = 0
+    private var measureStart: UInt64?
+
+    /// The window grows when the local application takes a whole window within this
+    /// time (nanoseconds) while the peer was held back by credit: the window then
+    /// covers at least this long of traffic, like TCP's receive-buffer autotuning.
+    public static let growthInterval: UInt64 = 4_000_000
 
     /// Largest credit a peer may hold; more is a violation (and would overflow).
     public static let maximumCredit = 1 << 30
@@ -58,20 +73,27 @@ public struct StreamConnectionState: Sendable, Equatable {
         case resetBoth(StreamFrame.ResetReason)
     }
 
-    /// A connection we open.
-    public static func opening(window: Int) -> StreamConnectionState {
-        StreamConnectionState(phase: .opening, sendCredit: 0, window: window)
+    /// A connection we open. Its window starts at `window` and may grow to
+    /// `maximumWindow` (default: it does not grow).
+    public static func opening(window: Int, maximumWindow: Int? = nil) -> StreamConnectionState {
+        StreamConnectionState(phase: .opening, sendCredit: 0, window: window, maximumWindow: maximumWindow)
     }
 
     /// A connection the peer opened, granting it `peerCredit`.
-    public static func dialing(window: Int, peerCredit: UInt32) -> StreamConnectionState {
-        StreamConnectionState(phase: .dialing, sendCredit: Int(min(peerCredit, UInt32(Self.maximumCredit))), window: window)
+    public static func dialing(window: Int, maximumWindow: Int? = nil, peerCredit: UInt32) -> StreamConnectionState {
+        StreamConnectionState(
+            phase: .dialing,
+            sendCredit: Int(min(peerCredit, UInt32(Self.maximumCredit))),
+            window: window,
+            maximumWindow: maximumWindow
+        )
     }
 
-    private init(phase: Phase, sendCredit: Int, window: Int) {
+    private init(phase: Phase, sendCredit: Int, window: Int, maximumWindow: Int?) {
         self.phase = phase
         self.sendCredit = sendCredit
         self.window = window
+        self.maximumWindow = min(max(window, maximumWindow ?? window), Self.maximumCredit)
         self.receiveAllowance = window
         self.consumedNotGranted = 0
     }
@@ -100,6 +122,7 @@ public struct StreamConnectionState: Sendable, Equatable {
         guard !self.hasReceivedFin else { return .failure(.unexpected("DATA after FIN")) }
         guard count <= self.receiveAllowance else { return .failure(.beyondCredit) }
         self.receiveAllowance -= count
+        if self.receiveAllowance < self.window / 8 { self.peerWasLimited = true }
         return .success(.none)
     }
 
@@ -151,16 +174,54 @@ public struct StreamConnectionState: Sendable, Equatable {
         self.sendCredit -= count
     }
 
-    /// The local application delivered `count` bytes to its socket; returns the
-    /// credit to grant now (batched: at least a quarter window), or 0.
-    public mutating func delivered(_ count: Int) -> UInt32 {
-        guard self.phase == .open || self.phase == .closed else { return 0 }
+    /// Credit to send the peer after a delivery.
+    public struct Grant: Equatable, Sendable {
+        /// The CREDIT increment to send now (0: none yet).
+        public var increment: UInt32
+        /// How much of `increment` is new window rather than bytes taken.
+        public var growth: Int
+
+        public init(increment: UInt32, growth: Int) {
+            self.increment = increment
+            self.growth = growth
+        }
+    }
+
+    /// The local application took `count` bytes (its socket accepted them); returns the
+    /// credit to grant now (batched: at least a quarter window), or none.
+    ///
+    /// The window grows (doubling, at most to ``maximumWindow`` and by at most
+    /// `budget` bytes) when the application took a whole window within
+    /// ``growthInterval`` (measured from the previous such window, or from the first
+    /// delivery; `now` is monotonic nanoseconds) while the peer's allowance ran low:
+    /// the connection is limited by the window, not by either application. A reader
+    /// slower than that stops the growth once its socket buffer is full (until then
+    /// the kernel takes bytes for it at memory speed).
+    public mutating func delivered(_ count: Int, now: UInt64 = 0, mayGrowBy budget: Int = 0) -> Grant {
+        guard self.phase == .open || self.phase == .closed else { return Grant(increment: 0, growth: 0) }
         self.consumedNotGranted += count
-        guard self.phase == .open, !self.hasReceivedFin, self.consumedNotGranted >= max(1, self.window / 4) else { return 0 }
-        let grant = self.consumedNotGranted
+        guard self.phase == .open, !self.hasReceivedFin else { return Grant(increment: 0, growth: 0) }
+        var growth = 0
+        if let start = self.measureStart {
+            self.measuredBytes += count
+            if self.measuredBytes >= self.window {
+                if now &- start <= Self.growthInterval, self.peerWasLimited, budget > 0 {
+                    growth = min(self.window, self.maximumWindow - self.window, budget)
+                    self.window += growth
+                }
+                self.measuredBytes = 0
+                self.measureStart = now
+                self.peerWasLimited = false
+            }
+        } else {
+            // The first delivery starts the clock; its bytes came before it.
+            self.measureStart = now
+        }
+        guard growth > 0 || self.consumedNotGranted >= max(1, self.window / 4) else { return Grant(increment: 0, growth: 0) }
+        let increment = self.consumedNotGranted + growth
         self.consumedNotGranted = 0
-        self.receiveAllowance += grant
-        return UInt32(grant)
+        self.receiveAllowance += increment
+        return Grant(increment: UInt32(increment), growth: growth)
     }
 
     /// The local application shut its output: FIN is sent.

@@ -15,7 +15,7 @@ struct GatewayConfigTests {
         imports:
           - {name: redis, listen: "tcp://127.0.0.1:16379", peer: gamma, port: 6379, idle_timeout: 2m}
           - {name: vs, listen: "vsock://1:5000", peer: 2, port: 1}
-        limits: {window: 65536, drain_timeout: 3s, peer_in_flight: 524288}
+        limits: {window: 65536, window_max: 131072, window_pool: 0, drain_timeout: 3s, peer_in_flight: 524288}
         metrics: {listen: "tcp://127.0.0.1:9464"}
         """
 
@@ -23,6 +23,20 @@ struct GatewayConfigTests {
         let config = try GatewayConfig.parse("link: {xen: true}\n", file: "gw.yaml")
         #expect(config.link.backend == .xen)
         #expect(config.peerInFlight == nil)
+        // Ring frames come from a Xen domain's small balloon slack: 64 pages.
+        #expect(config.link.ringSize == 262_080)
+    }
+
+    @Test("defaults: 1 MiB rings on the emulator, a 256 KiB window growing to 4 MiB from a 64 MiB pool")
+    func defaults() throws {
+        let config = try GatewayConfig.parse("link: {emulator: /a}\n", file: "gw.yaml")
+        #expect(config.link.ringSize == 1_048_512)
+        #expect(config.window == 262_144)
+        #expect(config.windowMax == 4 << 20)
+        #expect(config.windowPool == 64 << 20)
+        // A window above the default maximum is its own maximum (no growth).
+        let large = try GatewayConfig.parse("link: {emulator: /a}\nlimits: {window: 8388608}\n", file: "gw.yaml")
+        #expect(large.windowMax == 8 << 20)
     }
 
     @Test func validConfig() throws {
@@ -40,6 +54,8 @@ struct GatewayConfigTests {
         #expect(config.imports[0].idleTimeoutMilliseconds == 120_000)
         #expect(config.imports[1].listen == .vsock(cid: 1, port: 5000))
         #expect(config.window == 65536)
+        #expect(config.windowMax == 131_072)
+        #expect(config.windowPool == 0)
         #expect(config.peerInFlight == 524_288)
         #expect(config.drainTimeoutMilliseconds == 3000)
         #expect(config.partnerDomains == [DomainID(2), DomainID(3), DomainID(7)])
@@ -80,6 +96,11 @@ struct GatewayConfigTests {
             ),
             ("link: {emulator: /a}\npeers: {a: 2, b: 2}\n", "gw.yaml:2: peers.b: domain 2 is already named 'a'"),
             ("link: {emulator: /a}\nlimits: {peer_in_flight: 100}\n", "gw.yaml:2: limits.peer_in_flight: "),
+            (
+                "link: {emulator: /a}\nlimits:\n  window: 65536\n  window_max: 32768\n",
+                "gw.yaml:4: limits.window_max: must be at least limits.window (65536)"
+            ),
+            ("link: {emulator: /a}\nlimits: {window_pool: -1}\n", "gw.yaml:2: limits.window_pool: "),
         ]
         for (text, expected) in cases {
             do {

@@ -129,7 +129,7 @@ extension GatewayEndToEndTests {
             #expect(client.output.hasPrefix("ok \(bytes) bytes after half-close"), "\(client.output)")
 
             // Bytes per message each way: with the 4000-byte default the average stays below
-            // it; with the learnt size (the peer's 256 KiB ring) the bulk goes in up to 68 KiB.
+            // it; with the learnt size (the peer's 1 MiB ring) the bulk goes in up to 256 KiB.
             for domain in GatewayLab.Domain.allCases {
                 let metrics = try await lab.metrics(domain, port: metricsPort[domain]!)
                 let sentBytes = try #require(metrics["hmx_bytes_total{direction=\"to_peer\"}"], "\(metrics)")
@@ -209,9 +209,11 @@ extension GatewayEndToEndTests {
             let target = lab.port(50)
             let importPort = lab.port(51)
             let source = try await lab.startToolServer(.beta, ["source-server", "--port", "\(target)"])
+            let metricsPort = lab.port(52)
             try await lab.startGateways(
                 exports: [.init(name: "source", port: 9004, target: "tcp://127.0.0.1:\(target)")],
-                imports: [.init(name: "source", listen: "tcp://127.0.0.1:\(importPort)", port: 9004)]
+                imports: [.init(name: "source", listen: "tcp://127.0.0.1:\(importPort)", port: 9004)],
+                extra: [.alpha: "metrics:\n  listen: tcp://127.0.0.1:\(metricsPort)\n"]
             )
             let fast = ["sink", "--port", "\(importPort)", "--bytes", "\(128 << 20)", "--timeout", "60"]
             _ = try await lab.runTool(.alpha, fast, seconds: 90)  // warms both gateways up
@@ -239,6 +241,14 @@ extension GatewayEndToEndTests {
             let remaining = 15 - Date().timeIntervalSince(slowStarted)
             if remaining > 0 { try await Task.sleep(nanoseconds: UInt64(remaining * 1e9)) }
             #expect(slow.isRunning, "the slow reader kept reading during the fast transfers: \(slow.log)")
+            // The fast readers' windows grew and went back to the pool when they ended;
+            // the slow reader, alone now, holds at most its own growth to window_max (its
+            // window grew only while its socket buffer was filling).
+            let metrics = try await lab.metrics(.alpha, port: metricsPort)
+            #expect((metrics["hmx_window_growths_total"] ?? 0) > 0, "\(metrics)")
+            #expect(metrics["hmx_active_connections"] == 1, "\(metrics)")
+            let held = try #require(metrics["hmx_window_pool_bytes"], "\(metrics)")
+            #expect(held <= Double((4 << 20) - (256 << 10)), "\(metrics)")
             slow.signal(SIGTERM)
             #expect(await slow.wait(seconds: 10) == 0, "\(slow.log)")
             sampler.cancel()

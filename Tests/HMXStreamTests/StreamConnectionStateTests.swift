@@ -19,8 +19,8 @@ struct StreamConnectionStateTests {
         #expect(state.receivedData(600) == .success(.none))
         #expect(state.receiveAllowance == 400)
         // Credit is granted back in batches of at least a quarter window.
-        #expect(state.delivered(200) == 0)
-        #expect(state.delivered(100) == 300)
+        #expect(state.delivered(200).increment == 0)
+        #expect(state.delivered(100) == State.Grant(increment: 300, growth: 0))
         #expect(state.receiveAllowance == 700)
         #expect(state.sentFin() == false)
         #expect(state.receivedFin() == .success(.closeLocal))
@@ -89,6 +89,94 @@ struct StreamConnectionStateTests {
         _ = state.accepted(credit: 10)
         _ = state.receivedData(100)
         _ = state.receivedFin()
-        #expect(state.delivered(100) == 0)
+        #expect(state.delivered(100).increment == 0)
     }
+
+    // MARK: - Window growth
+
+    /// An open connection with `window`, growing to `maximum`.
+    static func open(window: Int, maximum: Int) -> State {
+        var state = State.opening(window: window, maximumWindow: maximum)
+        _ = state.accepted(credit: 0)
+        return state
+    }
+
+    /// The peer sends the whole allowance and the application takes it at once
+    /// (`step` ns later); returns the grants.
+    static func fastRound(_ state: inout State, at time: inout UInt64, step: UInt64, budget: Int) -> [State.Grant] {
+        let chunk = state.receiveAllowance
+        #expect(state.receivedData(chunk) == .success(.none))
+        time += step
+        return [state.delivered(chunk, now: time, mayGrowBy: budget)]
+    }
+
+    @Test("a window-limited stream whose reader keeps up doubles its window up to the maximum")
+    func windowGrowsForFastStream() {
+        var state = Self.open(window: 1000, maximum: 4000)
+        var time: UInt64 = 1_000_000
+        // The first delivery starts the clock.
+        #expect(Self.fastRound(&state, at: &time, step: 1000, budget: .max) == [State.Grant(increment: 1000, growth: 0)])
+        // A whole window: the peer used all of its allowance, the application took it
+        // within the growth interval: the window doubles, granted at once.
+        let first = Self.fastRound(&state, at: &time, step: 1000, budget: .max)
+        #expect(first == [State.Grant(increment: 2000, growth: 1000)])
+        #expect(state.window == 2000 && state.receiveAllowance == 2000)
+        _ = Self.fastRound(&state, at: &time, step: 1000, budget: .max)
+        #expect(state.window == 4000)
+        // At the maximum it grows no further; credit is still returned.
+        let third = Self.fastRound(&state, at: &time, step: 1000, budget: .max)
+        #expect(third == [State.Grant(increment: 4000, growth: 0)])
+        #expect(state.window == 4000 && state.receiveAllowance == 4000)
+    }
+
+    @Test("a slow reader does not grow the window, however limited the peer is")
+    func slowReaderKeepsWindow() {
+        var state = Self.open(window: 1000, maximum: 4000)
+        var time: UInt64 = 1_000_000
+        for _ in 0..<5 {
+            _ = Self.fastRound(&state, at: &time, step: State.growthInterval + 1, budget: .max)
+        }
+        #expect(state.window == 1000)
+        #expect(state.receiveAllowance == 1000)
+    }
+
+    @Test("an application-limited peer (allowance never runs low) does not grow the window")
+    func unlimitedPeerKeepsWindow() {
+        var state = Self.open(window: 1000, maximum: 4000)
+        var total = 0
+        for step in 1...40 {
+            #expect(state.receivedData(100) == .success(.none))
+            total += state.delivered(100, now: UInt64(step) * 1000, mayGrowBy: .max).increment.toInt
+        }
+        #expect(state.window == 1000)
+        #expect(total + state.consumedNotGranted == 4000)
+    }
+
+    @Test("growth takes no more than the budget, and none without one")
+    func growthBoundedByBudget() {
+        var state = Self.open(window: 1000, maximum: 8000)
+        var time: UInt64 = 1_000_000
+        _ = Self.fastRound(&state, at: &time, step: 10, budget: .max)
+        #expect(Self.fastRound(&state, at: &time, step: 10, budget: 0) == [State.Grant(increment: 1000, growth: 0)])
+        #expect(state.window == 1000)
+        #expect(Self.fastRound(&state, at: &time, step: 10, budget: 300) == [State.Grant(increment: 1300, growth: 300)])
+        #expect(state.window == 1300)
+        #expect(state.receiveAllowance == 1300)
+    }
+
+    @Test("the maximum is never below the window, and without one the window is fixed")
+    func maximumDefaults() {
+        #expect(State.opening(window: 1000).maximumWindow == 1000)
+        #expect(State.opening(window: 1000, maximumWindow: 10).maximumWindow == 1000)
+        #expect(State.dialing(window: 1000, maximumWindow: 5000, peerCredit: 1).maximumWindow == 5000)
+        var fixed = Self.open(window: 1000, maximum: 1000)
+        var time: UInt64 = 0
+        _ = Self.fastRound(&fixed, at: &time, step: 1, budget: .max)
+        _ = Self.fastRound(&fixed, at: &time, step: 1, budget: .max)
+        #expect(fixed.window == 1000)
+    }
+}
+
+extension UInt32 {
+    fileprivate var toInt: Int { Int(self) }
 }
