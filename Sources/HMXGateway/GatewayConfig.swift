@@ -101,6 +101,13 @@ public struct GatewayConfig: Sendable, Equatable {
     public static let defaultWindowMax = 4 << 20
     public static let defaultWindowPool = 64 << 20
 
+    /// The most a window grows to here: `windowMax`, but at most twice our ring (a
+    /// sender keeps at most a ring's worth on the way; a larger window only lets it
+    /// overfill the ring and earn ring-full retries), and never below `window`.
+    public var effectiveWindowMax: Int {
+        max(self.window, min(self.windowMax, 2 * Int(self.link.ringSize)))
+    }
+
     /// Domains this gateway talks to: import targets and the named domains of
     /// allow-lists. One partner ring is registered for each.
     public var partnerDomains: Set<DomainID> {

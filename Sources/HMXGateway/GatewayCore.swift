@@ -422,7 +422,7 @@ final class GatewayCore {
             key: key,
             peer: peer,
             role: .imported(name: importConfig.name),
-            state: .opening(window: self.config.window, maximumWindow: self.config.windowMax),
+            state: .opening(window: self.config.window, maximumWindow: self.config.effectiveWindowMax),
             core: self,
             logger: logger,
             idleTimeout: importConfig.idleTimeoutMilliseconds > 0 ? .milliseconds(importConfig.idleTimeoutMilliseconds) : nil
@@ -678,7 +678,7 @@ final class GatewayCore {
             key: key,
             peer: peer,
             role: .exported(name: export.name),
-            state: .dialing(window: self.config.window, maximumWindow: self.config.windowMax, peerCredit: credit),
+            state: .dialing(window: self.config.window, maximumWindow: self.config.effectiveWindowMax, peerCredit: credit),
             core: self,
             logger: logger,
             idleTimeout: nil

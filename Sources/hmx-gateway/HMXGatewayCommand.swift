@@ -88,7 +88,7 @@ struct CheckConfig: ParsableCommand {
             "rings: \(config.partnerDomains.count) partner ring(s)\(config.wantsWildcardRing ? " + 1 wildcard ring (needs mac-permissive)" : ""); memory for rings: \(peers * ringPages * 4) KiB"
         )
         print(
-            "flow control: \(config.window) bytes window per connection and direction\(config.windowMax > config.window ? ", growing to \(config.windowMax) for fast streams (\(config.windowPool) bytes of growth in all)" : ""); \(config.peerInFlight.map { "\($0) bytes" } ?? "a ring's worth") on the way to each peer at once"
+            "flow control: \(config.window) bytes window per connection and direction\(config.effectiveWindowMax > config.window && config.windowPool > 0 ? ", growing to \(config.effectiveWindowMax) for fast streams (\(config.windowPool) bytes of growth in all)" : ""); \(config.peerInFlight.map { "\($0) bytes" } ?? "a ring's worth") on the way to each peer at once"
         )
         if let metrics = config.metricsListen { print("metrics: \(metrics)/metrics") }
     }

@@ -34,9 +34,14 @@ struct GatewayConfigTests {
         #expect(config.window == 262_144)
         #expect(config.windowMax == 4 << 20)
         #expect(config.windowPool == 64 << 20)
+        // Windows grow to twice the ring at most (a sender keeps a ring's worth on the way).
+        #expect(config.effectiveWindowMax == 2 * 1_048_512)
+        let xen = try GatewayConfig.parse("link: {xen: true}\n", file: "gw.yaml")
+        #expect(xen.effectiveWindowMax == 2 * 262_080)
         // A window above the default maximum is its own maximum (no growth).
         let large = try GatewayConfig.parse("link: {emulator: /a}\nlimits: {window: 8388608}\n", file: "gw.yaml")
         #expect(large.windowMax == 8 << 20)
+        #expect(large.effectiveWindowMax == 8 << 20)
     }
 
     @Test func validConfig() throws {
