@@ -227,7 +227,10 @@ let package = Package(
         // (redis, iperf3, socat, python3), each domain in its own network namespace when root.
         .testTarget(
             name: "HMXGatewayTests",
-            dependencies: ["HMXProcessTestSupport", "hmx-emulator", "hmx-gateway"],
+            dependencies: [
+                "HMXProcessTestSupport", "hmx-emulator", "hmx-gateway", "HMXCore", "HMXEmulator", "HMXStream",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             exclude: ["Tools"],
             swiftSettings: swiftSettings
         ),

@@ -96,6 +96,33 @@ final class PeerLink {
     /// frames for unknown connections) would otherwise make the queue grow without end.
     static let maximumQueuedFrames = 65536
 
+    /// DATA bytes waiting in the queue (not yet in a message).
+    private(set) var queuedDataBytes = 0
+    /// Connections that stopped reading their socket because the queue was full.
+    private var waitingForQueueRoom: [StreamConnection] = []
+
+    /// DATA bytes that may wait for this peer before its connections stop reading:
+    /// enough for the next messages while the current ones are on their way. Credit
+    /// alone does not bound the queue: a peer may grant up to 2^30 bytes per connection
+    /// and then stop draining its ring.
+    var queueLimit: Int { max(4 * self.messageLimit, 1 << 20) }
+
+    /// A connection may read its socket for this peer now.
+    var hasQueueRoom: Bool { self.queuedDataBytes < self.queueLimit }
+
+    /// `connection` stopped reading for want of queue room; it is asked to read again
+    /// once the queue is down to half the limit.
+    func waitForQueueRoom(_ connection: StreamConnection) {
+        self.waitingForQueueRoom.append(connection)
+    }
+
+    private func wakeConnectionsIfQueueDrained() {
+        guard !self.waitingForQueueRoom.isEmpty, self.queuedDataBytes <= self.queueLimit / 2 else { return }
+        let waiting = self.waitingForQueueRoom
+        self.waitingForQueueRoom.removeAll()
+        for connection in waiting { connection.queueHasRoom() }
+    }
+
     func enqueue(_ frame: StreamFrame) {
         if self.queue.count >= Self.maximumQueuedFrames {
             switch frame {
@@ -110,6 +137,7 @@ final class PeerLink {
                 return
             }
         }
+        if let payload = frame.dataPayload { self.queuedDataBytes += payload.readableBytes }
         self.queue.append(frame)
         self.schedulePump()
     }
@@ -135,9 +163,12 @@ final class PeerLink {
     /// the next message's base tells the receiver that the dropped ones never come.
     func discardQueue() {
         self.queue.removeAll()
+        self.queuedDataBytes = 0
         self.outstanding.removeAll()
         self.isWaitingForRoom = false
         self.bytesInFlight = 0
+        // Connections that outlive this (none, when the peer failed) read again.
+        self.wakeConnectionsIfQueueDrained()
     }
 
     /// DATA payloads at least this large go to sendv as iovecs of their own (no copy);
@@ -175,6 +206,7 @@ final class PeerLink {
                 frame.encode(into: &small)
             }
             total += length
+            if let payload = frame.dataPayload { self.queuedDataBytes -= payload.readableBytes }
             self.queue.removeFirst()
         }
         if small.readableBytes > 0 { iovecs.append(small) }
@@ -233,6 +265,7 @@ final class PeerLink {
                 && self.bytesInFlight + message.length <= self.inFlightLimit / 2
             self.send(message, resultMayBeLate: isEarly)
         }
+        self.wakeConnectionsIfQueueDrained()
     }
 
     private func send(_ message: Outstanding, resultMayBeLate: Bool) {

@@ -11,7 +11,8 @@ import NIOPosix
 ///
 /// Backpressure, both ways:
 /// - local → peer: the socket is read (autoRead is off) only while the peer has
-///   granted credit; at most one read (≤ 64 KiB) can overshoot, and it is held here.
+///   granted credit and the peer's queue has room; at most one read can overshoot,
+///   and it is held here.
 /// - peer → local: DATA is written to the socket; credit goes back to the peer only
 ///   when the socket has taken the bytes. A slow reader thus stops only its own writer.
 final class StreamConnection {
@@ -41,6 +42,8 @@ final class StreamConnection {
     /// Bytes by which this connection's window grew (taken from the core's pool and
     /// given back when the connection is removed).
     private(set) var windowGrowth = 0
+    /// Reading stopped until the peer's queue has room (``PeerLink/waitForQueueRoom(_:)``).
+    private var isWaitingForQueueRoom = false
     var lastActivity: NIODeadline = .now()
     let idleTimeout: TimeAmount?
 
@@ -90,7 +93,9 @@ final class StreamConnection {
 
     private func sendWithinCredit(_ buffer: inout ByteBuffer) {
         let maximum = self.peer.maximumDataLength
-        while buffer.readableBytes > 0, self.state.sendCredit > 0 {
+        // `enqueue` may end the connection (a peer that stopped draining fails): check
+        // the phase on every turn.
+        while buffer.readableBytes > 0, self.state.sendCredit > 0, self.state.phase == .open, !self.state.hasSentFin {
             let count = min(buffer.readableBytes, self.state.sendCredit, maximum)
             let slice = buffer.readSlice(length: count)!
             self.state.sent(count)
@@ -106,10 +111,22 @@ final class StreamConnection {
 
     func requestReadIfPossible() {
         guard let channel = self.channel, self.state.phase == .open, !self.state.hasSentFin, !self.isFinPending,
-            self.heldOutbound == nil, self.state.sendCredit > 0, !self.isReadRequested
+            self.heldOutbound == nil, self.state.sendCredit > 0, !self.isReadRequested, !self.isWaitingForQueueRoom
         else { return }
+        guard self.peer.hasQueueRoom else {
+            // The peer's queue is full (its ring drains slower than we read): wait.
+            self.isWaitingForQueueRoom = true
+            self.peer.waitForQueueRoom(self)
+            return
+        }
         self.isReadRequested = true
         channel.read()
+    }
+
+    /// The peer's queue has room again (or the peer is gone).
+    func queueHasRoom() {
+        self.isWaitingForQueueRoom = false
+        self.requestReadIfPossible()
     }
 
     /// The local application shut its output (half-close).
