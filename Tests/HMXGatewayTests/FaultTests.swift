@@ -37,6 +37,34 @@ extension GatewayEndToEndTests {
             #expect(probe.status == 0, "after the peer restarted: \(probe.output)\n\(restarted.log)\n\(lab.gatewayLogs)")
         }
 
+        @Test("the emulator killed mid-stream: both applications see the end within 5 s, both gateways stop with status 1 and say why", .timeLimit(.minutes(2)))
+        func emulatorKilled() async throws {
+            let lab = try await GatewayLab()
+            let target = lab.port(76)
+            let importPort = lab.port(77)
+            let server = try await lab.startToolServer(.beta, ["echo-server", "--port", "\(target)"])
+            try await lab.startGateways(
+                exports: [.init(name: "stream", port: 9007, target: "tcp://127.0.0.1:\(target)")],
+                imports: [.init(name: "stream", listen: "tcp://127.0.0.1:\(importPort)", port: 9007)]
+            )
+            let client = try lab.tool(.alpha, ["stream", "--port", "\(importPort)", "--timeout", "90"])
+            let streaming = await eventually(within: 30) { client.output.contains("streaming") }
+            try #require(streaming, "no data flowing: \(client.log)\n\(lab.gatewayLogs)")
+
+            // The hypervisor is gone: no gateway can move a byte any more. Both end their
+            // connections and exit (for a service manager to restart them once it is back).
+            lab.emulator.signal(SIGKILL)
+            let killed = Date()
+            #expect(await client.wait(seconds: 5) == 0, "alpha's client did not see the end within 5 s: \(client.log)")
+            #expect(client.output.contains("ended"), "\(client.log)")
+            #expect(await eventually(within: max(0.1, 5 - Date().timeIntervalSince(killed))) { server.output.contains("closed") }, "beta's server: \(server.log)")
+            for domain in GatewayLab.Domain.allCases {
+                let gateway = try #require(lab.gateways[domain])
+                #expect(await gateway.wait(seconds: 5) == 1, "\(domain)'s gateway: \(gateway.log)")
+                #expect(gateway.log.contains("lost the hypervisor link"), "\(domain)'s gateway: \(gateway.log)")
+            }
+        }
+
         @Test("a peer gateway restarted while idle is reachable again (our ring for it went with its domain)", .timeLimit(.minutes(2)))
         func idlePeerRestart() async throws {
             let lab = try await GatewayLab()
