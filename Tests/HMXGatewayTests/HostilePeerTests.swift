@@ -35,7 +35,10 @@ extension GatewayEndToEndTests {
             let alphaRing = HMXAddress(domain: DomainID(1), port: Self.gatewayPort)
             var ring: HMXRing?
             let registered = try await eventually(within: 20) {
-                ring = try? await link.registerRing(port: Self.gatewayPort, partner: DomainID(1), length: 262_080, failIfExists: false).get()
+                // Registered once (every registration counts towards the domain's 128).
+                if ring == nil {
+                    ring = try? await link.registerRing(port: Self.gatewayPort, partner: DomainID(1), length: 262_080, failIfExists: true).get()
+                }
                 guard ring != nil else { return false }
                 let answer = try await link.notify([HMXNotifyQuery(ring: alphaRing, spaceRequired: 0)]).get()
                 return answer.first?.flags.contains(.exists) == true
@@ -59,6 +62,7 @@ extension GatewayEndToEndTests {
                 try await Task.sleep(nanoseconds: 50_000_000)
             }
             #expect(peak - before < 64 * 1024, "the gateway grew from \(before) KiB to \(peak) KiB")
+            #expect(peak > 0, "no memory figure for the gateway")
 
             // The peer answers no keepalive: the gateway ends its connections, and the
             // client sees the end.
