@@ -42,6 +42,8 @@ final class StreamConnection {
     /// Bytes by which this connection's window grew (taken from the core's pool and
     /// given back when the connection is removed).
     private(set) var windowGrowth = 0
+    /// Bytes from the peer handed to the socket whose write has not completed.
+    private var undeliveredBytes = 0
     /// Reading stopped until the peer's queue has room (``PeerLink/waitForQueueRoom(_:)``).
     private var isWaitingForQueueRoom = false
     var lastActivity: NIODeadline = .now()
@@ -158,12 +160,16 @@ final class StreamConnection {
             self.core.remove(self)
             return
         }
-        if error == nil, self.state.phase == .open {
+        if error == nil, self.state.phase == .open, self.undeliveredBytes == 0 {
             // A clean close ends our direction. Whatever the peer still sends can no
             // longer be delivered and is answered with a reset (as TCP would).
             if !self.state.hasSentFin { self.localInputClosed() }
             return
         }
+        // Otherwise (an error, a connection not yet open, or bytes from the peer lost
+        // with the socket: writes that never completed) both ends must see a reset.
+        // Waiting for the peer's next DATA would not do after a loss: the peer may have
+        // no credit left, which only the lost bytes' delivery would have given back.
         if let error { self.logger.debug("local connection failed", metadata: ["error": "\(error)"]) }
         // A connection still opening has no id at the peer yet beyond our OPEN: RESET covers it.
         self.state.aborted()
@@ -217,9 +223,11 @@ final class StreamConnection {
                 return
             }
             let promise = channel.eventLoop.makePromise(of: Void.self)
+            self.undeliveredBytes += count
             channel.write(payload, promise: promise)
             self.core.markNeedsFlush(self)
             promise.futureResult.assumeIsolated().whenSuccess {
+                self.undeliveredBytes -= count
                 let grant = self.state.delivered(
                     count,
                     now: NIODeadline.now().uptimeNanoseconds,

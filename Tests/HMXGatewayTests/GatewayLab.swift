@@ -93,7 +93,7 @@ final class GatewayLab: @unchecked Sendable {
     }
 
     deinit {
-        for child in self.children where child.isRunning { child.signal(SIGKILL) }
+        for child in self.children { child.killGroup() }
         for name in self.namespaces.values {
             let remove = Process()
             remove.executableURL = URL(fileURLWithPath: executablePath("ip") ?? "/usr/sbin/ip")

@@ -52,6 +52,19 @@ public final class ChildProcess: @unchecked Sendable {
             self.process.standardInput = FileHandle.nullDevice
         }
         try self.process.run()
+        self.leadsGroup = getpgid(self.process.processIdentifier) == self.process.processIdentifier
+    }
+
+    /// The child leads its own process group (Foundation starts it so), and so do the
+    /// programs a shell script starts: killing the group leaves no orphan behind (a
+    /// pipeline's `socat` still waiting for a client, say).
+    private var leadsGroup = false
+
+    /// SIGKILL for the child and, while it runs, everything in its process group.
+    public func killGroup() {
+        guard self.process.isRunning else { return }
+        if self.leadsGroup { kill(-self.process.processIdentifier, SIGKILL) }
+        kill(self.process.processIdentifier, SIGKILL)
     }
 
     /// A shell pipeline (bash), for tests that need pipes between real programs.
@@ -77,7 +90,7 @@ public final class ChildProcess: @unchecked Sendable {
         if self.process.isRunning {
             self.process.terminate()
             try? await Task.sleep(nanoseconds: 200_000_000)
-            if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+            self.killGroup()
             return nil
         }
         return self.process.terminationStatus
@@ -93,7 +106,7 @@ public final class ChildProcess: @unchecked Sendable {
     }
 
     deinit {
-        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+        self.killGroup()
         try? FileManager.default.removeItem(at: self.outputURL)
         try? FileManager.default.removeItem(at: self.errorURL)
     }
