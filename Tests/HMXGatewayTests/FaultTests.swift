@@ -7,9 +7,9 @@ extension GatewayEndToEndTests {
     /// Failures are seen promptly, on both ends, with their reason logged.
     @Suite("faults and policy")
     struct Faults {
-        @Test("the peer gateway killed mid-stream: both applications see the end within 5 s", .timeLimit(.minutes(3)))
-        func peerKilled() async throws {
-            let lab = try await GatewayLab()
+        /// An echo server in beta exported to alpha, and a client in alpha streaming
+        /// through it (data flowing both ways); uses lab ports 70 and 71.
+        static func streaming(_ lab: GatewayLab) async throws -> (server: ChildProcess, client: ChildProcess) {
             let target = lab.port(70)
             let importPort = lab.port(71)
             let server = try await lab.startToolServer(.beta, ["echo-server", "--port", "\(target)"])
@@ -20,6 +20,13 @@ extension GatewayEndToEndTests {
             let client = try lab.tool(.alpha, ["stream", "--port", "\(importPort)", "--timeout", "90"])
             let streaming = await eventually(within: 30) { client.output.contains("streaming") }
             try #require(streaming, "no data flowing: \(client.log)\n\(lab.gatewayLogs)")
+            return (server, client)
+        }
+
+        @Test("the peer gateway killed mid-stream: both applications see the end within 5 s", .timeLimit(.minutes(3)))
+        func peerKilled() async throws {
+            let lab = try await GatewayLab()
+            let (server, client) = try await Self.streaming(lab)
 
             let beta = try #require(lab.gateways[.beta])
             beta.signal(SIGKILL)
@@ -40,16 +47,7 @@ extension GatewayEndToEndTests {
         @Test("the emulator killed mid-stream: both applications see the end within 5 s, both gateways stop with status 1 and say why", .timeLimit(.minutes(2)))
         func emulatorKilled() async throws {
             let lab = try await GatewayLab()
-            let target = lab.port(76)
-            let importPort = lab.port(77)
-            let server = try await lab.startToolServer(.beta, ["echo-server", "--port", "\(target)"])
-            try await lab.startGateways(
-                exports: [.init(name: "stream", port: 9007, target: "tcp://127.0.0.1:\(target)")],
-                imports: [.init(name: "stream", listen: "tcp://127.0.0.1:\(importPort)", port: 9007)]
-            )
-            let client = try lab.tool(.alpha, ["stream", "--port", "\(importPort)", "--timeout", "90"])
-            let streaming = await eventually(within: 30) { client.output.contains("streaming") }
-            try #require(streaming, "no data flowing: \(client.log)\n\(lab.gatewayLogs)")
+            let (server, client) = try await Self.streaming(lab)
 
             // The hypervisor is gone: no gateway can move a byte any more. Both end their
             // connections and exit (for a service manager to restart them once it is back).
