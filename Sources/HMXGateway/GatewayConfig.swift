@@ -62,6 +62,8 @@ public struct GatewayConfig: Sendable, Equatable {
         public var port: HMXPort
         public var maxConnections: Int
         public var idleTimeoutMilliseconds: Int64
+        /// How long a new connection waits for the peer's ACCEPT or REFUSE.
+        public var openTimeoutMilliseconds: Int64 = GatewayConfig.defaultOpenTimeoutMilliseconds
     }
 
     public var file: String
@@ -98,6 +100,9 @@ public struct GatewayConfig: Sendable, Equatable {
     }
 
     public static let defaultWindow = 256 * 1024
+    /// The peer's answer to OPEN comes after its dial of the target (5 s by default
+    /// there); an OPEN unanswered this long was lost (the peer could not reach us).
+    public static let defaultOpenTimeoutMilliseconds: Int64 = 30_000
     public static let defaultWindowMax = 4 << 20
     public static let defaultWindowPool = 64 << 20
 
@@ -225,11 +230,22 @@ public struct GatewayConfig: Sendable, Equatable {
             let servicePort = try entry.required("port").integer(UInt32.self, in: 0...UInt32.max)
             let maxConnections = try entry.optional("max_connections")?.integer(Int.self, in: 1...1_000_000) ?? 1024
             let idle = try entry.optional("idle_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 0
-            try entry.finish(known: ["name", "listen", "peer", "port", "max_connections", "idle_timeout"])
+            let openNode = entry.optional("open_timeout")
+            let open = try openNode.map { node throws(ConfigError) in try Self.duration(node) } ?? Self.defaultOpenTimeoutMilliseconds
+            if let openNode, open == 0 { throw openNode.error("must be longer than 0") }
+            try entry.finish(known: ["name", "listen", "peer", "port", "max_connections", "idle_timeout", "open_timeout"])
             if imports.contains(where: { $0.listen == listen }) { throw listenNode.error("\(listen) is listened on twice") }
             if imports.contains(where: { $0.name == name }) { throw nameNode.error("import name '\(name)' is used twice") }
             imports.append(
-                Import(name: name, listen: listen, peer: peer, port: servicePort, maxConnections: maxConnections, idleTimeoutMilliseconds: idle)
+                Import(
+                    name: name,
+                    listen: listen,
+                    peer: peer,
+                    port: servicePort,
+                    maxConnections: maxConnections,
+                    idleTimeoutMilliseconds: idle,
+                    openTimeoutMilliseconds: open
+                )
             )
         }
 

@@ -71,7 +71,11 @@ final class GatewayCore {
             loop.assertInEventLoop()
             bound.value.onEvent()
         }
-        for domain in self.config.partnerDomains { self.registerRing(for: domain) }
+        let firstAnswers = self.config.partnerDomains.map { domain in
+            let answered = self.eventLoop.makePromise(of: Void.self)
+            self.registerRing(for: domain, answered: answered)
+            return answered.futureResult
+        }
         if self.config.wantsWildcardRing { self.registerWildcardRing() }
         let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
         self.timers.append(
@@ -79,19 +83,28 @@ final class GatewayCore {
                 bound.value.tick()
             }
         )
-        let binds = self.config.imports.map { self.bind($0) }
-        return EventLoopFuture.andAllSucceed(binds, on: self.eventLoop)
+        // The import listeners open once each partner ring has had its first answer: an
+        // OPEN sent before our ring for that peer exists gets no ACCEPT (the peer cannot
+        // send it), and the client would wait for nothing.
+        return EventLoopFuture.andAllComplete(firstAnswers, on: self.eventLoop).assumeIsolated().flatMap {
+            EventLoopFuture.andAllSucceed(self.config.imports.map { self.bind($0) }, on: self.eventLoop)
+        }.nonisolated()
     }
 
     /// Peers whose ring registration is under way (so the tick does not start another).
     private var registering: Set<DomainID> = []
 
-    private func registerRing(for domain: DomainID, attempt: Int = 0) {
-        guard attempt > 0 || !self.registering.contains(domain) else { return }
+    /// - Parameter answered: succeeded when this attempt has its answer, whatever it is.
+    private func registerRing(for domain: DomainID, attempt: Int = 0, answered: EventLoopPromise<Void>? = nil) {
+        guard attempt > 0 || !self.registering.contains(domain) else {
+            answered?.succeed(())
+            return
+        }
         self.registering.insert(domain)
         let peer = self.peer(domain)
         self.link.registerRing(port: self.config.link.port, partner: domain, length: self.config.link.ringSize, failIfExists: false)
             .assumeIsolated().whenComplete { result in
+                defer { answered?.succeed(()) }
                 if case .failure(let error as HMXError) = result, error.errno == .ESRCH, !self.isShuttingDown,
                     attempt < 4
                 {
@@ -395,6 +408,9 @@ final class GatewayCore {
             if let idle = connection.idleTimeout, now - connection.lastActivity > idle {
                 connection.logger.info("idle timeout")
                 connection.terminate(.idleTimeout, resetReason: .idleTimeout)
+            } else if connection.state.phase == .opening, let deadline = connection.openDeadline, now > deadline {
+                connection.logger.warning("no answer from the peer to the connection's OPEN; resetting it")
+                connection.terminate(.peerLost, resetReason: .linkFailure)
             }
         }
     }
@@ -428,6 +444,7 @@ final class GatewayCore {
             idleTimeout: importConfig.idleTimeoutMilliseconds > 0 ? .milliseconds(importConfig.idleTimeoutMilliseconds) : nil
         )
         connection.attach(channel)
+        connection.openDeadline = .now() + .milliseconds(importConfig.openTimeoutMilliseconds)
         self.add(connection, mapping: "import:\(importConfig.name)")
         peer.enqueue(
             .open(id: id, servicePort: importConfig.port, initialCredit: UInt32(self.config.window), instance: self.instance)

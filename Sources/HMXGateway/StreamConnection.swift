@@ -47,6 +47,8 @@ final class StreamConnection {
     /// Reading stopped until the peer's queue has room (``PeerLink/waitForQueueRoom(_:)``).
     private var isWaitingForQueueRoom = false
     var lastActivity: NIODeadline = .now()
+    /// For a connection we open: when to give up waiting for the peer's answer.
+    var openDeadline: NIODeadline?
     let idleTimeout: TimeAmount?
 
     init(key: StreamFrame.ConnectionKey, peer: PeerLink, role: Role, state: StreamConnectionState, core: GatewayCore, logger: Logger, idleTimeout: TimeAmount?) {

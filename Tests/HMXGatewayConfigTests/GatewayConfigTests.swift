@@ -13,7 +13,7 @@ struct GatewayConfigTests {
           - {name: db, port: 5432, target: "unix:/run/postgresql/.s.PGSQL.5432", allow: [beta, 7], max_connections: 10, connect_timeout: 250ms, proxy_protocol: v2}
           - {name: web, port: 80, target: "tcp://[::1]:8080", allow: [any]}
         imports:
-          - {name: redis, listen: "tcp://127.0.0.1:16379", peer: gamma, port: 6379, idle_timeout: 2m}
+          - {name: redis, listen: "tcp://127.0.0.1:16379", peer: gamma, port: 6379, idle_timeout: 2m, open_timeout: 90s}
           - {name: vs, listen: "vsock://1:5000", peer: 2, port: 1}
         limits: {window: 65536, window_max: 131072, window_pool: 0, drain_timeout: 3s, peer_in_flight: 524288}
         metrics: {listen: "tcp://127.0.0.1:9464"}
@@ -57,6 +57,8 @@ struct GatewayConfigTests {
         #expect(config.exports[1].allow == .any)
         #expect(config.imports[0].peer == DomainID(3))
         #expect(config.imports[0].idleTimeoutMilliseconds == 120_000)
+        #expect(config.imports[0].openTimeoutMilliseconds == 90_000)
+        #expect(config.imports[1].openTimeoutMilliseconds == 30_000)
         #expect(config.imports[1].listen == .vsock(cid: 1, port: 5000))
         #expect(config.window == 65536)
         #expect(config.windowMax == 131_072)
@@ -106,6 +108,10 @@ struct GatewayConfigTests {
                 "gw.yaml:4: limits.window_max: must be at least limits.window (65536)"
             ),
             ("link: {emulator: /a}\nlimits: {window_pool: -1}\n", "gw.yaml:2: limits.window_pool: "),
+            (
+                "link: {emulator: /a}\nimports:\n  - {name: x, listen: \"tcp://h:1\", peer: 2, port: 1, open_timeout: 0}\n",
+                "gw.yaml:3: imports[0].open_timeout: must be longer than 0"
+            ),
         ]
         for (text, expected) in cases {
             do {

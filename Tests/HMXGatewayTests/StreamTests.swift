@@ -249,7 +249,7 @@ extension GatewayEndToEndTests {
                 metrics = try await lab.metrics(.alpha, port: metricsPort)
                 return metrics["hmx_active_connections"] == 1
             }
-            #expect(settled, "the fast readers' connections did not end: \(metrics)")
+            #expect(settled, "the fast readers' connections did not end: \(metrics)\n\(lab.gatewayLogs)")
             #expect((metrics["hmx_window_growths_total"] ?? 0) > 0, "\(metrics)")
             let held = try #require(metrics["hmx_window_pool_bytes"], "\(metrics)")
             #expect(held <= Double(2 * 1_048_512 - (256 << 10)), "\(metrics)")
