@@ -122,6 +122,7 @@ final class GatewayCore {
                 case .success(let ring):
                     self.partnerRings[domain] = ring
                     peer.hasRing = true
+                    self.resetOpensSentWithoutRing(to: peer)
                     self.logger.info("ring registered for peer", metadata: ["peer": "\(self.config.name(of: domain))"])
                     self.refreshPeerSize(peer)
                     self.onEvent()
@@ -359,6 +360,7 @@ final class GatewayCore {
                 case .success(let ring):
                     self.partnerRings[domain] = ring
                     peer.hasRing = true
+                    self.resetOpensSentWithoutRing(to: peer)
                     self.logger.warning(
                         "our ring for the peer was gone (its domain was destroyed); registered it again",
                         metadata: ["peer": "\(self.config.name(of: domain))"]
@@ -445,6 +447,7 @@ final class GatewayCore {
         )
         connection.attach(channel)
         connection.openDeadline = .now() + .milliseconds(importConfig.openTimeoutMilliseconds)
+        connection.openedWithoutRing = !peer.hasRing
         self.add(connection, mapping: "import:\(importConfig.name)")
         peer.enqueue(
             .open(id: id, servicePort: importConfig.port, initialCredit: UInt32(self.config.window), instance: self.instance)
@@ -490,6 +493,17 @@ final class GatewayCore {
         self.windowPoolInUse += bytes
         self.metrics.windowGrowths.increment()
         self.metrics.windowPoolInUse.set(self.windowPoolInUse)
+    }
+
+    /// Our ring for `peer` exists now. Connections whose OPEN went out before it did are
+    /// still waiting for an answer that could not reach us (the peer's ACCEPT failed
+    /// with ECONNREFUSED): reset them, so their clients can try again at once.
+    private func resetOpensSentWithoutRing(to peer: PeerLink) {
+        let stranded = self.connections.values.filter { $0.peer === peer && $0.openedWithoutRing && $0.state.phase == .opening }
+        for connection in stranded {
+            connection.logger.info("connection opened before our ring for the peer existed; its answer could not reach us")
+            connection.terminate(.noRing, resetReason: .linkFailure)
+        }
     }
 
     func markNeedsFlush(_ connection: StreamConnection) {

@@ -49,6 +49,9 @@ final class StreamConnection {
     var lastActivity: NIODeadline = .now()
     /// For a connection we open: when to give up waiting for the peer's answer.
     var openDeadline: NIODeadline?
+    /// For a connection we open: the OPEN went out while our ring for the peer did not
+    /// exist, so the peer could not answer it.
+    var openedWithoutRing = false
     let idleTimeout: TimeAmount?
 
     init(key: StreamFrame.ConnectionKey, peer: PeerLink, role: Role, state: StreamConnectionState, core: GatewayCore, logger: Logger, idleTimeout: TimeAmount?) {
