@@ -1,26 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
+import HMXStream
 import Metrics
 
 /// The gateway's counters, created once with bounded dimensions (no per-connection
 /// labels). Exposed at the optional Prometheus endpoint.
 struct GatewayMetrics: Sendable {
-    /// Why a connection did not open (or ended abnormally); one counter per reason.
-    enum Outcome: String, CaseIterable, Sendable {
-        case opened
-        case peerNotRunning = "peer_not_running"
-        case noRing = "no_ring"
-        case deniedByHypervisor = "denied_by_hypervisor_policy"
-        case deniedByGateway = "denied_by_gateway_policy"
-        case noSuchService = "no_such_service"
-        case targetRefused = "target_refused"
-        case targetTimedOut = "target_timed_out"
-        case limitReached = "limit_reached"
-        case shuttingDown = "shutting_down"
-        case protocolError = "protocol_error"
-        case reset
-        case peerLost = "peer_lost"
-        case idleTimeout = "idle_timeout"
-    }
+    typealias Outcome = ConnectionOutcome
 
     let importOutcomes: [Outcome: Counter]
     let exportOutcomes: [Outcome: Counter]
@@ -61,5 +46,22 @@ struct GatewayMetrics: Sendable {
 
     func count(_ outcome: Outcome, imported: Bool) {
         (imported ? self.importOutcomes : self.exportOutcomes)[outcome]?.increment()
+    }
+
+    /// Adds what the stream layer counted since `previous`.
+    func report(_ statistics: StreamStatistics, since previous: StreamStatistics, activeConnections: Int) {
+        func add(_ counter: Counter, _ now: Int, _ before: Int) {
+            if now > before { counter.increment(by: Int64(now - before)) }
+        }
+        add(self.bytesToPeer, statistics.bytesToPeer, previous.bytesToPeer)
+        add(self.bytesFromPeer, statistics.bytesFromPeer, previous.bytesFromPeer)
+        add(self.messagesSent, statistics.messagesSent, previous.messagesSent)
+        add(self.messagesReceived, statistics.messagesReceived, previous.messagesReceived)
+        add(self.ringFull, statistics.ringFull, previous.ringFull)
+        add(self.outOfOrder, statistics.outOfOrder, previous.outOfOrder)
+        add(self.malformedMessages, statistics.malformedMessages, previous.malformedMessages)
+        add(self.windowGrowths, statistics.windowGrowths, previous.windowGrowths)
+        if statistics.windowPoolInUse != previous.windowPoolInUse { self.windowPoolInUse.set(statistics.windowPoolInUse) }
+        self.activeConnections.set(activeConnections)
     }
 }

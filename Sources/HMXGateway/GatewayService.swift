@@ -71,7 +71,7 @@ public struct GatewayService: Service {
         let config = self.initialConfig
         let logger = self.logger
         let core = try await loop.submit {
-            NIOLoopBound(GatewayCore(config: config, link: link, logger: logger), eventLoop: loop)
+            NIOLoopBound(Gateway(config: config, link: link, logger: logger), eventLoop: loop)
         }.get()
         do {
             try await loop.flatSubmit { core.value.start() }.get()
@@ -124,7 +124,7 @@ public struct GatewayService: Service {
         self.logger.info("gateway stopped")
     }
 
-    private func reload(core: NIOLoopBound<GatewayCore>, loop: any EventLoop) async {
+    private func reload(core: NIOLoopBound<Gateway>, loop: any EventLoop) async {
         do {
             let config = try GatewayConfig.load(path: self.configPath)
             try await loop.flatSubmit { core.value.reload(config) }.get()

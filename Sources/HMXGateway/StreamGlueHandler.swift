@@ -1,58 +1,157 @@
 // SPDX-License-Identifier: Apache-2.0
+import HMXStream
 import NIOCore
+import NIOPosix
 
-/// The NIO end of a ``StreamConnection``: forwards the socket's bytes, half-close and
-/// errors to the connection. Reads are driven by the connection (autoRead is off), so
-/// nothing is read while the peer has no credit for it.
-final class StreamGlueHandler: ChannelInboundHandler {
+/// The socket end of one HMX stream connection: a duplex handler that owns its
+/// channel's context (after swift-nio-examples' `GlueHandler`).
+///
+/// - Inbound (the application's bytes, half-close, errors, close) goes to the
+///   ``StreamDriver`` as events on the connection.
+/// - The driver's actions come back through ``Gateway``: writes (their completion
+///   returns credit to the peer), reads, shutdown of the output, abort.
+/// - `read()` is gated: autoRead is off, and a read (also one from elsewhere in the
+///   pipeline) reaches the socket only once the driver asked for it, i.e. while the
+///   peer has granted credit and its send queue has room. Writes are flushed when the
+///   driver's turn ends (the other side's "read complete").
+final class StreamGlueHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
-    /// Set once the connection exists (for imports: when the socket is accepted).
-    var connection: StreamConnection?
-    /// For accepted sockets: creates the connection when the channel becomes active.
-    private let onActive: ((any Channel) -> StreamConnection?)?
+    private let driver: StreamDriver
+    /// The connection, once it exists (an import's: when the socket is accepted; an
+    /// export's: when its dial succeeded); nil again once the driver forgot it.
+    private(set) var id: ConnectionID?
+    /// For accepted sockets: admits the client and opens its connection.
+    private let onActive: ((any Channel) -> ConnectionID?)?
+    private var context: ChannelHandlerContext?
+    /// The driver asked for a read that has not reached the socket yet.
+    private var isReadAllowed = false
+    private var hasUnflushedWrites = false
 
-    init(connection: StreamConnection?, onActive: ((any Channel) -> StreamConnection?)? = nil) {
-        self.connection = connection
+    init(driver: StreamDriver, onActive: ((any Channel) -> ConnectionID?)? = nil) {
+        self.driver = driver
         self.onActive = onActive
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    /// The connection is `id` from now on (an export's target is connected).
+    func attach(_ id: ConnectionID) {
+        self.id = id
+    }
+
+    /// The driver forgot the connection: later socket events are not its business.
+    func detach() {
+        self.id = nil
+    }
+
+    // MARK: - Actions from the driver
+
+    /// Writes bytes from the peer; their completion returns credit.
+    func write(_ bytes: ByteBuffer) {
+        guard let context, let id else { return }
+        let count = bytes.readableBytes
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.write(self.wrapOutboundOut(bytes), promise: promise)
+        self.hasUnflushedWrites = true
+        promise.futureResult.assumeIsolated().whenSuccess {
+            // Only for this connection: its id may be reused once it is forgotten.
+            guard self.id == id else { return }
+            self.driver.localWriteCompleted(id, count: count)
+        }
+    }
+
+    func flushIfNeeded() {
+        guard self.hasUnflushedWrites, let context else { return }
+        self.hasUnflushedWrites = false
+        context.flush()
+    }
+
+    /// Reads the socket once more.
+    func readRequested() {
+        guard let context else { return }
+        self.isReadAllowed = true
+        context.read()
+    }
+
+    /// No more data will come: EOF for the application after the pending bytes.
+    func shutdownOutput() {
+        guard let context else { return }
+        // DATA just before may still be unflushed: closing would drop it.
+        self.flushIfNeeded()
+        context.close(mode: .output, promise: nil)
+    }
+
+    /// Closes the socket with a TCP reset (SO_LINGER 0), so the application sees an
+    /// abort, not a clean end of stream.
+    func abort() {
+        guard let context, context.channel.isActive else { return }
+        let channel = context.channel
+        if let provider = channel as? any SocketOptionProvider {
+            // On the channel's own loop this takes effect before the close below.
+            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: - Inbound
+
     func channelActive(context: ChannelHandlerContext) {
-        if self.connection == nil, let onActive = self.onActive {
-            self.connection = onActive(context.channel)
+        if self.id == nil, let onActive = self.onActive {
+            self.id = onActive(context.channel)
         }
         context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.connection?.localRead(Self.unwrapInboundIn(data))
+        self.isReadAllowed = false
+        guard let id else { return }
+        self.driver.localRead(id, Self.unwrapInboundIn(data))
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        self.connection?.localReadComplete()
+        if let id { self.driver.localReadComplete(id) }
         context.fireChannelReadComplete()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
-            self.connection?.localInputClosed()
+            if let id { self.driver.localInputClosed(id) }
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        let connection = self.connection
-        self.connection = nil
-        connection?.localClosed(error: error)
+        let id = self.id
+        self.id = nil
+        if let id { self.driver.localClosed(id, error: true) }
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        let connection = self.connection
-        self.connection = nil
-        connection?.localClosed(error: nil)
+        let id = self.id
+        self.id = nil
+        if let id { self.driver.localClosed(id, error: false) }
         context.fireChannelInactive()
+    }
+
+    // MARK: - Outbound
+
+    func read(context: ChannelHandlerContext) {
+        // Only the driver decides when the socket is read: a read asked for elsewhere
+        // passes only while one the driver asked for is outstanding.
+        guard self.isReadAllowed else { return }
+        context.read()
     }
 }
 

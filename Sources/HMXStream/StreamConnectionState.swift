@@ -1,18 +1,27 @@
 // SPDX-License-Identifier: Apache-2.0
+import NIOCore
 
-/// The state of one HMX stream connection, as a plain value: events in, actions out.
+/// Everything about one HMX stream connection, as a plain value: events in, actions
+/// out. The owner (``StreamMultiplexer``) executes every action it gets.
 ///
 /// ```
-///   opener:   opening ──accept──▶ open ──fin both ways──▶ closed
-///                 └──refuse/reset──────────────────────────▶ closed
-///   acceptor: dialing ──target up──▶ open ──...           (refuse if the dial fails)
+///   opener:   opening ──ACCEPT──▶ open ──FIN both ways──▶ closed
+///                 └──REFUSE/RESET/timeout────────────────────▶ closed
+///   acceptor: dialing ──target up──▶ open ──...           (REFUSE if the dial fails)
 /// ```
 ///
-/// Flow control: each side grants the other a byte window. `sendCredit` is what we
-/// may still send; `receiveAllowance` is what the peer may still send us. DATA beyond
-/// the allowance, or after the peer's FIN, is a violation and resets the connection:
-/// the peer is hostile or broken, and only this connection pays for it.
-public struct StreamConnectionState: Sendable, Equatable {
+/// Backpressure, both ways:
+/// - local → peer: the socket is read only while the peer has granted credit and the
+///   peer's send queue has room (``Action/read``); a read can overshoot the credit by
+///   at most one socket read, which is held here and sent as credit arrives.
+/// - peer → local: DATA is written to the socket (``Action/write(_:)``); credit goes
+///   back to the peer only when the socket has taken the bytes
+///   (``localWriteCompleted(_:now:budget:into:)``). A slow reader stops only its writer.
+///
+/// A stream is exact: it delivers every byte in order or both ends see a reset. DATA
+/// for a socket that is gone, and a socket that goes away with peer bytes still being
+/// written, reset the connection.
+public struct StreamConnectionState: Sendable {
     public enum Phase: Sendable, Equatable {
         /// We sent OPEN and wait for ACCEPT or REFUSE.
         case opening
@@ -22,221 +31,237 @@ public struct StreamConnectionState: Sendable, Equatable {
         case closed
     }
 
-    public private(set) var phase: Phase
-    /// Bytes we may still send.
-    public private(set) var sendCredit: Int
-    /// Bytes the peer may still send us.
-    public private(set) var receiveAllowance: Int
-    /// Bytes delivered to the local application and not yet granted back.
-    public private(set) var consumedNotGranted: Int
-    public private(set) var hasSentFin = false
-    public private(set) var hasReceivedFin = false
-    /// The window we grant the peer: it starts at the configured window and may grow
-    /// (see ``delivered(_:now:mayGrowBy:)``) up to ``maximumWindow``.
-    public private(set) var window: Int
-    /// Largest ``window`` this connection may grow to.
-    public let maximumWindow: Int
-    /// Set when the peer's allowance ran low since the last growth decision: it was
-    /// sending as fast as our credit let it.
-    public private(set) var peerWasLimited = false
-    /// Bytes delivered since the current growth measurement began, and when it began
-    /// (nil before the first delivery).
-    private var measuredBytes = 0
-    private var measureStart: UInt64?
-
-    /// The window grows when the local application takes a whole window within this
-    /// time (nanoseconds) while the peer was held back by credit: the window then
-    /// covers at least this long of traffic, like TCP's receive-buffer autotuning.
-    public static let growthInterval: UInt64 = 4_000_000
-
-    /// Largest credit a peer may hold; more is a violation (and would overflow).
-    public static let maximumCredit = 1 << 30
-
-    public enum Violation: Error, Equatable, Sendable {
-        case unexpected(String)
+    /// A frame that the peer sent where the protocol does not allow it.
+    public enum Violation: Error, Equatable, Sendable, CustomStringConvertible {
+        case unexpected(UnexpectedFrame, in: Phase)
+        case dataAfterFin
+        case secondFin
         case beyondCredit
         case creditOverflow
+
+        public var description: String {
+            switch self {
+            case .unexpected(let frame, let phase): "\(frame.rawValue) in phase \(phase)"
+            case .dataAfterFin: "DATA after FIN"
+            case .secondFin: "second FIN"
+            case .beyondCredit: "DATA beyond the granted credit"
+            case .creditOverflow: "credit beyond 2^30 bytes"
+            }
+        }
     }
 
-    /// What the owner must do after an event.
-    public enum Action: Equatable, Sendable {
-        case none
-        /// Start (or resume) reading the local application.
-        case resumeReading
-        /// Close the local application's connection (after pending writes) with this outcome.
-        case closeLocal
-        /// Half-close: no more data will come; shut down the local output after pending writes.
-        case shutdownLocalOutput
-        /// Abort the local connection (RST).
-        case abortLocal
-        /// Send a RESET to the peer, then abort locally.
-        case resetBoth(StreamFrame.ResetReason)
+    public enum UnexpectedFrame: String, Sendable {
+        case accept = "ACCEPT"
+        case refuse = "REFUSE"
+        case data = "DATA"
+        case credit = "CREDIT"
+        case fin = "FIN"
     }
 
-    /// A connection we open. Its window starts at `window` and may grow to
-    /// `maximumWindow` (default: it does not grow).
-    public static func opening(window: Int, maximumWindow: Int? = nil) -> StreamConnectionState {
-        StreamConnectionState(phase: .opening, sendCredit: 0, window: window, maximumWindow: maximumWindow)
+    /// What the owner must do after an event, in order.
+    public enum Action: Sendable {
+        /// Queue this frame for the peer.
+        case send(StreamFrame)
+        /// Write these bytes to the local socket and report the completion with
+        /// ``localWriteCompleted(_:now:budget:into:)``.
+        case write(ByteBuffer)
+        /// Read the local socket once more.
+        case read
+        /// No more data will come from the peer: shut the local socket's output after
+        /// the pending writes (the socket closes once both halves are shut).
+        case shutdownOutput
+        /// Close the local socket with a reset (the application sees an abort).
+        case abort
+        /// Reading stopped until the peer's send queue has room; call
+        /// ``queueHasRoom(into:)`` then.
+        case waitForQueueRoom
+        /// The connection opened (count it once).
+        case opened
+        /// The connection ended abnormally (counted once).
+        case ended(ConnectionEnd)
+        /// The window grew by this many bytes (taken from the owner's pool).
+        case windowGrew(Int)
+        /// Both sides are done: forget the connection and return its window growth.
+        case remove
     }
 
-    /// A connection the peer opened, granting it `peerCredit`.
-    public static func dialing(window: Int, maximumWindow: Int? = nil, peerCredit: UInt32) -> StreamConnectionState {
+    public let key: StreamFrame.ConnectionKey
+    public internal(set) var phase: Phase
+    public internal(set) var flow: StreamFlowControl
+    public internal(set) var hasSentFin = false
+    public internal(set) var hasReceivedFin = false
+    /// The local socket exists (an import's client from the start; an export's target
+    /// once dialled) and has not gone away.
+    public internal(set) var hasLocalSocket: Bool
+    /// Bytes read from the socket beyond the credit, sent when credit arrives.
+    var heldOutbound: ByteBuffer?
+    /// The application shut its output before its FIN could be sent.
+    var isFinPending = false
+    /// A socket read was asked for and has not produced bytes yet.
+    var isReadRequested = false
+    /// Reading stopped for want of room in the peer's send queue.
+    var isWaitingForQueueRoom = false
+    /// Bytes from the peer handed to the socket whose write has not completed.
+    public internal(set) var undeliveredBytes = 0
+    var hasCountedEnd = false
+    public internal(set) var lastActivity: NIODeadline
+    public let idleTimeout: TimeAmount?
+    /// For a connection we open: when to give up waiting for the peer's answer.
+    public let openDeadline: NIODeadline?
+    /// For a connection we open: the OPEN went out while our ring for the peer did not
+    /// exist, so the peer could not answer it.
+    public let openedWithoutRing: Bool
+
+    /// A connection we open (an import's client connected).
+    public static func opening(
+        key: StreamFrame.ConnectionKey,
+        window: Int,
+        maximumWindow: Int? = nil,
+        now: NIODeadline,
+        idleTimeout: TimeAmount? = nil,
+        openTimeout: TimeAmount? = nil,
+        ringExists: Bool = true
+    ) -> StreamConnectionState {
         StreamConnectionState(
-            phase: .dialing,
-            sendCredit: Int(min(peerCredit, UInt32(Self.maximumCredit))),
-            window: window,
-            maximumWindow: maximumWindow
+            key: key,
+            phase: .opening,
+            flow: StreamFlowControl(window: window, maximumWindow: maximumWindow),
+            hasLocalSocket: true,
+            now: now,
+            idleTimeout: idleTimeout,
+            openDeadline: openTimeout.map { now + $0 },
+            openedWithoutRing: !ringExists
         )
     }
 
-    private init(phase: Phase, sendCredit: Int, window: Int, maximumWindow: Int?) {
+    /// A connection the peer opened, granting us `peerCredit`; we dial the target.
+    public static func dialing(
+        key: StreamFrame.ConnectionKey,
+        window: Int,
+        maximumWindow: Int? = nil,
+        peerCredit: UInt32,
+        now: NIODeadline,
+        idleTimeout: TimeAmount? = nil
+    ) -> StreamConnectionState {
+        StreamConnectionState(
+            key: key,
+            phase: .dialing,
+            flow: StreamFlowControl(window: window, maximumWindow: maximumWindow, sendCredit: peerCredit),
+            hasLocalSocket: false,
+            now: now,
+            idleTimeout: idleTimeout,
+            openDeadline: nil,
+            openedWithoutRing: false
+        )
+    }
+
+    private init(
+        key: StreamFrame.ConnectionKey,
+        phase: Phase,
+        flow: StreamFlowControl,
+        hasLocalSocket: Bool,
+        now: NIODeadline,
+        idleTimeout: TimeAmount?,
+        openDeadline: NIODeadline?,
+        openedWithoutRing: Bool
+    ) {
+        self.key = key
         self.phase = phase
-        self.sendCredit = sendCredit
-        self.window = window
-        self.maximumWindow = min(max(window, maximumWindow ?? window), Self.maximumCredit)
-        self.receiveAllowance = window
-        self.consumedNotGranted = 0
-    }
-
-    // MARK: - From the peer
-
-    /// ACCEPT for a connection we opened.
-    public mutating func accepted(credit: UInt32) -> Result<Action, Violation> {
-        guard self.phase == .opening else { return .failure(.unexpected("ACCEPT in phase \(self.phase)")) }
-        guard credit <= UInt32(Self.maximumCredit) else { return .failure(.creditOverflow) }
-        self.phase = .open
-        self.sendCredit = Int(credit)
-        return .success(.resumeReading)
-    }
-
-    /// REFUSE for a connection we opened.
-    public mutating func refused() -> Result<Action, Violation> {
-        guard self.phase == .opening else { return .failure(.unexpected("REFUSE in phase \(self.phase)")) }
-        self.phase = .closed
-        return .success(.abortLocal)
-    }
-
-    /// DATA of `count` bytes.
-    public mutating func receivedData(_ count: Int) -> Result<Action, Violation> {
-        guard self.phase == .open else { return .failure(.unexpected("DATA in phase \(self.phase)")) }
-        guard !self.hasReceivedFin else { return .failure(.unexpected("DATA after FIN")) }
-        guard count <= self.receiveAllowance else { return .failure(.beyondCredit) }
-        self.receiveAllowance -= count
-        if self.receiveAllowance < self.window / 8 { self.peerWasLimited = true }
-        return .success(.none)
-    }
-
-    /// CREDIT of `increment` bytes.
-    public mutating func receivedCredit(_ increment: UInt32) -> Result<Action, Violation> {
-        guard self.phase == .open else { return .failure(.unexpected("CREDIT in phase \(self.phase)")) }
-        guard self.sendCredit + Int(increment) <= Self.maximumCredit else { return .failure(.creditOverflow) }
-        let wasBlocked = self.sendCredit == 0
-        self.sendCredit += Int(increment)
-        return .success(wasBlocked && increment > 0 && !self.hasSentFin ? .resumeReading : .none)
-    }
-
-    /// FIN: the peer will send no more data.
-    public mutating func receivedFin() -> Result<Action, Violation> {
-        guard self.phase == .open else { return .failure(.unexpected("FIN in phase \(self.phase)")) }
-        guard !self.hasReceivedFin else { return .failure(.unexpected("second FIN")) }
-        self.hasReceivedFin = true
-        if self.hasSentFin {
-            self.phase = .closed
-            return .success(.closeLocal)
-        }
-        return .success(.shutdownLocalOutput)
-    }
-
-    /// RESET from the peer.
-    public mutating func receivedReset() -> Action {
-        guard self.phase != .closed else { return .none }
-        self.phase = .closed
-        return .abortLocal
-    }
-
-    // MARK: - From the local side
-
-    /// The local target is connected (acceptor side): ACCEPT is sent.
-    public mutating func dialSucceeded() -> Result<Action, Violation> {
-        guard self.phase == .dialing else { return .failure(.unexpected("dial completed in phase \(self.phase)")) }
-        self.phase = .open
-        return .success(.resumeReading)
-    }
-
-    /// The local target could not be reached (acceptor side): REFUSE is sent.
-    public mutating func dialFailed() {
-        self.phase = .closed
-    }
-
-    /// We send `count` bytes of DATA. The caller never sends more than ``sendCredit``.
-    public mutating func sent(_ count: Int) {
-        precondition(count <= self.sendCredit && self.phase == .open && !self.hasSentFin)
-        self.sendCredit -= count
-    }
-
-    /// Credit to send the peer after a delivery.
-    public struct Grant: Equatable, Sendable {
-        /// The CREDIT increment to send now (0: none yet).
-        public var increment: UInt32
-        /// How much of `increment` is new window rather than bytes taken.
-        public var growth: Int
-
-        public init(increment: UInt32, growth: Int) {
-            self.increment = increment
-            self.growth = growth
-        }
-    }
-
-    /// The local application took `count` bytes (its socket accepted them); returns the
-    /// credit to grant now (batched: at least a quarter window), or none.
-    ///
-    /// The window grows (doubling, at most to ``maximumWindow`` and by at most
-    /// `budget` bytes) when the application took a whole window within
-    /// ``growthInterval`` (measured from the previous such window, or from the first
-    /// delivery; `now` is monotonic nanoseconds) while the peer's allowance ran low:
-    /// the connection is limited by the window, not by either application. A reader
-    /// slower than that stops the growth once its socket buffer is full (until then
-    /// the kernel takes bytes for it at memory speed).
-    public mutating func delivered(_ count: Int, now: UInt64 = 0, mayGrowBy budget: Int = 0) -> Grant {
-        guard self.phase == .open || self.phase == .closed else { return Grant(increment: 0, growth: 0) }
-        self.consumedNotGranted += count
-        guard self.phase == .open, !self.hasReceivedFin else { return Grant(increment: 0, growth: 0) }
-        var growth = 0
-        if let start = self.measureStart {
-            self.measuredBytes += count
-            if self.measuredBytes >= self.window {
-                if now &- start <= Self.growthInterval, self.peerWasLimited, budget > 0 {
-                    growth = min(self.window, self.maximumWindow - self.window, budget)
-                    self.window += growth
-                }
-                self.measuredBytes = 0
-                self.measureStart = now
-                self.peerWasLimited = false
-            }
-        } else {
-            // The first delivery starts the clock; its bytes came before it.
-            self.measureStart = now
-        }
-        guard growth > 0 || self.consumedNotGranted >= max(1, self.window / 4) else { return Grant(increment: 0, growth: 0) }
-        let increment = self.consumedNotGranted + growth
-        self.consumedNotGranted = 0
-        self.receiveAllowance += increment
-        return Grant(increment: UInt32(increment), growth: growth)
-    }
-
-    /// The local application shut its output: FIN is sent.
-    /// - Returns: true if the connection is now fully closed.
-    public mutating func sentFin() -> Bool {
-        guard self.phase == .open, !self.hasSentFin else { return self.phase == .closed }
-        self.hasSentFin = true
-        if self.hasReceivedFin { self.phase = .closed }
-        return self.phase == .closed
-    }
-
-    /// The local side aborted or the connection is torn down.
-    public mutating func aborted() {
-        self.phase = .closed
+        self.flow = flow
+        self.hasLocalSocket = hasLocalSocket
+        self.lastActivity = now
+        self.idleTimeout = idleTimeout
+        self.openDeadline = openDeadline
+        self.openedWithoutRing = openedWithoutRing
     }
 
     public var isClosed: Bool { self.phase == .closed }
+
+    /// The connection has a deadline that ``tick(now:into:)`` checks.
+    public var hasTimer: Bool { self.idleTimeout != nil || (self.phase == .opening && self.openDeadline != nil) }
+
+    /// Bytes this connection holds: read beyond credit and not sent yet.
+    public var heldBytes: Int { self.heldOutbound?.readableBytes ?? 0 }
+}
+
+// MARK: - Helpers shared by the event handlers
+
+extension StreamConnectionState {
+    /// Sends what `buffer` holds within the credit, in DATA frames of at most
+    /// `maximumData` bytes.
+    mutating func sendWithinCredit(_ buffer: inout ByteBuffer, maximumData: Int, into actions: inout [Action]) {
+        while buffer.readableBytes > 0, self.flow.sendCredit > 0 {
+            let count = min(buffer.readableBytes, self.flow.sendCredit, maximumData)
+            let slice = buffer.readSlice(length: count)!
+            self.flow.sent(count)
+            actions.append(.send(.data(key: self.key, payload: slice)))
+        }
+    }
+
+    /// Sends held bytes within the credit, then a pending FIN once they are all out.
+    mutating func sendHeld(maximumData: Int, into actions: inout [Action]) {
+        if var held = self.heldOutbound {
+            self.heldOutbound = nil
+            self.sendWithinCredit(&held, maximumData: maximumData, into: &actions)
+            if held.readableBytes > 0 { self.heldOutbound = held }
+        }
+        if self.isFinPending, self.heldOutbound == nil { self.sendFin(into: &actions) }
+    }
+
+    mutating func sendFin(into actions: inout [Action]) {
+        self.isFinPending = false
+        guard self.phase == .open, !self.hasSentFin else { return }
+        self.hasSentFin = true
+        actions.append(.send(.fin(key: self.key)))
+        if self.hasReceivedFin {
+            self.phase = .closed
+            self.finish(nil, into: &actions)
+        }
+    }
+
+    /// Asks for a socket read if the peer can take what it brings.
+    mutating func requestReadIfPossible(queueHasRoom: Bool, into actions: inout [Action]) {
+        guard self.hasLocalSocket, self.phase == .open, !self.hasSentFin, !self.isFinPending, self.heldOutbound == nil,
+            self.flow.sendCredit > 0, !self.isReadRequested, !self.isWaitingForQueueRoom
+        else { return }
+        guard queueHasRoom else {
+            // The peer's queue is full (its ring drains slower than we read): wait.
+            self.isWaitingForQueueRoom = true
+            actions.append(.waitForQueueRoom)
+            return
+        }
+        self.isReadRequested = true
+        actions.append(.read)
+    }
+
+    /// Ends the connection from our side: RESET to the peer (if given and the peer
+    /// may still know the connection), abort the local socket.
+    mutating func abort(_ end: ConnectionEnd, resetReason: StreamFrame.ResetReason?, into actions: inout [Action]) {
+        if let resetReason, self.phase != .closed { actions.append(.send(.reset(key: self.key, reason: resetReason))) }
+        self.phase = .closed
+        self.heldOutbound = nil
+        self.abortLocal(into: &actions)
+        self.finish(end, into: &actions)
+    }
+
+    mutating func abortLocal(into actions: inout [Action]) {
+        guard self.hasLocalSocket else { return }
+        self.hasLocalSocket = false
+        actions.append(.abort)
+    }
+
+    /// Counts the end once (`nil`: a clean end, counted when the connection opened);
+    /// removes the connection once it is closed.
+    mutating func finish(_ end: ConnectionEnd?, into actions: inout [Action]) {
+        if !self.hasCountedEnd {
+            self.hasCountedEnd = true
+            if let end { actions.append(.ended(end)) }
+        }
+        if self.phase == .closed { actions.append(.remove) }
+    }
+
+    mutating func violation(_ violation: Violation, into actions: inout [Action]) {
+        let reason: StreamFrame.ResetReason = violation == .beyondCredit ? .flowControlViolation : .protocolViolation
+        self.abort(.violation(violation), resetReason: reason, into: &actions)
+    }
 }

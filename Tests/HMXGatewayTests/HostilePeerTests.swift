@@ -156,7 +156,7 @@ final class HostileEnd: @unchecked Sendable {
                     self.opens += 1
                     self.accepted = true
                 }
-                let credit = UInt32(StreamConnectionState.maximumCredit - 1)
+                let credit = UInt32(StreamFlowControl.maximumCredit - 1)
                 self.send(.accept(key: .init(id: id, openedLocally: false), initialCredit: credit, instance: self.instance))
                 return
             case (.open, .answerPingsOnly):

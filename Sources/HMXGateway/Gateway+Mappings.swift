@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import HMXStream
+import Logging
+import NIOCore
+import NIOPosix
+
+// MARK: - Imports: listeners
+
+extension Gateway {
+    func bind(_ importConfig: GatewayConfig.Import) -> EventLoopFuture<Void> {
+        let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+        let bootstrap = ServerBootstrap(group: self.eventLoop)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.maxMessagesPerRead, value: 1)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262144))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = StreamGlueHandler(driver: bound.value.driver) { channel in
+                        bound.value.accepted(channel, for: importConfig)
+                    }
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        let future: EventLoopFuture<any Channel>
+        switch importConfig.listen {
+        case .tcp(let host, let port): future = bootstrap.bind(host: host, port: port)
+        case .unix(let path): future = bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
+        case .vsock(let cid, let port): future = bootstrap.bind(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        }
+        return future.assumeIsolated().map { channel in
+            self.listeners[importConfig.name] = (importConfig, channel)
+            self.logger.info(
+                "import listening",
+                metadata: [
+                    "mapping": "\(importConfig.name)", "listen": "\(importConfig.listen)",
+                    "peer": "\(self.config.name(of: importConfig.peer))", "port": "\(importConfig.port)",
+                ]
+            )
+        }.nonisolated()
+    }
+
+    /// A local client connected to an import's listener: open a connection to the
+    /// peer's export, unless the gateway is shutting down or the import is full.
+    func accepted(_ channel: any Channel, for importConfig: GatewayConfig.Import) -> ConnectionID? {
+        let mapping = "import:\(importConfig.name)"
+        guard !self.isShuttingDown, self.countsByMapping[mapping, default: 0] < importConfig.maxConnections else {
+            let outcome: ConnectionOutcome = self.isShuttingDown ? .shuttingDown : .limitReached
+            self.logger.warning(
+                "connection refused",
+                metadata: ["mapping": "\(importConfig.name)", "peer": "\(self.config.name(of: importConfig.peer))", "reason": "\(outcome.rawValue)"]
+            )
+            self.metrics.count(outcome, imported: true)
+            channel.close(promise: nil)
+            return nil
+        }
+        let id = self.driver.open(
+            to: importConfig.peer,
+            servicePort: importConfig.port,
+            idleTimeout: importConfig.idleTimeoutMilliseconds > 0 ? .milliseconds(importConfig.idleTimeoutMilliseconds) : nil,
+            openTimeout: .milliseconds(importConfig.openTimeoutMilliseconds)
+        )
+        let handler = try? channel.pipeline.syncOperations.handler(type: StreamGlueHandler.self)
+        let logger = self.connectionLogger(id, mapping: importConfig.name)
+        self.add(id, Connection(mapping: mapping, logger: logger, handler: handler))
+        logger.debug("connection opening")
+        return id
+    }
+}
+
+// MARK: - Exports: admission and dialling
+
+extension Gateway {
+    /// OPEN from a peer: check the export, its allow-list (by the domain the
+    /// hypervisor stamped on the message, never payload) and its limit, then dial.
+    func admit(_ id: ConnectionID, servicePort: UInt32) -> StreamDriver.Admission {
+        guard let export = self.config.exports.first(where: { $0.port == servicePort }) else { return .refuse(.noSuchService) }
+        let mapping = "export:\(export.name)"
+        guard export.allow.permits(id.peer) else { return .refuse(.deniedByGateway) }
+        guard self.countsByMapping[mapping, default: 0] < export.maxConnections else { return .refuse(.limitReached) }
+        self.add(id, Connection(mapping: mapping, logger: self.connectionLogger(id, mapping: export.name), handler: nil))
+        self.dial(export, for: id)
+        return .dial
+    }
+
+    private func dial(_ export: GatewayConfig.Export, for id: ConnectionID) {
+        let driver = NIOLoopBound(self.driver, eventLoop: self.eventLoop)
+        let bootstrap = ClientBootstrap(group: self.eventLoop)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.maxMessagesPerRead, value: 1)
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262144))
+            .connectTimeout(.milliseconds(export.connectTimeoutMilliseconds))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(StreamGlueHandler(driver: driver.value))
+                }
+            }
+        let future: EventLoopFuture<any Channel>
+        switch export.target {
+        case .tcp(let host, let port): future = bootstrap.connect(host: host, port: port)
+        case .unix(let path): future = bootstrap.connect(unixDomainSocketPath: path)
+        case .vsock(let cid, let port): future = bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        }
+        future.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let channel):
+                guard self.connections[id] != nil, self.driver.connection(id)?.phase == .dialing,
+                    let handler = try? channel.pipeline.syncOperations.handler(type: StreamGlueHandler.self)
+                else {
+                    // The peer reset the connection while we were dialling.
+                    channel.close(promise: nil)
+                    return
+                }
+                handler.attach(id)
+                self.connections[id]?.handler = handler
+                if export.proxyProtocol == .v2 {
+                    let name = self.config.peers.first { $0.value == id.peer }?.key
+                    channel.write(ProxyHeaderBuilder.header(for: id.peer, name: name, channel: channel, connection: id.key.id), promise: nil)
+                }
+                self.driver.dialSucceeded(id)
+            case .failure(let error):
+                var timedOut = false
+                if case ChannelError.connectTimeout = error { timedOut = true }
+                self.connections[id]?.dialError = "\(export.target): \(error)"
+                self.driver.refuse(id, timedOut ? .targetTimedOut : .targetRefused)
+            }
+        }
+    }
+}

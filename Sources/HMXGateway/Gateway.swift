@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import HMXStream
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The gateway on its event loop: configuration and glue around a ``StreamDriver``.
+///
+/// ```
+///  local app ⇄ socket ⇄ StreamGlueHandler ──events──▶ StreamDriver (HMXStream) ⇄ HMX link
+///                              ▲                            │
+///                              └──── Gateway.perform ◀──────┘ socket actions, outcomes, notices
+/// ```
+///
+/// The gateway owns what is about mappings: import listeners, export admission
+/// (export lookup, allow-list by the hypervisor-stamped domain, limits) and dialling
+/// with PROXY v2, per-mapping connection counts, metrics and logs. The stream protocol
+/// itself (connections, credit, peers, rings) is the driver's.
+final class Gateway {
+    /// What the gateway keeps per connection.
+    struct Connection {
+        /// `import:NAME` or `export:NAME`, for the per-mapping limit.
+        var mapping: String
+        var logger: Logger
+        var handler: StreamGlueHandler?
+        /// Why the dial of the export's target failed, for the log.
+        var dialError: String?
+    }
+
+    private(set) var config: GatewayConfig
+    let driver: StreamDriver
+    let logger: Logger
+    let metrics: GatewayMetrics
+    var eventLoop: any EventLoop { self.driver.eventLoop }
+    var connections: [ConnectionID: Connection] = [:]
+    var countsByMapping: [String: Int] = [:]
+    var listeners: [String: (importConfig: GatewayConfig.Import, channel: any Channel)] = [:]
+    /// Handlers written to since the last flush.
+    private var needsFlush: [StreamGlueHandler] = []
+    private var reportedStatistics = StreamStatistics()
+    private(set) var isShuttingDown = false
+
+    init(config: GatewayConfig, link: any HMXLink, logger: Logger, metrics: GatewayMetrics = GatewayMetrics()) {
+        self.config = config
+        self.logger = logger
+        self.metrics = metrics
+        self.driver = StreamDriver(link: link, configuration: Self.driverConfiguration(config))
+        self.driver.delegate = self
+    }
+
+    static func driverConfiguration(_ config: GatewayConfig) -> StreamDriver.Configuration {
+        StreamDriver.Configuration(
+            port: config.link.port,
+            ringSize: config.link.ringSize,
+            multiplexer: StreamMultiplexer.Configuration(
+                window: config.window,
+                maximumWindow: config.effectiveWindowMax,
+                windowPool: config.windowPool,
+                peerInFlight: config.peerInFlight
+            )
+        )
+    }
+
+    var activeConnectionCount: Int { self.driver.activeConnectionCount }
+
+    // MARK: - Start and stop
+
+    /// Registers rings, then binds the import listeners: an OPEN sent before our ring
+    /// for its peer exists gets no answer (the peer cannot send it), so listeners wait
+    /// for each partner ring's first answer from the hypervisor.
+    func start() -> EventLoopFuture<Void> {
+        self.driver.start(partners: self.config.partnerDomains, wildcard: self.config.wantsWildcardRing)
+            .assumeIsolated().flatMap {
+                EventLoopFuture.andAllSucceed(self.config.imports.map { self.bind($0) }, on: self.eventLoop)
+            }.nonisolated()
+    }
+
+    /// Graceful shutdown: stop listening, refuse new connections, wait for open ones
+    /// up to the drain timeout, then reset the rest and unregister the rings.
+    func shutdown() -> EventLoopFuture<Void> {
+        self.isShuttingDown = true
+        self.driver.stopAccepting()
+        for (_, listener) in self.listeners { listener.channel.close(promise: nil) }
+        self.listeners.removeAll()
+        let promise = self.eventLoop.makePromise(of: Void.self)
+        if self.activeConnectionCount > 0 {
+            self.logger.info("draining", metadata: ["connections": "\(self.activeConnectionCount)"])
+        }
+        self.waitForDrain(until: .now() + .milliseconds(self.config.drainTimeoutMilliseconds), promise: promise)
+        return promise.futureResult
+    }
+
+    private func waitForDrain(until deadline: NIODeadline, promise: EventLoopPromise<Void>) {
+        if self.activeConnectionCount == 0 || NIODeadline.now() >= deadline {
+            self.driver.stop()
+            promise.succeed(())
+            return
+        }
+        let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+        self.eventLoop.scheduleTask(in: .milliseconds(50)) { bound.value.waitForDrain(until: deadline, promise: promise) }
+    }
+
+    // MARK: - Reload
+
+    /// Applies a new configuration: exports at once (open connections keep going),
+    /// import listeners added/removed/changed, rings for new peers.
+    func reload(_ newConfig: GatewayConfig) -> EventLoopFuture<Void> {
+        guard newConfig.link == self.config.link else {
+            self.logger.error("reload: the link settings (emulator, port, ring_size) need a restart; keeping the running configuration")
+            return self.eventLoop.makeSucceededVoidFuture()
+        }
+        self.config = newConfig
+        self.driver.update(Self.driverConfiguration(newConfig).multiplexer)
+        for (name, listener) in self.listeners where !newConfig.imports.contains(listener.importConfig) {
+            listener.channel.close(promise: nil)
+            self.listeners[name] = nil
+            self.logger.info("import removed", metadata: ["mapping": "\(name)"])
+        }
+        let added = newConfig.imports.filter { importConfig in !self.listeners.values.contains { $0.importConfig == importConfig } }
+        self.driver.addPartners(newConfig.partnerDomains)
+        if newConfig.wantsWildcardRing { self.driver.registerWildcardRing() }
+        self.logger.info(
+            "configuration reloaded",
+            metadata: ["exports": "\(newConfig.exports.map(\.name))", "imports": "\(newConfig.imports.map(\.name))"]
+        )
+        // A changed listener is closed above and bound again here; give the old
+        // socket a moment to go away.
+        let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+        let binds = added.map { importConfig in
+            self.eventLoop.flatScheduleTask(in: .milliseconds(20)) { bound.value.bind(importConfig) }.futureResult
+        }
+        return EventLoopFuture.andAllSucceed(binds, on: self.eventLoop)
+    }
+
+    // MARK: - Connections
+
+    func add(_ id: ConnectionID, _ connection: Connection) {
+        self.connections[id] = connection
+        self.countsByMapping[connection.mapping, default: 0] += 1
+    }
+
+    /// A logger with the connection's peer and mapping.
+    func connectionLogger(_ id: ConnectionID, mapping: String) -> Logger {
+        var logger = self.logger
+        logger[metadataKey: "peer"] = "\(self.config.name(of: id.peer))"
+        logger[metadataKey: "connection"] = "\(id.key)"
+        logger[metadataKey: "mapping"] = "\(mapping)"
+        return logger
+    }
+}
+
+// MARK: - The driver's actions
+
+extension Gateway: StreamDriverDelegate {
+    func perform(_ action: StreamAction) {
+        switch action {
+        case .write(let id, let bytes):
+            guard let handler = self.connections[id]?.handler else { return }
+            handler.write(bytes)
+            self.needsFlush.append(handler)
+        case .read(let id):
+            self.connections[id]?.handler?.readRequested()
+        case .shutdownOutput(let id):
+            self.connections[id]?.handler?.shutdownOutput()
+        case .abort(let id):
+            self.connections[id]?.handler?.abort()
+        case .opened(let id):
+            self.metrics.count(.opened, imported: id.key.openedLocally)
+            self.connections[id]?.logger.debug("connection open")
+        case .ended(let id, let end):
+            self.metrics.count(end.outcome, imported: id.key.openedLocally)
+            self.log(end, of: id)
+        case .removed(let id):
+            guard let connection = self.connections.removeValue(forKey: id) else { return }
+            connection.handler?.detach()
+            self.countsByMapping[connection.mapping, default: 1] -= 1
+        case .openRefused(let id, let reason):
+            self.metrics.count(ConnectionOutcome(refused: reason), imported: false)
+            self.logger.warning(
+                "connection refused",
+                metadata: ["peer": "\(self.config.name(of: id.peer))", "connection": "\(id.key)", "reason": "\(reason)"]
+            )
+        case .notice(let notice):
+            self.log(notice)
+        case .incomingOpen, .registerRing, .registerRingLater, .queryMessageSize, .ringLost:
+            // The driver's own.
+            break
+        }
+    }
+
+    func turnEnded(_ statistics: StreamStatistics) {
+        for handler in self.needsFlush { handler.flushIfNeeded() }
+        self.needsFlush.removeAll(keepingCapacity: true)
+        self.metrics.report(statistics, since: self.reportedStatistics, activeConnections: self.activeConnectionCount)
+        self.reportedStatistics = statistics
+    }
+}
+
+@available(*, unavailable)
+extension Gateway: Sendable {}

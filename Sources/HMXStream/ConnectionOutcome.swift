@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: Apache-2.0
+
+/// How a connection opened or why it did not (or ended abnormally): one counter per
+/// outcome in the gateway's metrics, distinct in logs.
+public enum ConnectionOutcome: String, CaseIterable, Sendable {
+    case opened
+    case peerNotRunning = "peer_not_running"
+    case noRing = "no_ring"
+    case deniedByHypervisor = "denied_by_hypervisor_policy"
+    case deniedByGateway = "denied_by_gateway_policy"
+    case noSuchService = "no_such_service"
+    case targetRefused = "target_refused"
+    case targetTimedOut = "target_timed_out"
+    case limitReached = "limit_reached"
+    case shuttingDown = "shutting_down"
+    case protocolError = "protocol_error"
+    case reset
+    case peerLost = "peer_lost"
+    case idleTimeout = "idle_timeout"
+
+    /// What a connection whose OPEN was answered with `reason` counts as.
+    public init(refused reason: StreamFrame.RefuseReason) {
+        switch reason {
+        case .noSuchService: self = .noSuchService
+        case .deniedByGateway: self = .deniedByGateway
+        case .targetRefused: self = .targetRefused
+        case .targetTimedOut: self = .targetTimedOut
+        case .limitReached: self = .limitReached
+        case .shuttingDown: self = .shuttingDown
+        case .protocolError, .unsupportedVersion: self = .protocolError
+        }
+    }
+}
+
+/// Why a connection ended other than by both sides' FIN: what the gateway logs and
+/// counts (once per connection).
+public enum ConnectionEnd: Sendable, Equatable {
+    /// The peer answered our OPEN with REFUSE.
+    case refusedByPeer(StreamFrame.RefuseReason)
+    /// We answered the peer's OPEN with REFUSE (admission or dial).
+    case refusedHere(StreamFrame.RefuseReason)
+    /// The peer sent RESET.
+    case resetByPeer(StreamFrame.ResetReason)
+    /// The peer broke the protocol on this connection; we sent RESET.
+    case violation(StreamConnectionState.Violation)
+    /// The local application reset its connection, or its socket went away with bytes
+    /// from the peer undelivered; we sent RESET.
+    case localReset
+    /// We ended it: peer lost, shutdown, idle or open timeout, missing ring.
+    case terminated(ConnectionOutcome)
+
+    public var outcome: ConnectionOutcome {
+        switch self {
+        case .refusedByPeer(let reason), .refusedHere(let reason): ConnectionOutcome(refused: reason)
+        case .resetByPeer, .localReset: .reset
+        case .violation: .protocolError
+        case .terminated(let outcome): outcome
+        }
+    }
+}

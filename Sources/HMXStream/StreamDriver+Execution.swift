@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import NIOCore
+
+// MARK: - Executing the multiplexer's actions
+
+extension StreamDriver {
+    /// Runs one event on the multiplexer, then executes what it asked for.
+    func run(_ event: (inout StreamMultiplexer) -> Void) {
+        self.eventLoop.assertInEventLoop()
+        event(&self.multiplexer)
+        self.executeActions()
+        if self.multiplexer.needsPump { self.schedulePump() }
+    }
+
+    /// Executes the multiplexer's actions in order. Executing one may produce more
+    /// (the delegate calls back, a backend completes at once): they join the queue and
+    /// this loop takes them, so no event is handled inside another.
+    private func executeActions() {
+        guard !self.isExecuting else { return }
+        self.isExecuting = true
+        defer { self.isExecuting = false }
+        while self.multiplexer.hasActions {
+            var batch = self.spareActions
+            self.multiplexer.swapActions(&batch)
+            for action in batch { self.execute(action) }
+            batch.removeAll(keepingCapacity: true)
+            self.spareActions = batch
+        }
+    }
+
+    private func execute(_ action: StreamAction) {
+        switch action {
+        case .incomingOpen(let id, let servicePort):
+            switch self.delegate?.admit(id, servicePort: servicePort) ?? .refuse(.shuttingDown) {
+            case .dial: break
+            case .refuse(let reason): self.multiplexer.refuse(id, reason)
+            }
+        case .registerRing(let domain, let attempt, let check):
+            self.registerRing(for: domain, attempt: attempt, check: check)
+        case .registerRingLater(let domain, let attempt, let delay):
+            let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+            self.eventLoop.scheduleTask(in: delay) { bound.value.registerRing(for: domain, attempt: attempt, check: false) }
+        case .queryMessageSize(let domain):
+            self.queryMessageSize(of: domain)
+        case .ringLost(let domain):
+            self.rings.removePartnerRing(for: domain)
+        case .write, .read, .shutdownOutput, .abort, .openRefused, .opened, .ended, .removed, .notice:
+            self.delegate?.perform(action)
+        }
+    }
+
+    // MARK: - Link events and turns
+
+    /// VIRQ: data arrived on some ring, or a ring we found full may have room.
+    func linkEvent() {
+        self.multiplexer.ringsMayHaveRoom()
+        self.turn()
+    }
+
+    /// One turn: drain the rings, handle each peer's frames within its budget, wake
+    /// blocked senders, flush, send.
+    func turn() {
+        guard !self.isStopped else { return }
+        let now = self.now
+        let drain = self.rings.drain(into: &self.multiplexer, now: now)
+        self.multiplexer.processInbound(now: now)
+        self.executeActions()
+        for (ring, error) in drain.corrupt {
+            self.delegate?.perform(.notice(.ringCorrupt(ring, error: "\(error)")))
+        }
+        if drain.messages > 0, drain.needsNotify {
+            // Only the receiver's notify wakes senders that found our ring full.
+            _ = self.link.notify([])
+        }
+        self.delegate?.turnEnded(self.multiplexer.statistics)
+        if self.multiplexer.hasInboundWork || drain.leftMessages { self.scheduleTurn() }
+        self.pump()
+    }
+
+    private func scheduleTurn() {
+        guard !self.isTurnScheduled else { return }
+        self.isTurnScheduled = true
+        self.eventLoop.assumeIsolated().execute {
+            self.isTurnScheduled = false
+            self.turn()
+        }
+    }
+
+    func tick() {
+        guard !self.isStopped else { return }
+        self.run { $0.tick(now: self.now) }
+        self.delegate?.turnEnded(self.multiplexer.statistics)
+    }
+
+    // MARK: - Sending
+
+    /// Sends queued frames at the end of this loop tick, so a burst becomes one message.
+    private func schedulePump() {
+        guard !self.isPumpScheduled, !self.isPumping else { return }
+        self.isPumpScheduled = true
+        self.eventLoop.assumeIsolated().execute {
+            self.isPumpScheduled = false
+            self.pump()
+        }
+    }
+
+    /// Hands every message that may go now to sendv.
+    func pump() {
+        guard !self.isPumping else { return }
+        self.isPumping = true
+        defer { self.isPumping = false }
+        while self.multiplexer.needsPump {
+            for domain in self.multiplexer.takePeersToPump() {
+                // Asked one at a time: a backend whose result comes at once (Xen) may
+                // have found the ring full meanwhile.
+                while let message = self.multiplexer.nextMessage(to: domain, now: self.now) {
+                    self.send(message, to: domain)
+                }
+                self.multiplexer.pumped(domain)
+                self.executeActions()
+            }
+        }
+    }
+
+    private func send(_ message: PeerSender.Message, to domain: DomainID) {
+        let number = message.number
+        self.link.sendv(
+            from: self.configuration.port,
+            to: HMXAddress(domain: domain, port: self.configuration.port),
+            type: StreamFrame.messageType,
+            iovecs: message.iovecs,
+            resultMayBeLate: message.resultMayBeLate
+        ).assumeIsolated().whenComplete { result in
+            let outcome: StreamMultiplexer.SendOutcome
+            switch result {
+            case .success: outcome = .delivered
+            case .failure(let error as HMXError) where error.errno == .EAGAIN: outcome = .ringFull
+            case .failure(let error): outcome = .failed((error as? HMXError)?.errno)
+            }
+            self.run { $0.sendCompleted(to: domain, number: number, outcome, now: self.now) }
+        }
+    }
+
+    // MARK: - Rings
+
+    func registerRing(for domain: DomainID, attempt: Int, check: Bool) {
+        guard !self.isStopped else { return }
+        let configuration = self.configuration
+        self.link.registerRing(port: configuration.port, partner: domain, length: configuration.ringSize, failIfExists: check)
+            .assumeIsolated().whenComplete { result in
+                defer {
+                    if attempt == 0, !check { self.firstAnswers.removeValue(forKey: domain)?.succeed(()) }
+                }
+                guard !self.isStopped else { return }
+                switch result {
+                case .success(let ring):
+                    self.rings.add(ring)
+                    self.run { $0.ringRegistered(for: domain, check: check, now: self.now) }
+                    // Messages may have arrived before we looked.
+                    self.turn()
+                case .failure(let error):
+                    let errno = (error as? HMXError)?.errno
+                    self.run { $0.ringRegistrationFailed(for: domain, errno: errno, attempt: attempt, check: check, now: self.now) }
+                }
+            }
+    }
+
+    private func queryMessageSize(of domain: DomainID) {
+        let ring = HMXAddress(domain: domain, port: self.configuration.port)
+        self.link.notify([HMXNotifyQuery(ring: ring, spaceRequired: 0)]).assumeIsolated().whenComplete { result in
+            var size: Int?
+            if case .success(let results) = result, let answer = results.first, answer.flags.contains(.exists) {
+                size = Int(answer.maxMessageSize)
+            }
+            self.run { $0.messageSizeQueried(for: domain, maximumMessageSize: size) }
+        }
+    }
+}

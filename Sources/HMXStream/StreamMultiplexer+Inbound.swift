@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import NIOCore
+
+// MARK: - Messages from the rings
+
+extension StreamMultiplexer {
+    /// Largest backlog of unhandled messages (bytes) a peer may have before the rings
+    /// it writes to are no longer drained for it (its sends then find them full).
+    public static let maximumInboxBytes = 1 << 20
+
+    /// A message a peer's gateway wrote to one of our rings (`type` is the Argo message
+    /// type). Its SEQUENCE frame puts it in order; messages in order join the peer's
+    /// inbox, to be handled by ``processInbound()``.
+    public mutating func received(_ message: ByteBuffer, type: UInt32, from domain: DomainID, now: NIODeadline) {
+        self.ensurePeer(domain, now: now)
+        self.statistics.messagesReceived += 1
+        self.peers[domain]!.health.heard(now: now)
+        // A message from the peer's gateway: its ring for us most likely exists now.
+        var healthActions: [PeerHealth.Action] = []
+        let isKnown = self.peers[domain]!.sender.isMessageSizeKnown
+        self.peers[domain]!.health.querySizeIfUnknown(isKnown: isKnown, now: now, into: &healthActions)
+        self.execute(healthActions, for: domain, now: now)
+        guard type == StreamFrame.messageType else {
+            return self.inboxAppend(.malformed(.notStreamType(type)), for: domain)
+        }
+        var buffer = message
+        let delivery: MessageOrder.Delivery
+        do {
+            guard case .sequence(let number, let base, let instance) = try StreamFrame.parse(&buffer) else {
+                return self.inboxAppend(.malformed(.noSequenceFirst), for: domain)
+            }
+            delivery = try self.peers[domain]!.order.receive(number: number, base: base, instance: instance, message: buffer)
+        } catch let error as StreamFrame.ParseError {
+            return self.inboxAppend(.malformed(.frame(error)), for: domain)
+        } catch let violation as MessageOrder.Violation {
+            return self.inboxAppend(.malformed(.order(violation)), for: domain)
+        } catch {
+            return self.inboxAppend(.malformed(.noSequenceFirst), for: domain)
+        }
+        if delivery.messages.isEmpty { self.statistics.outOfOrder += 1 }
+        if delivery.peerRestarted { self.inboxAppend(.restarted, for: domain) }
+        for message in delivery.messages { self.inboxAppend(.message(message), for: domain) }
+    }
+
+    private mutating func inboxAppend(_ item: Peer.InboundItem, for domain: DomainID) {
+        if case .malformed = item {
+            // Its numbering starts again with its next message.
+            self.peers[domain]!.order.reset()
+        }
+        if case .message(let buffer) = item { self.peers[domain]!.inboxBytes += buffer.readableBytes }
+        self.peers[domain]!.inbox.append(item)
+        if !self.peers[domain]!.isInboundScheduled {
+            self.peers[domain]!.isInboundScheduled = true
+            self.inboundTurns.append(domain)
+        }
+    }
+
+    /// True if the peer's unhandled messages are at or over ``maximumInboxBytes``:
+    /// its partner ring waits (its sends find it full, which costs others nothing).
+    public func isInboxFull(of domain: DomainID) -> Bool {
+        (self.peers[domain]?.inboxBytes ?? 0) >= Self.maximumInboxBytes
+    }
+
+    /// True if the peer has unhandled messages.
+    public func hasInbox(_ domain: DomainID) -> Bool {
+        !(self.peers[domain]?.inbox.isEmpty ?? true)
+    }
+
+    /// True if some peer has unhandled messages (another turn is needed).
+    public var hasInboundWork: Bool { !self.inboundTurns.isEmpty }
+
+    /// One turn of inbound work: every peer with messages gets up to
+    /// ``Configuration/framesPerTurn`` frames handled, round-robin, so one peer's flood
+    /// costs only its own share. Call again while ``hasInboundWork``.
+    public mutating func processInbound(now: NIODeadline) {
+        for _ in 0..<self.inboundTurns.count {
+            guard let domain = self.inboundTurns.popFirst() else { return }
+            self.process(domain, budget: self.configuration.framesPerTurn, now: now)
+            if self.peers[domain]?.inbox.isEmpty ?? true {
+                self.peers[domain]?.isInboundScheduled = false
+            } else {
+                self.inboundTurns.append(domain)
+            }
+        }
+    }
+
+    /// Handles up to `budget` frames of the peer's inbox.
+    private mutating func process(_ domain: DomainID, budget: Int, now: NIODeadline) {
+        var budget = budget
+        while budget > 0, let item = self.peers[domain]?.inbox.first {
+            switch item {
+            case .restarted:
+                self.peers[domain]!.inbox.removeFirst()
+                self.peerRestarted(domain, now: now)
+            case .malformed(let reason):
+                self.peers[domain]!.inbox.removeFirst()
+                self.malformed(domain, reason)
+            case .message(var buffer):
+                // Reading moves only this copy's reader index: the bytes are shared.
+                let before = buffer.readableBytes
+                var failure: MalformedMessage?
+                while budget > 0, buffer.readableBytes > 0 {
+                    budget -= 1
+                    do {
+                        guard let frame = try StreamFrame.parse(&buffer) else { break }
+                        if case .sequence = frame {
+                            failure = .sequenceInside
+                            break
+                        }
+                        self.handle(frame, from: domain, now: now)
+                    } catch {
+                        failure = .frame(error)
+                        break
+                    }
+                }
+                guard self.peers[domain] != nil else { return }
+                self.peers[domain]!.inboxBytes -= before - buffer.readableBytes
+                if let failure {
+                    self.peers[domain]!.inbox.removeFirst()
+                    self.peers[domain]!.inboxBytes -= buffer.readableBytes
+                    self.malformed(domain, failure)
+                } else if buffer.readableBytes == 0 {
+                    self.peers[domain]!.inbox.removeFirst()
+                } else {
+                    self.peers[domain]!.inbox[self.peers[domain]!.inbox.startIndex] = .message(buffer)
+                }
+            }
+        }
+    }
+
+    /// A broken or hostile peer: every connection with it ends, what it sent before is
+    /// dropped, and its numbering starts again with its next message.
+    mutating func malformed(_ domain: DomainID, _ reason: MalformedMessage) {
+        self.statistics.malformedMessages += 1
+        self.actions.append(.notice(.malformed(domain, reason)))
+        self.peers[domain]!.order.reset()
+        self.peers[domain]!.inbox.removeAll()
+        self.peers[domain]!.inboxBytes = 0
+        for id in self.connections.keys.filter({ $0.peer == domain }) {
+            self.terminate(id, .protocolError, resetReason: .protocolViolation)
+        }
+    }
+
+    /// A message with a new instance id (SEQUENCE): the peer restarted, and its old
+    /// connections are gone; its new ring may have another size.
+    private mutating func peerRestarted(_ domain: DomainID, now: NIODeadline) {
+        let affected = self.connections.keys.filter { $0.peer == domain }
+        self.actions.append(.notice(.peerRestarted(domain, connections: affected.count)))
+        for id in affected { self.terminate(id, .peerLost, resetReason: nil) }
+        self.peers[domain]!.sender.peerRingChanged(maximumMessageSize: nil)
+        var healthActions: [PeerHealth.Action] = []
+        self.peers[domain]!.health.querySize(now: now, into: &healthActions)
+        self.execute(healthActions, for: domain, now: now)
+    }
+}
+
+// MARK: - Frames
+
+extension StreamMultiplexer {
+    private mutating func handle(_ frame: StreamFrame, from domain: DomainID, now: NIODeadline) {
+        switch frame {
+        case .open(let id, let servicePort, let credit, _, let version):
+            self.handleOpen(ConnectionID(peer: domain, key: .init(id: id, openedLocally: false)), servicePort, credit, version, now)
+        case .accept(let key, let credit, _):
+            let (maximumData, queueHasRoom) = self.sendLimits(of: domain)
+            self.withKnown(domain, key) { $0.peerAccepted(credit: credit, maximumData: maximumData, queueHasRoom: queueHasRoom, into: &$1) }
+        case .refuse(let key, let reason):
+            self.withKnown(domain, key) { $0.peerRefused(reason, into: &$1) }
+        case .data(let key, let payload):
+            self.withKnown(domain, key) { $0.peerData(payload, now: now, into: &$1) }
+        case .credit(let key, let increment):
+            let (maximumData, queueHasRoom) = self.sendLimits(of: domain)
+            self.withKnown(domain, key) { $0.peerCredit(increment, maximumData: maximumData, queueHasRoom: queueHasRoom, into: &$1) }
+        case .fin(let key):
+            self.withKnown(domain, key) { $0.peerFin(into: &$1) }
+        case .reset(let key, let reason):
+            // Never answer a RESET: that could loop.
+            self.withConnection(ConnectionID(peer: domain, key: key)) { $0.peerReset(reason, into: &$1) }
+        case .ping(_, let nonce):
+            self.enqueue(.pong(instance: self.instance, nonce: nonce), to: domain)
+        case .pong, .sequence:
+            // Hearing from the peer is what a PONG is for; SEQUENCE is taken earlier.
+            break
+        }
+    }
+
+    /// Runs `body` on the connection a frame names, or answers RESET for an unknown one.
+    private mutating func withKnown(
+        _ domain: DomainID,
+        _ key: StreamFrame.ConnectionKey,
+        _ body: (inout StreamConnectionState, inout [StreamConnectionState.Action]) -> Void
+    ) {
+        let id = ConnectionID(peer: domain, key: key)
+        guard self.connections[id] != nil else {
+            return self.enqueue(.reset(key: key, reason: .unknownConnection), to: domain)
+        }
+        self.withConnection(id, body)
+    }
+
+    /// OPEN from a peer: the protocol's checks here; the export, its allow-list and
+    /// limits are the owner's (``StreamAction/incomingOpen(_:servicePort:)``).
+    private mutating func handleOpen(_ id: ConnectionID, _ servicePort: UInt32, _ credit: UInt32, _ version: UInt16, _ now: NIODeadline) {
+        guard self.connections[id] == nil else {
+            self.actions.append(.notice(.reusedConnectionID(id)))
+            return self.terminate(id, .protocolError, resetReason: .protocolViolation)
+        }
+        let refusal: StreamFrame.RefuseReason? =
+            version != StreamFrame.version ? .unsupportedVersion : self.isAccepting ? nil : .shuttingDown
+        if let refusal {
+            self.enqueue(.refuse(key: id.key, reason: refusal), to: id.peer)
+            self.actions.append(.openRefused(id, refusal))
+            return
+        }
+        let state = StreamConnectionState.dialing(
+            key: id.key,
+            window: self.configuration.window,
+            maximumWindow: self.configuration.maximumWindow,
+            peerCredit: credit,
+            now: now
+        )
+        self.add(state, as: id)
+        self.actions.append(.incomingOpen(id, servicePort: servicePort))
+    }
+}

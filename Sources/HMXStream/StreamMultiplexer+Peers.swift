@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import NIOCore
+
+// MARK: - Sending
+
+extension StreamMultiplexer {
+    /// What became of a message handed to sendv.
+    public enum SendOutcome: Sendable, Equatable {
+        case delivered
+        /// EAGAIN: the hypervisor wakes us when the ring has room.
+        case ringFull
+        /// Failed for good (nil: not an Argo error, e.g. the link closed).
+        case failed(ArgoErrno?)
+    }
+
+    /// True if some peer has frames or retries to send.
+    public var needsPump: Bool { !self.pumpQueue.isEmpty }
+
+    /// The peers with something to send, in the order they got it.
+    public mutating func takePeersToPump() -> [DomainID] {
+        guard !self.pumpQueue.isEmpty else { return [] }
+        var taken: [DomainID] = []
+        swap(&taken, &self.pumpQueue)
+        for domain in taken { self.peers[domain]?.isPumpScheduled = false }
+        return taken
+    }
+
+    mutating func schedulePump(_ domain: DomainID) {
+        guard self.peers[domain] != nil, !self.peers[domain]!.isPumpScheduled else { return }
+        self.peers[domain]!.isPumpScheduled = true
+        self.pumpQueue.append(domain)
+    }
+
+    /// The next message for sendv to `domain`, if one may go now. A peer that lets
+    /// frames pile up beyond any well-behaved bound is given up instead.
+    public mutating func nextMessage(to domain: DomainID, now: NIODeadline) -> PeerSender.Message? {
+        guard self.peers[domain] != nil else { return nil }
+        if self.peers[domain]!.sender.isOverflowing {
+            let frames = PeerSender.maximumQueuedFrames
+            self.peerFailed(domain, .notDraining(queuedFrames: frames), now: now)
+            return nil
+        }
+        return self.peers[domain]!.sender.nextMessage()
+    }
+
+    /// Messages to `domain` were handed to sendv: connections that stopped reading for
+    /// want of queue room read again if it has room now.
+    public mutating func pumped(_ domain: DomainID) {
+        guard let waiting = self.peers[domain]?.sender.takeConnectionsToWake(), !waiting.isEmpty else { return }
+        for key in waiting { self.withConnection(ConnectionID(peer: domain, key: key)) { $0.queueHasRoom(into: &$1) } }
+    }
+
+    /// The result of sendv for message `number` to `domain`.
+    public mutating func sendCompleted(to domain: DomainID, number: UInt32, _ outcome: SendOutcome, now: NIODeadline) {
+        guard self.peers[domain] != nil else { return }
+        switch outcome {
+        case .delivered:
+            guard self.peers[domain]!.sender.sendCompleted(number: number, .delivered) else { return }
+            self.statistics.messagesSent += 1
+            self.schedulePump(domain)
+        case .ringFull:
+            guard self.peers[domain]!.sender.sendCompleted(number: number, .ringFull) else { return }
+            self.statistics.ringFull += 1
+        case .failed(let errno):
+            // Gone if the peer failed meanwhile (the queue was discarded).
+            guard self.peers[domain]!.sender.sendCompleted(number: number, .failed) else { return }
+            self.peerFailed(domain, .send(errno), now: now)
+        }
+    }
+
+    /// The hypervisor signalled an event: rings that were full may have room.
+    public mutating func ringsMayHaveRoom() {
+        for domain in self.peers.keys where self.peers[domain]!.sender.ringMayHaveRoom() {
+            self.schedulePump(domain)
+        }
+    }
+}
+
+// MARK: - Peer health
+
+extension StreamMultiplexer {
+    /// The peers named in the configuration: a partner ring is registered for each.
+    public mutating func addPartners(_ domains: Set<DomainID>, now: NIODeadline) {
+        for domain in domains.sorted(by: { $0.rawValue < $1.rawValue }) {
+            self.ensurePeer(domain, now: now)
+            self.peers[domain]!.health.isPartner = true
+            var healthActions: [PeerHealth.Action] = []
+            self.peers[domain]!.health.registerIfNeeded(into: &healthActions)
+            self.execute(healthActions, for: domain, now: now)
+        }
+    }
+
+    /// True if our partner ring for `domain` is registered.
+    public func hasRing(for domain: DomainID) -> Bool { self.peers[domain]?.health.hasRing ?? false }
+
+    /// Our partner ring for `domain` is registered (`check`: it had been gone and is
+    /// back). Connections whose OPEN went out before it existed are reset: the peer's
+    /// answers could not reach us.
+    public mutating func ringRegistered(for domain: DomainID, check: Bool, now: NIODeadline) {
+        self.ensurePeer(domain, now: now)
+        guard self.peers[domain]!.health.ringRegistered(check: check) else { return }
+        self.actions.append(.notice(check ? .ringRestored(domain) : .ringRegistered(domain)))
+        for id in self.connections.keys.filter({ $0.peer == domain }) {
+            self.withConnection(id) { $0.ringAppeared(into: &$1) }
+        }
+        var healthActions: [PeerHealth.Action] = []
+        self.peers[domain]!.health.querySize(now: now, into: &healthActions)
+        self.execute(healthActions, for: domain, now: now)
+    }
+
+    /// Registering (or checking) our partner ring for `domain` failed.
+    public mutating func ringRegistrationFailed(
+        for domain: DomainID,
+        errno: ArgoErrno?,
+        attempt: Int,
+        check: Bool,
+        now: NIODeadline
+    ) {
+        guard self.peers[domain] != nil else { return }
+        let hadRing = self.peers[domain]!.health.hasRing
+        var healthActions: [PeerHealth.Action] = []
+        self.peers[domain]!.health.ringRegistrationFailed(errno: errno, attempt: attempt, check: check, into: &healthActions)
+        if hadRing, !self.peers[domain]!.health.hasRing { self.actions.append(.ringLost(domain)) }
+        if healthActions.isEmpty, errno != .ESRCH, errno != .EEXIST || !check {
+            self.actions.append(.notice(.ringRegistrationFailed(domain, errno: errno)))
+        }
+        self.execute(healthActions, for: domain, now: now)
+    }
+
+    /// Notify answered the size query for the peer's ring (`nil`: no such ring yet).
+    public mutating func messageSizeQueried(for domain: DomainID, maximumMessageSize: Int?) {
+        guard self.peers[domain] != nil else { return }
+        self.peers[domain]!.health.sizeQueryCompleted()
+        if let size = maximumMessageSize, size >= 64 { self.peers[domain]!.sender.peerRingChanged(maximumMessageSize: size) }
+    }
+
+    /// Once a keepalive interval: pings, dead peers, missing rings, size queries, idle
+    /// connections and unanswered OPENs.
+    public mutating func tick(now: NIODeadline) {
+        for domain in self.peers.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
+            guard let peer = self.peers[domain] else { continue }
+            var healthActions: [PeerHealth.Action] = []
+            self.peers[domain]!.health.tick(
+                now: now,
+                hasConnections: peer.connectionCount > 0,
+                isSizeKnown: peer.sender.isMessageSizeKnown,
+                into: &healthActions
+            )
+            self.execute(healthActions, for: domain, now: now)
+        }
+        for id in self.connections.compactMap({ $0.value.hasTimer ? $0.key : nil }) {
+            self.withConnection(id) { $0.tick(now: now, into: &$1) }
+        }
+    }
+
+    mutating func execute(_ healthActions: [PeerHealth.Action], for domain: DomainID, now: NIODeadline) {
+        for action in healthActions {
+            switch action {
+            case .registerRing(let attempt, let check):
+                self.actions.append(.registerRing(domain, attempt: attempt, check: check))
+            case .registerRingLater(let attempt, let delay):
+                self.actions.append(.registerRingLater(domain, attempt: attempt, delay: delay))
+            case .queryMessageSize:
+                self.actions.append(.queryMessageSize(domain))
+            case .ping:
+                self.nextNonce &+= 1
+                self.enqueue(.ping(instance: self.instance, nonce: self.nextNonce), to: domain)
+            case .timedOut:
+                self.peerFailed(domain, .keepaliveTimeout, now: now)
+            }
+        }
+    }
+
+    /// Sending to a peer failed for good, or it stopped answering: every connection
+    /// with it ends, its queue is dropped, and its next message starts the numbering
+    /// again.
+    mutating func peerFailed(_ domain: DomainID, _ cause: PeerFailure, now: NIODeadline) {
+        let errno: ArgoErrno?
+        if case .send(let sendErrno) = cause { errno = sendErrno } else { errno = nil }
+        let outcome: ConnectionOutcome
+        switch errno {
+        case .ESRCH?: outcome = .peerNotRunning
+        case .ECONNREFUSED?: outcome = .noRing
+        case .EACCES?, .EPERM?: outcome = .deniedByHypervisor
+        default: outcome = .peerLost
+        }
+        let affected = self.connections.keys.filter { $0.peer == domain }
+        self.actions.append(.notice(.peerFailed(domain, outcome, cause: cause, connections: affected.count)))
+        // Connections still opening never reached the peer: they count as refused.
+        for id in affected { self.terminate(id, outcome, resetReason: nil) }
+        _ = self.peers[domain]!.sender.discard()
+        self.peers[domain]!.order.reset()
+        if errno == .ESRCH {
+            // The peer domain is gone, and with it our partner ring for it.
+            if self.peers[domain]!.health.hasRing { self.actions.append(.ringLost(domain)) }
+            self.peers[domain]!.health.ringLost()
+        } else if errno != .EACCES, errno != .EPERM {
+            // The peer is silent or has no ring for us: its domain may have been
+            // destroyed and started again, taking our partner ring for it along.
+            var healthActions: [PeerHealth.Action] = []
+            self.peers[domain]!.health.checkRing(now: now, into: &healthActions)
+            self.execute(healthActions, for: domain, now: now)
+        }
+    }
+}

@@ -1,0 +1,371 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import NIOCore
+
+/// Identifies a connection: the peer domain (as the hypervisor stamps it) and the
+/// connection's key within that peer.
+public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
+    public var peer: DomainID
+    public var key: StreamFrame.ConnectionKey
+
+    public init(peer: DomainID, key: StreamFrame.ConnectionKey) {
+        self.peer = peer
+        self.key = key
+    }
+
+    public var description: String { "\(self.peer)/\(self.key)" }
+}
+
+/// What the owner of a ``StreamMultiplexer`` must do, in order.
+public enum StreamAction: Sendable {
+    // MARK: Local sockets
+    /// Write to the connection's socket; report the completion with
+    /// ``StreamMultiplexer/localWriteCompleted(_:count:now:)``.
+    case write(ConnectionID, ByteBuffer)
+    /// Read the connection's socket once more.
+    case read(ConnectionID)
+    /// Shut the socket's output after its pending writes.
+    case shutdownOutput(ConnectionID)
+    /// Close the socket with a reset.
+    case abort(ConnectionID)
+
+    // MARK: Connections
+    /// The peer asks to open a connection to the export at `servicePort`: admit it
+    /// (dial, then ``StreamMultiplexer/dialSucceeded(_:)``) or refuse it
+    /// (``StreamMultiplexer/refuse(_:_:)``).
+    case incomingOpen(ConnectionID, servicePort: UInt32)
+    /// The peer's OPEN was refused before any connection existed.
+    case openRefused(ConnectionID, StreamFrame.RefuseReason)
+    case opened(ConnectionID)
+    /// Ended abnormally (reported once per connection).
+    case ended(ConnectionID, ConnectionEnd)
+    /// Gone from the table: socket events for it must no longer reach the multiplexer.
+    case removed(ConnectionID)
+
+    // MARK: The hypervisor
+    case registerRing(DomainID, attempt: Int, check: Bool)
+    case registerRingLater(DomainID, attempt: Int, delay: TimeAmount)
+    case queryMessageSize(DomainID)
+    /// The peer's domain is gone, and with it our partner ring for it: forget it.
+    case ringLost(DomainID)
+
+    // MARK: For the log
+    case notice(StreamNotice)
+}
+
+/// Events worth a log line. Built only when they happen; none is per byte.
+public enum StreamNotice: Sendable, Equatable {
+    case ringRegistered(DomainID)
+    /// Our ring for the peer was gone (its domain was destroyed); it is back.
+    case ringRestored(DomainID)
+    case ringRegistrationFailed(DomainID, errno: ArgoErrno?)
+    /// The hypervisor refused the wildcard ring (EPERM on Xen without mac-permissive).
+    case wildcardRingFailed(errno: ArgoErrno?, error: String)
+    /// A ring (partner `DomainID`, or any) was inconsistent and has been flushed.
+    case ringCorrupt(DomainID, error: String)
+    /// Sending to the peer failed for good (or it stopped answering): its connections end.
+    case peerFailed(DomainID, ConnectionOutcome, cause: PeerFailure, connections: Int)
+    /// A message with a new instance id: the peer's gateway restarted.
+    case peerRestarted(DomainID, connections: Int)
+    /// A malformed message: the peer's connections end.
+    case malformed(DomainID, MalformedMessage)
+    /// The peer opened a connection whose id is live: that connection is reset.
+    case reusedConnectionID(ConnectionID)
+}
+
+/// Why a peer was given up.
+public enum PeerFailure: Sendable, Equatable, CustomStringConvertible {
+    case send(ArgoErrno?)
+    case keepaliveTimeout
+    case notDraining(queuedFrames: Int)
+
+    public var description: String {
+        switch self {
+        case .send(let errno?): "sendv failed: \(errno.name)"
+        case .send(nil): "sendv failed"
+        case .keepaliveTimeout: "no answer to keepalive pings"
+        case .notDraining(let frames): "the peer does not drain its ring; \(frames) frames waiting"
+        }
+    }
+}
+
+/// Why a message from a peer was malformed.
+public enum MalformedMessage: Sendable, Equatable, CustomStringConvertible {
+    case notStreamType(UInt32)
+    case noSequenceFirst
+    case sequenceInside
+    case frame(StreamFrame.ParseError)
+    case order(MessageOrder.Violation)
+
+    public var description: String {
+        switch self {
+        case .notStreamType(let type): "message type \(type) is not a stream message"
+        case .noSequenceFirst: "the message does not start with SEQUENCE"
+        case .sequenceInside: "SEQUENCE after the start of a message"
+        case .frame(let error): "malformed frame: \(error)"
+        case .order(let violation): "message order: \(violation)"
+        }
+    }
+}
+
+/// The HMX stream protocol of one gateway, as a plain value: the connection table, id
+/// allocation, frame dispatch, malformed input, peer restarts, and per peer its
+/// ``PeerSender``, ``PeerHealth``, ``MessageOrder`` and inbox.
+///
+/// Every method is an event; what it means for sockets, the hypervisor and the log is
+/// appended to ``actions`` for the owner to execute. Nothing here calls out, so no
+/// call comes back in while an event is handled.
+public struct StreamMultiplexer: Sendable {
+    public struct Configuration: Sendable, Equatable {
+        /// The window each connection grants to begin with.
+        public var window: Int
+        /// The largest a connection's window grows to.
+        public var maximumWindow: Int
+        /// Total growth of all windows together.
+        public var windowPool: Int
+        /// `limits.peer_in_flight`, if set.
+        public var peerInFlight: Int?
+        /// Frames handled per peer per turn (see ``processInbound()``).
+        public var framesPerTurn: Int
+
+        public init(window: Int, maximumWindow: Int, windowPool: Int, peerInFlight: Int? = nil, framesPerTurn: Int = 1024) {
+            self.window = window
+            self.maximumWindow = maximumWindow
+            self.windowPool = windowPool
+            self.peerInFlight = peerInFlight
+            self.framesPerTurn = framesPerTurn
+        }
+    }
+
+    /// What a multiplexer keeps per peer domain.
+    struct Peer: Sendable {
+        enum InboundItem: Sendable {
+            case message(ByteBuffer)
+            case restarted
+            case malformed(MalformedMessage)
+        }
+
+        var sender: PeerSender
+        var health: PeerHealth
+        var order = MessageOrder()
+        /// Messages in order, not yet handled (the current one partly read).
+        var inbox = CircularBuffer<InboundItem>()
+        var inboxBytes = 0
+        var connectionCount = 0
+        var nextLocalID: UInt32 = 1
+        /// In ``StreamMultiplexer/inboundTurns`` or ``StreamMultiplexer/pumpQueue``.
+        var isInboundScheduled = false
+        var isPumpScheduled = false
+    }
+
+    public var configuration: Configuration {
+        didSet {
+            for domain in self.peers.keys { self.peers[domain]!.sender.configuredInFlight = self.configuration.peerInFlight }
+        }
+    }
+    /// This gateway's instance id: a peer that sees it change knows we restarted.
+    public let instance: UInt64
+    public internal(set) var connections: [ConnectionID: StreamConnectionState] = [:]
+    var peers: [DomainID: Peer] = [:]
+    /// Peers with inbound items, in round-robin order.
+    var inboundTurns = CircularBuffer<DomainID>()
+    /// Peers with frames to send.
+    var pumpQueue: [DomainID] = []
+    /// The nonce of the last PING.
+    var nextNonce: UInt64 = 0
+    /// New OPENs are refused (the gateway is shutting down).
+    public internal(set) var isAccepting = true
+    public var statistics = StreamStatistics()
+    /// What the owner must do; take it with ``swapActions(_:)``.
+    public internal(set) var actions: [StreamAction] = []
+    /// Reused storage for a connection's actions.
+    private var connectionActions: [StreamConnectionState.Action] = []
+
+    public init(configuration: Configuration, instance: UInt64) {
+        self.configuration = configuration
+        self.instance = instance
+    }
+
+    /// Exchanges the accumulated actions for `other` (an empty array whose storage the
+    /// owner reuses): the owner then executes what it got.
+    public mutating func swapActions(_ other: inout [StreamAction]) {
+        swap(&other, &self.actions)
+    }
+
+    /// True if actions wait for the owner.
+    public var hasActions: Bool { !self.actions.isEmpty }
+
+    public var activeConnectionCount: Int { self.connections.count }
+
+    /// What the window pool still has for connections whose window should grow.
+    var windowPoolFree: Int { max(0, self.configuration.windowPool - self.statistics.windowPoolInUse) }
+
+    /// The peer's state, created on first contact.
+    mutating func ensurePeer(_ domain: DomainID, now: NIODeadline) {
+        guard self.peers[domain] == nil else { return }
+        self.peers[domain] = Peer(
+            sender: PeerSender(instance: self.instance, configuredInFlight: self.configuration.peerInFlight),
+            health: PeerHealth(isPartner: false, now: now)
+        )
+    }
+
+    /// Runs one event on a connection and executes its actions.
+    mutating func withConnection(
+        _ id: ConnectionID,
+        _ body: (inout StreamConnectionState, inout [StreamConnectionState.Action]) -> Void
+    ) {
+        var actions: [StreamConnectionState.Action] = []
+        swap(&actions, &self.connectionActions)
+        defer {
+            actions.removeAll(keepingCapacity: true)
+            swap(&actions, &self.connectionActions)
+        }
+        guard self.connections[id] != nil else { return }
+        body(&self.connections[id]!, &actions)
+        self.apply(actions, of: id)
+    }
+
+    private mutating func apply(_ connectionActions: [StreamConnectionState.Action], of id: ConnectionID) {
+        for action in connectionActions {
+            switch action {
+            case .send(let frame):
+                if let payload = frame.dataPayload { self.statistics.bytesToPeer += payload.readableBytes }
+                self.enqueue(frame, to: id.peer)
+            case .write(let bytes):
+                self.statistics.bytesFromPeer += bytes.readableBytes
+                self.actions.append(.write(id, bytes))
+            case .read:
+                self.actions.append(.read(id))
+            case .shutdownOutput:
+                self.actions.append(.shutdownOutput(id))
+            case .abort:
+                self.actions.append(.abort(id))
+            case .waitForQueueRoom:
+                self.peers[id.peer]?.sender.waitForQueueRoom(id.key)
+            case .opened:
+                self.actions.append(.opened(id))
+            case .ended(let end):
+                self.actions.append(.ended(id, end))
+            case .windowGrew(let bytes):
+                self.statistics.windowGrowths += 1
+                self.statistics.windowPoolInUse += bytes
+            case .remove:
+                self.remove(id)
+            }
+        }
+    }
+
+    mutating func add(_ state: StreamConnectionState, as id: ConnectionID) {
+        self.connections[id] = state
+        self.peers[id.peer]?.connectionCount += 1
+    }
+
+    private mutating func remove(_ id: ConnectionID) {
+        guard let state = self.connections.removeValue(forKey: id) else { return }
+        self.statistics.windowPoolInUse -= state.flow.growth
+        self.peers[id.peer]?.connectionCount -= 1
+        self.actions.append(.removed(id))
+    }
+
+    /// Queues a frame for the peer; it goes out with the next pump.
+    mutating func enqueue(_ frame: StreamFrame, to domain: DomainID) {
+        guard self.peers[domain] != nil else { return }
+        self.peers[domain]!.sender.enqueue(frame)
+        if !self.peers[domain]!.isPumpScheduled {
+            self.peers[domain]!.isPumpScheduled = true
+            self.pumpQueue.append(domain)
+        }
+    }
+
+    func sendLimits(of domain: DomainID) -> (maximumData: Int, queueHasRoom: Bool) {
+        guard let sender = self.peers[domain]?.sender else { return (StreamFrame.maximumDataLength, true) }
+        return (sender.maximumDataLength, sender.hasQueueRoom)
+    }
+}
+
+// MARK: - Local sockets
+
+extension StreamMultiplexer {
+    public mutating func localRead(_ id: ConnectionID, _ bytes: ByteBuffer, now: NIODeadline) {
+        let maximumData = self.sendLimits(of: id.peer).maximumData
+        self.withConnection(id) { $0.localRead(bytes, maximumData: maximumData, now: now, into: &$1) }
+    }
+
+    public mutating func localReadComplete(_ id: ConnectionID) {
+        let queueHasRoom = self.sendLimits(of: id.peer).queueHasRoom
+        self.withConnection(id) { $0.localReadComplete(queueHasRoom: queueHasRoom, into: &$1) }
+    }
+
+    public mutating func localInputClosed(_ id: ConnectionID) {
+        self.withConnection(id) { $0.localInputClosed(into: &$1) }
+    }
+
+    public mutating func localClosed(_ id: ConnectionID, error: Bool) {
+        self.withConnection(id) { $0.localClosed(error: error, into: &$1) }
+    }
+
+    public mutating func localWriteCompleted(_ id: ConnectionID, count: Int, now: NIODeadline) {
+        let budget = self.windowPoolFree
+        self.withConnection(id) { $0.localWriteCompleted(count, now: now, budget: budget, into: &$1) }
+    }
+
+    /// Opens a connection to the peer's export at `servicePort` (an import's client
+    /// connected): OPEN goes out with the next pump.
+    public mutating func open(
+        to peer: DomainID,
+        servicePort: UInt32,
+        idleTimeout: TimeAmount?,
+        openTimeout: TimeAmount?,
+        now: NIODeadline
+    ) -> ConnectionID {
+        self.ensurePeer(peer, now: now)
+        var id = self.peers[peer]!.nextLocalID
+        while id == 0 || self.connections[ConnectionID(peer: peer, key: .init(id: id, openedLocally: true))] != nil {
+            id &+= 1
+        }
+        self.peers[peer]!.nextLocalID = id &+ 1
+        let connection = ConnectionID(peer: peer, key: .init(id: id, openedLocally: true))
+        let state = StreamConnectionState.opening(
+            key: connection.key,
+            window: self.configuration.window,
+            maximumWindow: self.configuration.maximumWindow,
+            now: now,
+            idleTimeout: idleTimeout,
+            openTimeout: openTimeout,
+            ringExists: self.peers[peer]!.health.hasRing
+        )
+        self.add(state, as: connection)
+        self.enqueue(
+            .open(id: id, servicePort: servicePort, initialCredit: UInt32(self.configuration.window), instance: self.instance),
+            to: peer
+        )
+        return connection
+    }
+
+    /// The export's target is connected: ACCEPT.
+    public mutating func dialSucceeded(_ id: ConnectionID) {
+        let (_, queueHasRoom) = self.sendLimits(of: id.peer)
+        let instance = self.instance
+        self.withConnection(id) { $0.dialSucceeded(instance: instance, queueHasRoom: queueHasRoom, into: &$1) }
+    }
+
+    /// The gateway refuses the peer's OPEN, or the target could not be reached.
+    public mutating func refuse(_ id: ConnectionID, _ reason: StreamFrame.RefuseReason) {
+        self.withConnection(id) { $0.refuse(reason, into: &$1) }
+    }
+
+    /// Ends a connection from our side (idle, shutdown...).
+    public mutating func terminate(_ id: ConnectionID, _ outcome: ConnectionOutcome, resetReason: StreamFrame.ResetReason?) {
+        self.withConnection(id) { $0.terminate(outcome, resetReason: resetReason, into: &$1) }
+    }
+
+    /// From now on the peers' OPENs are refused (shutting down).
+    public mutating func stopAccepting() {
+        self.isAccepting = false
+    }
+
+    /// Ends every connection (the gateway stops).
+    public mutating func terminateAll(_ outcome: ConnectionOutcome, resetReason: StreamFrame.ResetReason?) {
+        for id in Array(self.connections.keys) { self.terminate(id, outcome, resetReason: resetReason) }
+    }
+}

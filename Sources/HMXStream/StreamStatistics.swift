@@ -1,0 +1,22 @@
+// SPDX-License-Identifier: Apache-2.0
+
+/// Counters of the stream layer, as plain integers the owner copies into its metrics
+/// (the stream layer depends on no metrics library and reaches no global).
+public struct StreamStatistics: Sendable, Equatable {
+    public var bytesToPeer = 0
+    public var bytesFromPeer = 0
+    public var messagesSent = 0
+    public var messagesReceived = 0
+    /// Sends that found the peer's ring full (EAGAIN).
+    public var ringFull = 0
+    /// Messages that arrived before an earlier one (held until it came).
+    public var outOfOrder = 0
+    /// Messages that were not stream messages or broke the protocol's framing.
+    public var malformedMessages = 0
+    /// Times a connection's receive window grew.
+    public var windowGrowths = 0
+    /// Bytes by which live connections' windows have grown (out of the pool).
+    public var windowPoolInUse = 0
+
+    public init() {}
+}
