@@ -192,7 +192,7 @@ let package = Package(
         .target(name: "CXenABI", path: "Tests/CXenABI"),
         .testTarget(
             name: "HMXCoreTests",
-            dependencies: ["HMXCore", "CXenABI"],
+            dependencies: ["HMXCore", "CXenABI", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         // Child processes, temporary folders and polling for the real-process tests.
