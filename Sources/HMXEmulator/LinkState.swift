@@ -8,7 +8,7 @@ import Glibc
 
 /// The loop-confined half of ``EmulatorLink``: staging, ring pages, requests in
 /// flight and the event handler.
-final class LinkState {
+final class LinkState: LoopConfinedLinkState {
     enum Completion {
         case sendv(EventLoopPromise<Int>)
         case register(EventLoopPromise<HMXRing>, RingRequest)

@@ -8,7 +8,7 @@ import Glibc
 
 /// The loop-confined half of ``XenLink``: the privcmd handle, the staging buffer, the
 /// registered rings with their frames, and the event handler.
-final class XenLinkState {
+final class XenLinkState: LoopConfinedLinkState {
     struct RingKey: Hashable {
         var port: HMXPort
         var partner: DomainID
@@ -92,7 +92,11 @@ final class XenLinkState {
         return self.eventLoop.makeSucceededFuture(hypervisor.argoOp(command, arg1, arg2, arg3, arg4))
     }
 
-    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
+    /// - Parameter resultMayBeLate: ignored: the hypercall is synchronous, its result
+    ///   is known at once.
+    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+        -> EventLoopFuture<Int>
+    {
         guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
         guard iovecs.count <= ArgoABI.maximumIOVs else {
             return self.eventLoop.makeFailedFuture(HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
