@@ -192,11 +192,33 @@ let package = Package(
         .target(name: "CXenABI", path: "Tests/CXenABI"),
         .testTarget(
             name: "HMXCoreTests",
-            dependencies: ["HMXCore", "CXenABI"],
+            dependencies: ["HMXCore", "CXenABI", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         // Child processes, temporary folders and polling for the real-process tests.
         .target(name: "HMXProcessTestSupport", path: "Tests/HMXProcessTestSupport", swiftSettings: swiftSettings),
+        // An in-process hypervisor and HMXLink on one EmbeddedEventLoop: deterministic
+        // tests of link users, with the emulator's Argo semantics and no processes.
+        .target(
+            name: "HMXTestSupport",
+            dependencies: [
+                "HMXCore", "HMXEmulator",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/HMXTestSupport",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "HMXTestSupportTests",
+            dependencies: [
+                "HMXTestSupport", "HMXCore", "HMXEmulator",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "HMXStreamTests",
             dependencies: ["HMXStream", .product(name: "NIOCore", package: "swift-nio")],

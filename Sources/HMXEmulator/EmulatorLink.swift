@@ -23,8 +23,9 @@ import Glibc
 /// Requests are pipelined: several hypercalls may be in flight; each completes in
 /// order with its own result, as if issued one after another.
 public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
-    // @unchecked: all mutable state lives in `state`, which is only touched on
-    // `eventLoop` (NIOLoopBound checks this); the other stored properties are immutable.
+    // @unchecked: all mutable state lives in the LinkState behind `hypercalls`, which is
+    // only touched on `eventLoop` (NIOLoopBound checks this); the other stored
+    // properties are immutable.
 
     public struct Configuration: Sendable {
         /// Bytes for hypercall arguments and payloads in flight.
@@ -46,16 +47,17 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
     /// This domain's memory (exposed for conformance tests that craft raw arguments).
     public let memory: SharedMemory
     let channel: any Channel
-    let state: NIOLoopBound<LinkState>
+    /// Takes every operation to the loop-confined ``LinkState``.
+    let hypercalls: LoopBoundHypercalls<LinkState>
 
     public var closeFuture: EventLoopFuture<Void> { self.channel.closeFuture }
 
-    init(channel: any Channel, domain: DomainID, memory: SharedMemory, state: NIOLoopBound<LinkState>) {
+    init(channel: any Channel, domain: DomainID, memory: SharedMemory, hypercalls: LoopBoundHypercalls<LinkState>) {
         self.channel = channel
         self.eventLoop = channel.eventLoop
         self.localDomain = domain
         self.memory = memory
-        self.state = state
+        self.hypercalls = hypercalls
     }
 
     /// Connects to the emulator socket of a domain and attaches as that domain.
@@ -108,7 +110,7 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
                 channel: channel,
                 domain: answer.domain,
                 memory: memory,
-                state: NIOLoopBound(state, eventLoop: eventLoop)
+                hypercalls: LoopBoundHypercalls(state, eventLoop: eventLoop)
             )
         }.get()
         return link
@@ -151,34 +153,29 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
     // MARK: - HMXLink
 
     public func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing> {
-        self.onLoop { state in state.registerRing(port: port, partner: partner, length: length, failIfExists: failIfExists) }
+        self.hypercalls.registerRing(port: port, partner: partner, length: length, failIfExists: failIfExists)
     }
 
     public func unregisterRing(_ ring: HMXRing) -> EventLoopFuture<Void> {
-        self.onLoop { state in state.unregisterRing(ring) }
+        self.hypercalls.unregisterRing(ring)
     }
 
     public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
-        self.onLoop { state in state.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: false) }
+        self.hypercalls.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: false)
     }
 
     public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
         -> EventLoopFuture<Int>
     {
-        self.onLoop { state in state.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: resultMayBeLate) }
+        self.hypercalls.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: resultMayBeLate)
     }
 
     public func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]> {
-        self.onLoop { state in state.notify(queries) }
+        self.hypercalls.notify(queries)
     }
 
     public func setEventHandler(_ handler: @escaping @Sendable () -> Void) {
-        if self.eventLoop.inEventLoop {
-            self.state.value.eventHandler = handler
-        } else {
-            let state = self.state
-            self.eventLoop.execute { state.value.eventHandler = handler }
-        }
+        self.hypercalls.setEventHandler(handler)
     }
 
     public func close() -> EventLoopFuture<Void> {
@@ -189,11 +186,11 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
 
     /// Issues an Argo hypercall with raw arguments (guest addresses in ``memory``).
     public func rawHypercall(command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64) -> EventLoopFuture<Int64> {
-        self.onLoop { state in state.raw(command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4) }
+        self.hypercalls.onLoop { state in state.raw(command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4) }
     }
 
     public func allocateScratch(pages: Int) -> EventLoopFuture<HMXScratch> {
-        self.onLoop { state in
+        self.hypercalls.onLoop { state in
             guard let first = state.pages.allocate(pages) else {
                 return state.channel.eventLoop.makeFailedFuture(
                     HMXError(code: .resourceExhausted, message: "no \(pages) free pages in domain memory")
@@ -210,7 +207,7 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
     public func releaseScratch(_ scratch: HMXScratch) {
         let first = Int(scratch.guestAddress) / ArgoABI.pageSize
         let pages = scratch.pages
-        _ = self.onLoop { state in
+        _ = self.hypercalls.onLoop { state in
             state.pages.release(start: first, count: pages)
             return state.channel.eventLoop.makeSucceededVoidFuture()
         }
@@ -223,12 +220,4 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
 
     /// The NULL page: never valid guest memory.
     public var invalidGuestAddress: UInt64 { 16 }
-
-    private func onLoop<T: Sendable>(_ body: @escaping @Sendable (LinkState) -> EventLoopFuture<T>) -> EventLoopFuture<T> {
-        if self.eventLoop.inEventLoop {
-            return body(self.state.value)
-        }
-        let state = self.state
-        return self.eventLoop.flatSubmit { body(state.value) }
-    }
 }

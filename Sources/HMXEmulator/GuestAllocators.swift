@@ -63,17 +63,20 @@ struct StagingArena {
 }
 
 /// First-fit allocator of contiguous page runs (for ring memory).
-struct PageAllocator {
+///
+/// Package-visible so that the in-process test link (HMXTestSupport) lays out domain
+/// memory exactly as ``EmulatorLink`` does.
+package struct PageAllocator {
     /// Free runs, sorted by start, never adjacent.
-    private(set) var free: [(start: Int, count: Int)]
+    package private(set) var free: [(start: Int, count: Int)]
 
-    init(firstPage: Int, pageCount: Int) {
+    package init(firstPage: Int, pageCount: Int) {
         self.free = pageCount > 0 ? [(firstPage, pageCount)] : []
     }
 
-    var freePages: Int { self.free.reduce(0) { $0 + $1.count } }
+    package var freePages: Int { self.free.reduce(0) { $0 + $1.count } }
 
-    mutating func allocate(_ count: Int) -> Int? {
+    package mutating func allocate(_ count: Int) -> Int? {
         guard count > 0, let index = self.free.firstIndex(where: { $0.count >= count }) else { return nil }
         let start = self.free[index].start
         if self.free[index].count == count {
@@ -85,7 +88,7 @@ struct PageAllocator {
         return start
     }
 
-    mutating func release(start: Int, count: Int) {
+    package mutating func release(start: Int, count: Int) {
         let index = self.free.firstIndex(where: { $0.start > start }) ?? self.free.count
         self.free.insert((start, count), at: index)
         // Coalesce with the following run, then with the preceding one.

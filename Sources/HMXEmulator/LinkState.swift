@@ -8,7 +8,7 @@ import Glibc
 
 /// The loop-confined half of ``EmulatorLink``: staging, ring pages, requests in
 /// flight and the event handler.
-final class LinkState {
+final class LinkState: LoopConfinedLinkState {
     enum Completion {
         case sendv(EventLoopPromise<Int>)
         case register(EventLoopPromise<HMXRing>, RingRequest)
@@ -93,28 +93,12 @@ final class LinkState {
             promise.fail(HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
             return promise.futureResult
         }
-        var size = ArgoSendAddr.size + iovecs.count * ArgoIOV.size
-        for buffer in iovecs { size += (buffer.readableBytes + 15) & ~15 }
+        let size = ArgoArguments.sendvSize(iovecs: iovecs)
         let domain = self.domain
         let deferrable = resultMayBeLate && self.waiting.isEmpty && self.staging.usedBytes + size <= self.staging.size / 2
         self.issue(size: size, completion: .sendv(promise), deferrable: deferrable) { [memory] offset in
-            let base = UInt64(offset!)
-            let pointer = memory.base + offset!
-            ArgoSendAddr(
-                source: ArgoAddr(port: port, domain: domain.rawValue),
-                destination: ArgoAddr(destination)
-            ).store(to: pointer)
-            var payload = ArgoSendAddr.size + iovecs.count * ArgoIOV.size
-            for (index, buffer) in iovecs.enumerated() {
-                let count = buffer.readableBytes
-                buffer.withUnsafeReadableBytes { bytes in
-                    if count > 0 { (pointer + payload).copyMemory(from: bytes.baseAddress!, byteCount: count) }
-                }
-                ArgoIOV(address: base + UInt64(payload), length: UInt32(count))
-                    .store(to: pointer + ArgoSendAddr.size + index * ArgoIOV.size)
-                payload += (count + 15) & ~15
-            }
-            return (ArgoABI.Op.sendv, base, base + UInt64(ArgoSendAddr.size), UInt64(iovecs.count), UInt64(type))
+            // The emulator takes the source domain as given: it must be our own id.
+            Self.arguments(memory, offset!).sendv(from: port, sourceDomain: domain, to: destination, type: type, iovecs: iovecs)
         }
         return promise.futureResult
     }
@@ -130,17 +114,12 @@ final class LinkState {
         }
         memset(self.memory.base + firstPage * ArgoABI.pageSize, 0, pageCount * ArgoABI.pageSize)
         let request = RingRequest(port: port, partner: partner, length: length, firstPage: firstPage, pageCount: pageCount)
-        let size = ArgoRegisterRing.size.roundedUp16 + pageCount * 8
+        let size = ArgoArguments.registerRingSize(frameCount: pageCount)
         self.issue(size: size, completion: .register(promise, request)) { [memory] offset in
-            let pointer = memory.base + offset!
-            ArgoRegisterRing(port: port, partner: partner.rawValue, length: length).store(to: pointer)
-            let gfns = ArgoRegisterRing.size.roundedUp16
-            for index in 0..<pageCount {
-                storeLE(pointer, gfns + index * 8, UInt64(firstPage + index))
-            }
-            return (
-                ArgoABI.Op.registerRing, UInt64(offset!), UInt64(offset! + gfns), UInt64(pageCount),
-                failIfExists ? ArgoABI.registerFlagFailExist : 0
+            // Guest frame numbers are page indices into domain memory.
+            let frames = (0..<pageCount).lazy.map { UInt64(firstPage + $0) }
+            return Self.arguments(memory, offset!).registerRing(
+                port: port, partner: partner, length: length, frames: frames, failIfExists: failIfExists
             )
         }
         return promise.futureResult
@@ -148,9 +127,8 @@ final class LinkState {
 
     func unregisterRing(_ ring: HMXRing) -> EventLoopFuture<Void> {
         let promise = self.eventLoop.makePromise(of: Void.self)
-        self.issue(size: ArgoUnregisterRing.size, completion: .unregister(promise, ring)) { [memory] offset in
-            ArgoUnregisterRing(port: ring.port, partner: ring.partner.rawValue).store(to: memory.base + offset!)
-            return (ArgoABI.Op.unregisterRing, UInt64(offset!), 0, 0, 0)
+        self.issue(size: ArgoArguments.unregisterRingSize, completion: .unregister(promise, ring)) { [memory] offset in
+            Self.arguments(memory, offset!).unregisterRing(port: ring.port, partner: ring.partner)
         }
         return promise.futureResult
     }
@@ -158,21 +136,12 @@ final class LinkState {
     func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]> {
         let promise = self.eventLoop.makePromise(of: [HMXNotifyResult].self)
         if queries.isEmpty {
-            self.issue(size: 0, completion: .notify(promise, entries: 0, queries: [])) { _ in
-                (ArgoABI.Op.notify, 0, 0, 0, 0)
-            }
+            self.issue(size: 0, completion: .notify(promise, entries: 0, queries: [])) { _ in ArgoArguments.nullNotify }
             return promise.futureResult
         }
-        let size = ArgoRingData.headerSize + queries.count * ArgoRingDataEntry.size
+        let size = ArgoArguments.notifySize(queryCount: queries.count)
         self.issue(size: size, completion: .notify(promise, entries: 0, queries: queries)) { [memory] offset in
-            let pointer = memory.base + offset!
-            storeLE(pointer, 0, UInt32(queries.count))
-            storeLE(pointer, 4, UInt32(0))
-            for (index, query) in queries.enumerated() {
-                ArgoRingDataEntry(ring: ArgoAddr(query.ring), spaceRequired: query.spaceRequired)
-                    .store(to: pointer + ArgoRingData.headerSize + index * ArgoRingDataEntry.size)
-            }
-            return (ArgoABI.Op.notify, UInt64(offset!), 0, 0, 0)
+            Self.arguments(memory, offset!).notify(queries)
         }
         return promise.futureResult
     }
@@ -184,6 +153,12 @@ final class LinkState {
     }
 
     // MARK: - Issuing
+
+    /// Arguments staged at guest address `offset`: guest addresses are offsets into
+    /// this domain's memory.
+    private static func arguments(_ memory: SharedMemory, _ offset: Int) -> ArgoArguments {
+        ArgoArguments(pointer: memory.base + offset, guestAddress: UInt64(offset))
+    }
 
     private typealias Arguments = (UInt32, UInt64, UInt64, UInt64, UInt64)
 
@@ -311,19 +286,7 @@ final class LinkState {
                 promise.succeed([])
                 return
             }
-            let pointer = self.memory.base + request.stagingOffset!
-            var results: [HMXNotifyResult] = []
-            results.reserveCapacity(queries.count)
-            for (index, query) in queries.enumerated() {
-                let entry = ArgoRingDataEntry(loadingFrom: pointer + ArgoRingData.headerSize + index * ArgoRingDataEntry.size)
-                results.append(
-                    HMXNotifyResult(
-                        ring: query.ring,
-                        flags: ArgoABI.RingFlags(rawValue: entry.flags),
-                        maxMessageSize: entry.maxMessageSize
-                    )
-                )
-            }
+            let results = Self.arguments(self.memory, request.stagingOffset!).notifyResults(for: queries)
             promise.succeed(results)
         case .raw(let promise):
             promise.succeed(value)
@@ -346,7 +309,3 @@ final class LinkState {
 
 @available(*, unavailable)
 extension LinkState: Sendable {}
-
-extension Int {
-    var roundedUp16: Int { (self + 15) & ~15 }
-}

@@ -36,6 +36,11 @@ final class XenHypervisor {
         Int64(cxa_argo_op(self.handle, command, arg1, arg2, arg3, arg4))
     }
 
+    /// `argo_op` with arguments laid out by ``ArgoArguments``.
+    func argoOp(_ call: ArgoArguments.Hypercall) -> Int64 {
+        self.argoOp(call.command, call.arg1, call.arg2, call.arg3, call.arg4)
+    }
+
     /// The pages this domain holds (XENMEM_current_reservation), or a negative errno.
     func currentReservation() -> Int {
         cxa_current_reservation(self.handle)

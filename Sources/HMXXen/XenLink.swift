@@ -21,8 +21,9 @@ import Synchronization
 /// complete there, as with the emulator backend. Only one Argo user may exist per
 /// domain (VIRQ_ARGO binds once; ring ids are per domain).
 public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
-    // @unchecked: all mutable state is in `state`, confined to `eventLoop` by
-    // NIOLoopBound; `scratchFrames` is behind a Mutex; the rest is immutable.
+    // @unchecked: all mutable state is in the XenLinkState behind `hypercalls`, confined
+    // to `eventLoop` by NIOLoopBound; `scratchFrames` is behind a Mutex; the rest is
+    // immutable.
 
     public struct Configuration: Sendable {
         /// Pages of hypercall-safe staging for arguments and payloads. Larger requests
@@ -46,7 +47,8 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
     public let guestType: String
     /// How ring frames are obtained in this guest.
     public let frameMethod: XenFrameMethod
-    let state: NIOLoopBound<XenLinkState>
+    /// Takes every operation to the loop-confined ``XenLinkState``.
+    let hypercalls: LoopBoundHypercalls<XenLinkState>
     private let pump: XenEventPump?
     private let closePromise: EventLoopPromise<Void>
     private let scratchFrames = ScratchRegistry()
@@ -94,8 +96,8 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
             staging: staging,
             stagingPages: stagingPages
         )
-        let bound = NIOLoopBound(state, eventLoop: eventLoop)
-        self.state = bound
+        self.hypercalls = LoopBoundHypercalls(state, eventLoop: eventLoop)
+        let bound = self.hypercalls.state
         if configuration.bindEvents {
             do {
                 self.pump = try XenEventPump(eventLoop: eventLoop) {
@@ -120,34 +122,29 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
     // MARK: - HMXLink
 
     public func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing> {
-        self.onLoop { state in state.registerRing(port: port, partner: partner, length: length, failIfExists: failIfExists) }
+        self.hypercalls.registerRing(port: port, partner: partner, length: length, failIfExists: failIfExists)
     }
 
     public func unregisterRing(_ ring: HMXRing) -> EventLoopFuture<Void> {
-        self.onLoop { state in state.unregisterRing(ring) }
+        self.hypercalls.unregisterRing(ring)
     }
 
     public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
-        self.onLoop { state in state.sendv(from: port, to: destination, type: type, iovecs: iovecs) }
+        self.hypercalls.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: false)
     }
 
     public func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]> {
-        self.onLoop { state in state.notify(queries) }
+        self.hypercalls.notify(queries)
     }
 
     public func setEventHandler(_ handler: @escaping @Sendable () -> Void) {
-        if self.eventLoop.inEventLoop {
-            self.state.value.eventHandler = handler
-        } else {
-            let state = self.state
-            self.eventLoop.execute { state.value.eventHandler = handler }
-        }
+        self.hypercalls.setEventHandler(handler)
     }
 
     /// Unregisters every ring, returns their frames, unbinds VIRQ_ARGO and closes
     /// privcmd. Idempotent.
     public func close() -> EventLoopFuture<Void> {
-        let state = self.state
+        let state = self.hypercalls.state
         let pump = self.pump
         let promise = self.closePromise
         let scratch = self.scratchFrames
@@ -170,13 +167,13 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
     // MARK: - HMXRawHypercalls
 
     public func rawHypercall(command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64) -> EventLoopFuture<Int64> {
-        self.onLoop { state in state.raw(command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4) }
+        self.hypercalls.onLoop { state in state.raw(command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4) }
     }
 
     /// Ring-capable frames, mapped contiguously; they stay valid until ``close()``.
     public func allocateScratch(pages: Int) -> EventLoopFuture<HMXScratch> {
         let scratchFrames = self.scratchFrames
-        return self.onLoop { state in
+        return self.hypercalls.onLoop { state in
             state.allocateScratch(pages: pages).map { scratch, frames in
                 scratchFrames.frames.withLock { $0[UInt(bitPattern: scratch.pointer)] = frames }
                 return scratch
@@ -187,7 +184,7 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
     public func releaseScratch(_ scratch: HMXScratch) {
         let scratchFrames = self.scratchFrames
         let pointer = UInt(bitPattern: scratch.pointer)
-        _ = self.onLoop { state in
+        _ = self.hypercalls.onLoop { state in
             scratchFrames.frames.withLock { _ = $0.removeValue(forKey: pointer) }
             state.releaseScratch(at: UnsafeMutableRawPointer(bitPattern: pointer)!)
             return state.eventLoop.makeSucceededVoidFuture()
@@ -217,14 +214,6 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         guard let hypervisor = try? XenHypervisor() else { return nil }
         let pages = hypervisor.currentReservation()
         return pages >= 0 ? pages : nil
-    }
-
-    private func onLoop<T: Sendable>(_ body: @escaping @Sendable (XenLinkState) -> EventLoopFuture<T>) -> EventLoopFuture<T> {
-        if self.eventLoop.inEventLoop {
-            return body(self.state.value)
-        }
-        let state = self.state
-        return self.eventLoop.flatSubmit { body(state.value) }
     }
 }
 

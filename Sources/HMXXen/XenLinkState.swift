@@ -8,7 +8,7 @@ import Glibc
 
 /// The loop-confined half of ``XenLink``: the privcmd handle, the staging buffer, the
 /// registered rings with their frames, and the event handler.
-final class XenLinkState {
+final class XenLinkState: LoopConfinedLinkState {
     struct RingKey: Hashable {
         var port: HMXPort
         var partner: DomainID
@@ -80,6 +80,11 @@ final class XenLinkState {
         UInt64(UInt(bitPattern: pointer))
     }
 
+    /// Arguments staged in hypercall memory: Xen reads them by virtual address.
+    private func arguments(_ pointer: UnsafeMutableRawPointer) -> ArgoArguments {
+        ArgoArguments(pointer: pointer, guestAddress: self.address(pointer))
+    }
+
     // MARK: - Operations
 
     func raw(command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64) -> EventLoopFuture<Int64> {
@@ -87,33 +92,19 @@ final class XenLinkState {
         return self.eventLoop.makeSucceededFuture(hypervisor.argoOp(command, arg1, arg2, arg3, arg4))
     }
 
-    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
+    /// - Parameter resultMayBeLate: ignored: the hypercall is synchronous, its result
+    ///   is known at once.
+    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+        -> EventLoopFuture<Int>
+    {
         guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
         guard iovecs.count <= ArgoABI.maximumIOVs else {
             return self.eventLoop.makeFailedFuture(HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
         }
-        var size = ArgoSendAddr.size + iovecs.count * ArgoIOV.size
-        for buffer in iovecs { size += (buffer.readableBytes + 15) & ~15 }
+        let size = ArgoArguments.sendvSize(iovecs: iovecs)
         let result = self.withHypercallMemory(hypervisor, size: size) { pointer -> Int64 in
-            let base = self.address(pointer)
             // Source domain DOMID_ANY: Xen stamps our real id into the header.
-            ArgoSendAddr(
-                source: ArgoAddr(port: port, domain: DomainID.any.rawValue),
-                destination: ArgoAddr(destination)
-            ).store(to: pointer)
-            var offset = ArgoSendAddr.size + iovecs.count * ArgoIOV.size
-            for (index, buffer) in iovecs.enumerated() {
-                let count = buffer.readableBytes
-                buffer.withUnsafeReadableBytes { bytes in
-                    if count > 0 { (pointer + offset).copyMemory(from: bytes.baseAddress!, byteCount: count) }
-                }
-                ArgoIOV(address: base + UInt64(offset), length: UInt32(truncatingIfNeeded: count))
-                    .store(to: pointer + ArgoSendAddr.size + index * ArgoIOV.size)
-                offset += (count + 15) & ~15
-            }
-            return hypervisor.argoOp(
-                ArgoABI.Op.sendv, base, base + UInt64(ArgoSendAddr.size), UInt64(iovecs.count), UInt64(type)
-            )
+            hypervisor.argoOp(self.arguments(pointer).sendv(from: port, sourceDomain: .any, to: destination, type: type, iovecs: iovecs))
         }
         switch result {
         case .failure(let error):
@@ -128,31 +119,17 @@ final class XenLinkState {
     func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]> {
         guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
         if queries.isEmpty {
-            let rc = hypervisor.argoOp(ArgoABI.Op.notify, 0, 0, 0, 0)
+            let rc = hypervisor.argoOp(ArgoArguments.nullNotify)
             return rc < 0
                 ? self.eventLoop.makeFailedFuture(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc))))
                 : self.eventLoop.makeSucceededFuture([])
         }
-        let size = ArgoRingData.headerSize + queries.count * ArgoRingDataEntry.size
+        let size = ArgoArguments.notifySize(queryCount: queries.count)
         let result = self.withHypercallMemory(hypervisor, size: size) { pointer -> Result<[HMXNotifyResult], HMXError> in
-            storeLE(pointer, 0, UInt32(truncatingIfNeeded: queries.count))
-            storeLE(pointer, 4, UInt32(0))
-            for (index, query) in queries.enumerated() {
-                ArgoRingDataEntry(ring: ArgoAddr(query.ring), spaceRequired: query.spaceRequired)
-                    .store(to: pointer + ArgoRingData.headerSize + index * ArgoRingDataEntry.size)
-            }
-            let rc = hypervisor.argoOp(ArgoABI.Op.notify, self.address(pointer), 0, 0, 0)
+            let arguments = self.arguments(pointer)
+            let rc = hypervisor.argoOp(arguments.notify(queries))
             if rc < 0 { return .failure(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc)))) }
-            return .success(
-                queries.enumerated().map { index, query in
-                    let entry = ArgoRingDataEntry(loadingFrom: pointer + ArgoRingData.headerSize + index * ArgoRingDataEntry.size)
-                    return HMXNotifyResult(
-                        ring: query.ring,
-                        flags: ArgoABI.RingFlags(rawValue: entry.flags),
-                        maxMessageSize: entry.maxMessageSize
-                    )
-                }
-            )
+            return .success(arguments.notifyResults(for: queries))
         }
         switch result {
         case .failure(let error): return self.eventLoop.makeFailedFuture(error)
@@ -259,15 +236,12 @@ final class XenLinkState {
         frames: [UInt64],
         failIfExists: Bool
     ) -> Int64 {
-        let gfnOffset = (ArgoRegisterRing.size + 15) & ~15
-        let result = self.withHypercallMemory(hypervisor, size: gfnOffset + frames.count * 8) { pointer -> Int64 in
-            ArgoRegisterRing(port: port, partner: partner.rawValue, length: length).store(to: pointer)
-            for (index, frame) in frames.enumerated() { storeLE(pointer, gfnOffset + index * 8, frame) }
-            let base = self.address(pointer)
-            return hypervisor.argoOp(
-                ArgoABI.Op.registerRing, base, base + UInt64(gfnOffset), UInt64(frames.count),
-                failIfExists ? ArgoABI.registerFlagFailExist : 0
+        let size = ArgoArguments.registerRingSize(frameCount: frames.count)
+        let result = self.withHypercallMemory(hypervisor, size: size) { pointer -> Int64 in
+            let call = self.arguments(pointer).registerRing(
+                port: port, partner: partner, length: length, frames: frames, failIfExists: failIfExists
             )
+            return hypervisor.argoOp(call)
         }
         switch result {
         case .success(let rc): return rc
@@ -276,9 +250,8 @@ final class XenLinkState {
     }
 
     private func issueUnregister(_ hypervisor: XenHypervisor, port: HMXPort, partner: DomainID) -> Int64 {
-        let result = self.withHypercallMemory(hypervisor, size: ArgoUnregisterRing.size) { pointer -> Int64 in
-            ArgoUnregisterRing(port: port, partner: partner.rawValue).store(to: pointer)
-            return hypervisor.argoOp(ArgoABI.Op.unregisterRing, self.address(pointer), 0, 0, 0)
+        let result = self.withHypercallMemory(hypervisor, size: ArgoArguments.unregisterRingSize) { pointer -> Int64 in
+            hypervisor.argoOp(self.arguments(pointer).unregisterRing(port: port, partner: partner))
         }
         switch result {
         case .success(let rc): return rc
