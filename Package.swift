@@ -224,6 +224,17 @@ let package = Package(
             dependencies: ["HMXStream", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
+        // The stream protocol under a seeded simulation: gateways' drivers and the
+        // in-process hypervisor in one process, every interleaving chosen by a seed.
+        .testTarget(
+            name: "HMXSimulationTests",
+            dependencies: [
+                "HMXStream", "HMXTestSupport", "HMXCore", "HMXEmulator",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "HMXGatewayConfigTests",
             dependencies: ["HMXGateway", "HMXConfig", "HMXCore"],

@@ -119,6 +119,11 @@ public final class ArgoHypervisor {
     /// Number of rings a domain holds (for tests and diagnostics).
     public func ringCount(of id: DomainID) -> Int { self.domains[id.rawValue]?.rings.count ?? 0 }
 
+    /// True if `owner` has a ring at `port` for `partner` (for tests and diagnostics).
+    public func ringExists(owner: DomainID, port: HMXPort, partner: DomainID) -> Bool {
+        self.domains[owner.rawValue]?.rings[RingKey(port: port, partner: partner.rawValue)] != nil
+    }
+
     /// Number of domains waiting for space on a ring (for tests and diagnostics).
     public func pendingCount(owner: DomainID, port: HMXPort, partner: DomainID) -> Int {
         self.domains[owner.rawValue]?.rings[RingKey(port: port, partner: partner.rawValue)]?.pending.count ?? 0

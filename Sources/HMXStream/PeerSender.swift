@@ -210,8 +210,9 @@ public struct PeerSender: Sendable {
             return nil
         }
         let number = self.nextNumber
+        let sequence = StreamFrame.sequence(number: number, base: self.base, instance: self.instance)
         self.nextNumber &+= 1
-        let iovecs = self.pack(.sequence(number: number, base: self.base, instance: self.instance))
+        let iovecs = self.pack(sequence)
         let length = iovecs.reduce(0) { $0 + $1.readableBytes }
         // While the window and the peer's ring are less than half used, this message's
         // result is not needed soon.

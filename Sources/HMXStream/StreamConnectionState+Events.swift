@@ -104,13 +104,20 @@ extension StreamConnectionState {
 // MARK: - From the peer
 
 extension StreamConnectionState {
-    /// ACCEPT for a connection we opened.
-    public mutating func peerAccepted(credit: UInt32, maximumData: Int, queueHasRoom: Bool, into actions: inout [Action]) {
+    /// ACCEPT for a connection we opened, from the peer's run `instance`.
+    public mutating func peerAccepted(
+        credit: UInt32,
+        instance: UInt64? = nil,
+        maximumData: Int,
+        queueHasRoom: Bool,
+        into actions: inout [Action]
+    ) {
         guard self.phase == .opening else { return self.violation(.unexpected(.accept, in: self.phase), into: &actions) }
         guard case .success = self.flow.granted(initialCredit: credit) else {
             return self.violation(.creditOverflow, into: &actions)
         }
         self.phase = .open
+        self.peerInstance = instance
         actions.append(.opened)
         self.sendHeld(maximumData: maximumData, into: &actions)
         self.requestReadIfPossible(queueHasRoom: queueHasRoom, into: &actions)
@@ -183,6 +190,21 @@ extension StreamConnectionState {
             self.terminate(.idleTimeout, resetReason: .idleTimeout, into: &actions)
         } else if self.phase == .opening, let deadline = self.openDeadline, now > deadline {
             self.terminate(.peerLost, resetReason: .linkFailure, into: &actions)
+        }
+    }
+
+    /// The peer's gateway restarted as `instance`: a connection of its previous run is
+    /// gone (no RESET: the new run does not know it). One still opening may have
+    /// reached the new run: it waits a little longer for the answer.
+    public mutating func peerRestarted(as instance: UInt64, now: NIODeadline, into actions: inout [Action]) {
+        switch self.phase {
+        case .opening:
+            let deadline = now + Self.openTimeoutAfterPeerRestart
+            self.openDeadline = min(self.openDeadline ?? deadline, deadline)
+        case .dialing, .open:
+            if self.peerInstance != instance { self.terminate(.peerLost, resetReason: nil, into: &actions) }
+        case .closed:
+            break
         }
     }
 

@@ -107,7 +107,10 @@ public struct StreamConnectionState: Sendable {
     public internal(set) var lastActivity: NIODeadline
     public let idleTimeout: TimeAmount?
     /// For a connection we open: when to give up waiting for the peer's answer.
-    public let openDeadline: NIODeadline?
+    public internal(set) var openDeadline: NIODeadline?
+    /// The run of the peer's gateway this connection belongs to (from its OPEN or
+    /// ACCEPT); nil while our OPEN is unanswered.
+    public internal(set) var peerInstance: UInt64?
     /// For a connection we open: the OPEN went out while our ring for the peer did not
     /// exist, so the peer could not answer it.
     public let openedWithoutRing: Bool
@@ -140,10 +143,11 @@ public struct StreamConnectionState: Sendable {
         window: Int,
         maximumWindow: Int? = nil,
         peerCredit: UInt32,
+        peerInstance: UInt64? = nil,
         now: NIODeadline,
         idleTimeout: TimeAmount? = nil
     ) -> StreamConnectionState {
-        StreamConnectionState(
+        var state = StreamConnectionState(
             key: key,
             phase: .dialing,
             flow: StreamFlowControl(window: window, maximumWindow: maximumWindow, sendCredit: peerCredit),
@@ -153,6 +157,8 @@ public struct StreamConnectionState: Sendable {
             openDeadline: nil,
             openedWithoutRing: false
         )
+        state.peerInstance = peerInstance
+        return state
     }
 
     private init(
@@ -179,6 +185,11 @@ public struct StreamConnectionState: Sendable {
 
     /// The connection has a deadline that ``tick(now:into:)`` checks.
     public var hasTimer: Bool { self.idleTimeout != nil || (self.phase == .opening && self.openDeadline != nil) }
+
+    /// How long a connection still opening waits for an answer once the peer's gateway
+    /// restarted: its OPEN reached the new run (which answers after dialling, within
+    /// its connect timeout) or went down with the old one.
+    public static let openTimeoutAfterPeerRestart = TimeAmount.seconds(10)
 
     /// Bytes this connection holds: read beyond credit and not sent yet.
     public var heldBytes: Int { self.heldOutbound?.readableBytes ?? 0 }

@@ -204,4 +204,7 @@ extension StreamDriver {
 
     /// The connection's state (for tests and diagnostics).
     public func connection(_ id: ConnectionID) -> StreamConnectionState? { self.multiplexer.connections[id] }
+
+    /// Every connection's state (for tests and diagnostics).
+    public var connections: [ConnectionID: StreamConnectionState] { self.multiplexer.connections }
 }

@@ -39,7 +39,7 @@ extension StreamMultiplexer {
             return self.inboxAppend(.malformed(.noSequenceFirst), for: domain)
         }
         if delivery.messages.isEmpty { self.statistics.outOfOrder += 1 }
-        if delivery.peerRestarted { self.inboxAppend(.restarted, for: domain) }
+        if delivery.peerRestarted { self.inboxAppend(.restarted(instance: self.peers[domain]!.order.instance!), for: domain) }
         for message in delivery.messages { self.inboxAppend(.message(message), for: domain) }
     }
 
@@ -90,9 +90,9 @@ extension StreamMultiplexer {
         var budget = budget
         while budget > 0, let item = self.peers[domain]?.inbox.first {
             switch item {
-            case .restarted:
+            case .restarted(let instance):
                 self.peers[domain]!.inbox.removeFirst()
-                self.peerRestarted(domain, now: now)
+                self.peerRestarted(domain, as: instance, now: now)
             case .malformed(let reason):
                 self.peers[domain]!.inbox.removeFirst()
                 self.malformed(domain, reason)
@@ -142,12 +142,12 @@ extension StreamMultiplexer {
         }
     }
 
-    /// A message with a new instance id (SEQUENCE): the peer restarted, and its old
-    /// connections are gone; its new ring may have another size.
-    private mutating func peerRestarted(_ domain: DomainID, now: NIODeadline) {
+    /// A message with a new instance id (SEQUENCE): the peer restarted, and the
+    /// connections of its previous run are gone; its new ring may have another size.
+    private mutating func peerRestarted(_ domain: DomainID, as instance: UInt64, now: NIODeadline) {
         let affected = self.connections.keys.filter { $0.peer == domain }
         self.actions.append(.notice(.peerRestarted(domain, connections: affected.count)))
-        for id in affected { self.terminate(id, .peerLost, resetReason: nil) }
+        for id in affected { self.withConnection(id) { $0.peerRestarted(as: instance, now: now, into: &$1) } }
         self.peers[domain]!.sender.peerRingChanged(maximumMessageSize: nil)
         var healthActions: [PeerHealth.Action] = []
         self.peers[domain]!.health.querySize(now: now, into: &healthActions)
@@ -160,11 +160,14 @@ extension StreamMultiplexer {
 extension StreamMultiplexer {
     private mutating func handle(_ frame: StreamFrame, from domain: DomainID, now: NIODeadline) {
         switch frame {
-        case .open(let id, let servicePort, let credit, _, let version):
-            self.handleOpen(ConnectionID(peer: domain, key: .init(id: id, openedLocally: false)), servicePort, credit, version, now)
-        case .accept(let key, let credit, _):
+        case .open(let id, let servicePort, let credit, let instance, let version):
+            let connection = ConnectionID(peer: domain, key: .init(id: id, openedLocally: false))
+            self.handleOpen(connection, servicePort, credit, instance, version, now)
+        case .accept(let key, let credit, let instance):
             let (maximumData, queueHasRoom) = self.sendLimits(of: domain)
-            self.withKnown(domain, key) { $0.peerAccepted(credit: credit, maximumData: maximumData, queueHasRoom: queueHasRoom, into: &$1) }
+            self.withKnown(domain, key) {
+                $0.peerAccepted(credit: credit, instance: instance, maximumData: maximumData, queueHasRoom: queueHasRoom, into: &$1)
+            }
         case .refuse(let key, let reason):
             self.withKnown(domain, key) { $0.peerRefused(reason, into: &$1) }
         case .data(let key, let payload):
@@ -200,7 +203,14 @@ extension StreamMultiplexer {
 
     /// OPEN from a peer: the protocol's checks here; the export, its allow-list and
     /// limits are the owner's (``StreamAction/incomingOpen(_:servicePort:)``).
-    private mutating func handleOpen(_ id: ConnectionID, _ servicePort: UInt32, _ credit: UInt32, _ version: UInt16, _ now: NIODeadline) {
+    private mutating func handleOpen(
+        _ id: ConnectionID,
+        _ servicePort: UInt32,
+        _ credit: UInt32,
+        _ instance: UInt64,
+        _ version: UInt16,
+        _ now: NIODeadline
+    ) {
         guard self.connections[id] == nil else {
             self.actions.append(.notice(.reusedConnectionID(id)))
             return self.terminate(id, .protocolError, resetReason: .protocolViolation)
@@ -217,6 +227,7 @@ extension StreamMultiplexer {
             window: self.configuration.window,
             maximumWindow: self.configuration.maximumWindow,
             peerCredit: credit,
+            peerInstance: instance,
             now: now
         )
         self.add(state, as: id)

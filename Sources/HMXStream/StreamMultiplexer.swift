@@ -141,7 +141,8 @@ public struct StreamMultiplexer: Sendable {
     struct Peer: Sendable {
         enum InboundItem: Sendable {
             case message(ByteBuffer)
-            case restarted
+            /// The peer's gateway runs again, as this instance.
+            case restarted(instance: UInt64)
             case malformed(MalformedMessage)
         }
 
