@@ -24,6 +24,8 @@ extension Gateway {
             logger.warning("peer violated the stream protocol; resetting the connection", metadata: ["violation": "\(violation)"])
         case .localReset:
             logger.debug("local connection reset")
+        case .openTimedOut:
+            logger.warning("no answer from the peer to the connection's OPEN; resetting it")
         case .terminated(.idleTimeout):
             logger.info("idle timeout")
         case .terminated(.noRing):

@@ -46,7 +46,10 @@ public enum ConnectionEnd: Sendable, Equatable {
     /// The local application reset its connection, or its socket went away with bytes
     /// from the peer undelivered; we sent RESET.
     case localReset
-    /// We ended it: peer lost, shutdown, idle or open timeout, missing ring.
+    /// Our OPEN had no answer in time (counted as the peer lost): the answer was lost
+    /// or could not reach us.
+    case openTimedOut
+    /// We ended it: peer lost, shutdown, idle timeout, missing ring.
     case terminated(ConnectionOutcome)
 
     public var outcome: ConnectionOutcome {
@@ -54,6 +57,7 @@ public enum ConnectionEnd: Sendable, Equatable {
         case .refusedByPeer(let reason), .refusedHere(let reason): ConnectionOutcome(refused: reason)
         case .resetByPeer, .localReset: .reset
         case .violation: .protocolError
+        case .openTimedOut: .peerLost
         case .terminated(let outcome): outcome
         }
     }

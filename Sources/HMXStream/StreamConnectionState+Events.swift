@@ -189,7 +189,7 @@ extension StreamConnectionState {
         if let idle = self.idleTimeout, now - self.lastActivity > idle {
             self.terminate(.idleTimeout, resetReason: .idleTimeout, into: &actions)
         } else if self.phase == .opening, let deadline = self.openDeadline, now > deadline {
-            self.terminate(.peerLost, resetReason: .linkFailure, into: &actions)
+            self.abort(.openTimedOut, resetReason: .linkFailure, into: &actions)
         }
     }
 

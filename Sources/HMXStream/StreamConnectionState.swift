@@ -59,7 +59,7 @@ public struct StreamConnectionState: Sendable {
     }
 
     /// What the owner must do after an event, in order.
-    public enum Action: Sendable {
+    public enum Action: Sendable, Equatable {
         /// Queue this frame for the peer.
         case send(StreamFrame)
         /// Write these bytes to the local socket and report the completion with

@@ -17,7 +17,7 @@ public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// What the owner of a ``StreamMultiplexer`` must do, in order.
-public enum StreamAction: Sendable {
+public enum StreamAction: Sendable, Equatable {
     // MARK: Local sockets
     /// Write to the connection's socket; report the completion with
     /// ``StreamMultiplexer/localWriteCompleted(_:count:now:)``.

@@ -1,0 +1,155 @@
+// SPDX-License-Identifier: Apache-2.0
+import HMXCore
+import HMXStream
+import NIOCore
+import Testing
+
+@Suite("Stream multiplexer: dispatch, admission, malformed peers, restarts, fair turns")
+struct StreamMultiplexerTests {
+    static let now = NIODeadline.uptimeNanoseconds(1_000_000_000)
+    static let alpha = DomainID(1)
+    static let mallory = DomainID(3)
+
+    static func multiplexer() -> StreamMultiplexer {
+        StreamMultiplexer(configuration: .init(window: 1000, maximumWindow: 1000, windowPool: 0, framesPerTurn: 16), instance: 42)
+    }
+
+    /// A message from a peer: SEQUENCE, then `frames`.
+    static func message(_ number: UInt32, instance: UInt64 = 7, _ frames: [StreamFrame]) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        StreamFrame.sequence(number: number, base: number, instance: instance).encode(into: &buffer)
+        for frame in frames { frame.encode(into: &buffer) }
+        return buffer
+    }
+
+    static func actions(_ multiplexer: inout StreamMultiplexer) -> [StreamAction] {
+        var actions: [StreamAction] = []
+        multiplexer.swapActions(&actions)
+        return actions
+    }
+
+    /// The frames queued for `domain` (SEQUENCE frames left out), keys as we name them
+    /// (on the wire, the flag says who opened the connection from the sender's side).
+    static func sent(_ multiplexer: inout StreamMultiplexer, to domain: DomainID) throws -> [StreamFrame] {
+        var frames: [StreamFrame] = []
+        while let message = multiplexer.nextMessage(to: domain, now: Self.now) {
+            var buffer = ByteBuffer()
+            for iovec in message.iovecs { buffer.writeImmutableBuffer(iovec) }
+            while let frame = try StreamFrame.parse(&buffer) {
+                if case .sequence = frame { continue }
+                frames.append(frame.turnedAround)
+            }
+            multiplexer.sendCompleted(to: domain, number: message.number, .delivered, now: Self.now)
+        }
+        return frames
+    }
+
+    static func receive(_ multiplexer: inout StreamMultiplexer, _ buffer: ByteBuffer, from domain: DomainID) {
+        multiplexer.received(buffer, type: StreamFrame.messageType, from: domain, now: Self.now)
+        while multiplexer.hasInboundWork { multiplexer.processInbound(now: Self.now) }
+    }
+
+    @Test("an OPEN asks the owner; a refusal answers REFUSE and forgets the connection")
+    func admission() throws {
+        var mux = Self.multiplexer()
+        Self.receive(&mux, Self.message(0, [.open(id: 3, servicePort: 80, initialCredit: 500, instance: 7)]), from: Self.alpha)
+        let id = ConnectionID(peer: Self.alpha, key: .init(id: 3, openedLocally: false))
+        #expect(Self.actions(&mux).contains(.incomingOpen(id, servicePort: 80)))
+        #expect(mux.connections[id]?.phase == .dialing)
+        mux.refuse(id, .deniedByGateway)
+        #expect(Self.actions(&mux) == [.ended(id, .refusedHere(.deniedByGateway)), .removed(id)])
+        #expect(try Self.sent(&mux, to: Self.alpha) == [.refuse(key: id.key, reason: .deniedByGateway)])
+        #expect(mux.activeConnectionCount == 0)
+    }
+
+    @Test("OPENs of another version, or while shutting down, are refused at once")
+    func protocolRefusals() throws {
+        var mux = Self.multiplexer()
+        Self.receive(&mux, Self.message(0, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 7, version: 1)]), from: Self.alpha)
+        mux.stopAccepting()
+        Self.receive(&mux, Self.message(1, [.open(id: 2, servicePort: 80, initialCredit: 1, instance: 7)]), from: Self.alpha)
+        #expect(try Self.sent(&mux, to: Self.alpha) == [
+            .refuse(key: .init(id: 1, openedLocally: false), reason: .unsupportedVersion),
+            .refuse(key: .init(id: 2, openedLocally: false), reason: .shuttingDown),
+        ])
+    }
+
+    @Test("frames for unknown connections are answered with RESET, but a RESET never is; PING gets PONG")
+    func unknownConnections() throws {
+        var mux = Self.multiplexer()
+        let key = StreamFrame.ConnectionKey(id: 9, openedLocally: true)
+        Self.receive(&mux, Self.message(0, [.credit(key: key, increment: 1), .reset(key: key, reason: .applicationReset), .ping(instance: 7, nonce: 5)]), from: Self.alpha)
+        // The peer's key (its connection L9) is R9 here.
+        let ours = StreamFrame.ConnectionKey(id: 9, openedLocally: false)
+        #expect(try Self.sent(&mux, to: Self.alpha) == [.reset(key: ours, reason: .unknownConnection), .pong(instance: 42, nonce: 5)])
+    }
+
+    @Test("a malformed message ends that peer's connections only")
+    func malformed() throws {
+        var mux = Self.multiplexer()
+        let ours = mux.open(to: Self.alpha, servicePort: 80, idleTimeout: nil, openTimeout: nil, now: Self.now)
+        let theirs = mux.open(to: Self.mallory, servicePort: 80, idleTimeout: nil, openTimeout: nil, now: Self.now)
+        _ = Self.actions(&mux)
+        var garbage = Self.message(0, [])
+        garbage.writeBytes([0xFF, 0, 0, 0])
+        Self.receive(&mux, garbage, from: Self.mallory)
+        let actions = Self.actions(&mux)
+        #expect(actions.contains(.notice(.malformed(Self.mallory, .frame(.truncatedHeader)))))
+        #expect(actions.contains(.removed(theirs)))
+        #expect(mux.connections[ours] != nil)
+        #expect(mux.statistics.malformedMessages == 1)
+    }
+
+    @Test("a new instance id ends the connections of the peer's previous run, before its new frames")
+    func restart() {
+        var mux = Self.multiplexer()
+        Self.receive(&mux, Self.message(0, instance: 7, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 7)]), from: Self.alpha)
+        let old = ConnectionID(peer: Self.alpha, key: .init(id: 1, openedLocally: false))
+        mux.dialSucceeded(old)
+        _ = Self.actions(&mux)
+        // The new run reuses id 1 at once.
+        Self.receive(&mux, Self.message(0, instance: 8, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 8)]), from: Self.alpha)
+        let actions = Self.actions(&mux)
+        #expect(actions.contains(.notice(.peerRestarted(Self.alpha, connections: 1))))
+        let removed = actions.firstIndex(of: .removed(old))
+        let reopened = actions.firstIndex(of: .incomingOpen(old, servicePort: 80))
+        #expect(removed != nil && reopened != nil && removed! < reopened!)
+        #expect(mux.connections[old]?.peerInstance == 8)
+    }
+
+    @Test("a flooding peer gets its budget per turn; another peer's frames are handled in the first turn")
+    func fairTurns() {
+        var mux = Self.multiplexer()
+        for number in 0..<8 {
+            let pings = (0..<200).map { StreamFrame.ping(instance: 7, nonce: UInt64($0)) }
+            mux.received(Self.message(UInt32(number), pings), type: StreamFrame.messageType, from: Self.mallory, now: Self.now)
+        }
+        mux.received(Self.message(0, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 7)]), type: StreamFrame.messageType, from: Self.alpha, now: Self.now)
+        #expect(mux.isInboxFull(of: Self.mallory) == false)
+        mux.processInbound(now: Self.now)
+        #expect(Self.actions(&mux).contains(.incomingOpen(ConnectionID(peer: Self.alpha, key: .init(id: 1, openedLocally: false)), servicePort: 80)))
+        #expect(mux.hasInboundWork, "mallory's 1600 PINGs take 100 turns of 16")
+        var turns = 1
+        while mux.hasInboundWork {
+            mux.processInbound(now: Self.now)
+            turns += 1
+        }
+        #expect(turns == 100)
+    }
+}
+
+extension StreamFrame {
+    /// The frame with its key as the sender names it.
+    fileprivate var turnedAround: StreamFrame {
+        func turn(_ key: ConnectionKey) -> ConnectionKey { ConnectionKey(id: key.id, openedLocally: !key.openedLocally) }
+        switch self {
+        case .accept(let key, let credit, let instance): return .accept(key: turn(key), initialCredit: credit, instance: instance)
+        case .refuse(let key, let reason): return .refuse(key: turn(key), reason: reason)
+        case .data(let key, let payload): return .data(key: turn(key), payload: payload)
+        case .credit(let key, let increment): return .credit(key: turn(key), increment: increment)
+        case .fin(let key): return .fin(key: turn(key))
+        case .reset(let key, let reason): return .reset(key: turn(key), reason: reason)
+        case .open, .ping, .pong, .sequence: return self
+        }
+    }
+}
