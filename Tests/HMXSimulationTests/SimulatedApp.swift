@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What one stream is meant to carry: a client (behind an import) sends an 8-byte
 /// serial and then `clientBytes`; the server (the export's target) answers with
 /// `serverBytes` once it has read the serial. Every byte is a function of the serial,
@@ -10,12 +14,26 @@ struct StreamPlan {
     var clientBytes: Int
     var serverBytes: Int
 
-    static func byte(serial: UInt64, toServer: Bool, offset: Int) -> UInt8 {
-        // Changes with every offset (a byte lost, doubled or moved shows), and differs
-        // per stream and direction.
-        let value = UInt32(truncatingIfNeeded: offset) &* 2_654_435_761 ^ UInt32(truncatingIfNeeded: serial) &* 40_503
-        return UInt8(truncatingIfNeeded: (value >> 13) ^ value) ^ (toServer ? 0x5A : 0)
+    /// The bytes one side sends: for the client the serial, then its payload, a
+    /// stretch of ``noise`` that starts where the serial and direction say. A byte
+    /// lost, doubled or moved shows, as does one from another stream.
+    func bytes(toServer: Bool) -> [UInt8] {
+        let count = toServer ? self.clientBytes : self.serverBytes
+        let start = Int(truncatingIfNeeded: (self.serial &* 7919 &+ (toServer ? 3571 : 0)) % 65_521)
+        let header = toServer ? (0..<8).map { UInt8(truncatingIfNeeded: self.serial >> (8 * UInt64($0))) } : []
+        return header + Self.noise[start..<(start + count)]
     }
+
+    /// Pseudo-random bytes, the same in every run.
+    static let noise: [UInt8] = {
+        var random = SimulationRandom(seed: 0x5EED)
+        var bytes = [UInt8](repeating: 0, count: 65_536 + (1 << 20))
+        bytes.withUnsafeMutableBytes { raw in
+            let words = raw.bindMemory(to: UInt64.self)
+            for index in words.indices { words[index] = random.next() }
+        }
+        return bytes
+    }()
 }
 
 /// One application's socket, as the gateway's driver sees it: bytes to hand over when
@@ -59,9 +77,15 @@ final class SimulatedApp {
     var isFaulted = false
     private(set) var violations: [String] = []
 
+    /// What this application sends, and what it expects (computed once the plan is known).
+    private var outgoing: [UInt8] = []
+    private var expected: [UInt8] = []
+
     init(client plan: StreamPlan) {
         self.role = .client
         self.plan = plan
+        self.outgoing = plan.bytes(toServer: true)
+        self.expected = plan.bytes(toServer: false)
     }
 
     init(server: Void) {
@@ -95,21 +119,8 @@ final class SimulatedApp {
     func read(maximum: Int) -> ByteBuffer? {
         guard self.hasBytesToSend, let plan else { return nil }
         let count = min(maximum, self.totalToSend - self.sentCount)
-        var buffer = ByteBufferAllocator().buffer(capacity: count)
-        let start = self.sentCount
-        let role = self.role
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
-            for index in 0..<count {
-                let offset = start + index
-                if role == .client, offset < 8 {
-                    raw[index] = UInt8(truncatingIfNeeded: plan.serial >> (8 * UInt64(offset)))
-                } else {
-                    let payloadOffset = role == .client ? offset - 8 : offset
-                    raw[index] = StreamPlan.byte(serial: plan.serial, toServer: role == .client, offset: payloadOffset)
-                }
-            }
-            return count
-        }
+        _ = plan
+        let buffer = ByteBuffer(bytes: self.outgoing[self.sentCount..<(self.sentCount + count)])
         self.sentCount += count
         return buffer
     }
@@ -134,25 +145,24 @@ final class SimulatedApp {
             let serial = self.header.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
             if let plan = plans[serial] {
                 self.plan = plan
+                self.outgoing = plan.bytes(toServer: false)
+                // The serial is not part of what the server checks.
+                self.expected = Array(plan.bytes(toServer: true).dropFirst(8))
             } else {
                 self.isUntracked = true
             }
         }
         guard let plan = self.plan, !self.isUntracked else { return }
-        let toServer = self.role == .server
-        let expectedTotal = self.totalToReceive!
         let start = self.receivedCount
+        let expected = self.expected
         let mismatch: Int? = bytes.withUnsafeReadableBytes { raw in
-            for index in 0..<raw.count {
-                let offset = start + index
-                if offset >= expectedTotal || raw[index] != StreamPlan.byte(serial: plan.serial, toServer: toServer, offset: offset) {
-                    return offset
-                }
+            guard start + raw.count <= expected.count else { return max(start, expected.count) }
+            return expected.withUnsafeBufferPointer { wanted in
+                memcmp(raw.baseAddress!, wanted.baseAddress! + start, raw.count) == 0 ? nil : start
             }
-            return nil
         }
         if let mismatch {
-            self.violations.append("stream \(plan.serial) \(self.role): wrong or extra byte at \(mismatch)")
+            self.violations.append("stream \(plan.serial) \(self.role): wrong or extra bytes from \(mismatch)")
             return
         }
         self.receivedCount += bytes.readableBytes

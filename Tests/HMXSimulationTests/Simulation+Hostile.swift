@@ -23,7 +23,7 @@ extension Simulation {
             let number = UInt32(self.random.int(0...9))
             StreamFrame.sequence(number: number, base: number &- UInt32(self.random.int(0...2)), instance: 0xBAD)
                 .encode(into: &buffer)
-            for _ in 0..<self.random.int(1...40) { self.hostileFrame().encode(into: &buffer) }
+            for _ in 0..<self.random.int(1...12) { self.hostileFrame().encode(into: &buffer) }
         }
         self.record("mallory sends \(buffer.readableBytes) bytes")
         _ = link.sendv(from: Self.port, to: HMXAddress(domain: DomainID(2), port: Self.port), type: type, iovecs: [buffer])
