@@ -235,6 +235,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The gateway's socket glue on EmbeddedChannels, over the in-process hypervisor.
+        .testTarget(
+            name: "HMXGatewayGlueTests",
+            dependencies: [
+                "HMXGateway", "HMXStream", "HMXTestSupport", "HMXCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "HMXGatewayConfigTests",
             dependencies: ["HMXGateway", "HMXConfig", "HMXCore"],
