@@ -270,7 +270,7 @@ let package = Package(
         // End to end: hmx-emulator, two hmx-gateway processes and real programs from Debian
         // (redis, iperf3, socat, python3), each domain in its own network namespace when root.
         .testTarget(
-            name: "HMXGatewayTests",
+            name: "EndToEndTests",
             dependencies: [
                 "HMXProcessTestSupport", "hmx-emulator", "hmx-gateway", "HMXCore", "HMXEmulator", "HMXStream",
                 .product(name: "NIOCore", package: "swift-nio"),

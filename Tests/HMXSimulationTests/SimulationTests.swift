@@ -4,8 +4,9 @@ import Testing
 
 /// The stream protocol under the seeded simulation (see ``Simulation``).
 ///
-/// `HMX_SIM_SEEDS=N` runs seeds 1...N (default 200 here; `scripts/simulate` runs many
-/// more); `HMX_SIM_SEED=S` replays seed S alone, printing its last steps.
+/// `HMX_SIM_SEEDS=N` runs N seeds (default 500; CI runs 2000, `scripts/simulate` many
+/// more) from `HMX_SIM_FIRST_SEED` (default 1); `HMX_SIM_SEED=S` replays seed S alone and
+/// prints what happened. Set `SWIFT_DETERMINISTIC_HASHING=1` for a replay to be exact.
 @Suite("simulation")
 struct SimulationTests {
     static var environment: [String: String] { ProcessInfo.processInfo.environment }
@@ -16,8 +17,9 @@ struct SimulationTests {
         if let one = Self.environment["HMX_SIM_SEED"].flatMap(UInt64.init) {
             seeds = [one]
         } else {
-            let count = Self.environment["HMX_SIM_SEEDS"].flatMap(UInt64.init) ?? 200
-            seeds = Array(1...count)
+            let first = Self.environment["HMX_SIM_FIRST_SEED"].flatMap(UInt64.init) ?? 1
+            let count = Self.environment["HMX_SIM_SEEDS"].flatMap(UInt64.init) ?? 500
+            seeds = Array(first..<(first + count))
         }
         let started = Date()
         var failures: [String] = []
