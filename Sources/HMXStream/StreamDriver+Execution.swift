@@ -62,6 +62,9 @@ extension StreamDriver {
     /// blocked senders, flush, send.
     func turn() {
         guard !self.isStopped else { return }
+        // Asked for while actions execute (a backend that completes at once, as Xen's
+        // does): run it after them, or its writes would wait for a later flush.
+        guard !self.isExecuting else { return self.scheduleTurn() }
         let now = self.now
         let drain = self.rings.drain(into: &self.multiplexer, now: now)
         self.multiplexer.processInbound(now: now)

@@ -153,7 +153,11 @@ public struct StreamMultiplexer: Sendable {
         var inbox = CircularBuffer<InboundItem>()
         var inboxBytes = 0
         var connectionCount = 0
-        var nextLocalID: UInt32 = 1
+        /// The id of our next connection to this peer. Each run of the gateway starts
+        /// at its own point (from its instance id): frames the peer sent to our
+        /// previous run, still on their way when we restarted, then name connections
+        /// we do not have (answered with RESET), not new ones that took the same id.
+        var nextLocalID: UInt32
         /// In ``StreamMultiplexer/inboundTurns`` or ``StreamMultiplexer/pumpQueue``.
         var isInboundScheduled = false
         var isPumpScheduled = false
@@ -204,9 +208,11 @@ public struct StreamMultiplexer: Sendable {
     /// The peer's state, created on first contact.
     mutating func ensurePeer(_ domain: DomainID, now: NIODeadline) {
         guard self.peers[domain] == nil else { return }
+        let mixed = (self.instance ^ UInt64(domain.rawValue)) &* 0x9E37_79B9_7F4A_7C15
         self.peers[domain] = Peer(
             sender: PeerSender(instance: self.instance, configuredInFlight: self.configuration.peerInFlight),
-            health: PeerHealth(isPartner: false, now: now)
+            health: PeerHealth(isPartner: false, now: now),
+            nextLocalID: UInt32(truncatingIfNeeded: mixed >> 32)
         )
     }
 

@@ -28,7 +28,12 @@ final class Simulation {
         var maximumWindow = 65_536
         var faults = true
         var hostile = true
+        /// Hypercalls complete at once, as on Xen (otherwise they wait for the
+        /// scheduler, as with the emulator).
+        var immediateLinks = false
     }
+
+    var linkMode: InProcessLink.Mode { self.options.immediateLinks ? .immediate : .scheduled }
 
     static let port = HMXPort(4747)
     static let servicePort: UInt32 = 7
@@ -58,7 +63,7 @@ final class Simulation {
         self.hypervisor = InProcessHypervisor(eventLoop: self.loop, wildcardRingsAllowed: true)
         for (index, name) in ["alpha", "beta"].enumerated() {
             let domain = DomainID(UInt16(index + 1))
-            let link = try self.hypervisor.attach(domain, name: name, ringMemoryBytes: 1 << 20, mode: .scheduled)
+            let link = try self.hypervisor.attach(domain, name: name, ringMemoryBytes: 1 << 20, mode: self.linkMode)
             let gateway = SimulatedGateway(
                 domain: domain,
                 name: name,
@@ -134,7 +139,7 @@ final class Simulation {
         self.markLiveStreamsFaulted()
         self.hypervisor.destroy(gateway.domain)
         self.generations[index] += 1
-        let link = try self.hypervisor.attach(gateway.domain, name: gateway.name, ringMemoryBytes: 1 << 20, mode: .scheduled)
+        let link = try self.hypervisor.attach(gateway.domain, name: gateway.name, ringMemoryBytes: 1 << 20, mode: self.linkMode)
         gateway.restart(link: link, configuration: self.driverConfiguration, generation: self.generations[index])
         self.start(gateway)
     }
