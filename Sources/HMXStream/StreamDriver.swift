@@ -205,6 +205,9 @@ extension StreamDriver {
     /// The connection's state (for tests and diagnostics).
     public func connection(_ id: ConnectionID) -> StreamConnectionState? { self.multiplexer.connections[id] }
 
+    /// True if our partner ring for `domain` is registered.
+    public func hasRing(for domain: DomainID) -> Bool { self.multiplexer.hasRing(for: domain) }
+
     /// Every connection's state (for tests and diagnostics).
     public var connections: [ConnectionID: StreamConnectionState] { self.multiplexer.connections }
 }
