@@ -237,7 +237,7 @@ let package = Package(
         ),
         // The gateway's socket glue on EmbeddedChannels, over the in-process hypervisor.
         .testTarget(
-            name: "HMXGatewayGlueTests",
+            name: "HMXGatewayTests",
             dependencies: [
                 "HMXGateway", "HMXStream", "HMXTestSupport", "HMXCore",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+import CoreMetrics
 import HMXCore
 import HMXStream
 import Logging
@@ -6,32 +7,60 @@ import Logging
 // MARK: - What the log says
 
 extension Gateway {
+    /// Writes a warning another domain provoked unless that peer had its share of the
+    /// log for this kind (see ``WarningLimiter``); `write` gets the number of warnings
+    /// left out before this one.
+    func limited(_ kind: WarningLimiter.Kind, from peer: DomainID, _ write: (_ suppressed: Int) -> Void) {
+        switch self.warnings.admit(kind, from: peer, now: self.driver.now) {
+        case .log(let suppressed): write(suppressed)
+        case .suppress: self.metrics.warningsSuppressed.increment()
+        }
+    }
+
+    /// Says how many warnings were left out, once their interval is over.
+    func reportSuppressedWarnings() {
+        for (key, count) in self.warnings.expired(now: self.driver.now) {
+            self.logger.warning(
+                "similar warnings suppressed",
+                metadata: ["peer": "\(self.config.name(of: key.peer))", "kind": "\(key.kind.rawValue)", "suppressed": "\(count)"]
+            )
+        }
+    }
+
     /// A connection ended abnormally: one line, at a level that matches who is at fault.
     func log(_ end: ConnectionEnd, of id: ConnectionID) {
-        let logger = self.connections[id]?.logger ?? self.connectionLogger(id, mapping: "-")
+        let connection = self.connections[id]
+        func logger(_ suppressed: Int) -> Logger {
+            var logger = connection?.logger ?? self.connectionLogger(id, mapping: "-")
+            if suppressed > 0 { logger[metadataKey: "suppressed"] = "\(suppressed)" }
+            return logger
+        }
         switch end {
         case .refusedByPeer(let reason):
-            logger.warning("connection refused by the peer gateway", metadata: ["reason": "\(reason)"])
+            logger(0).warning("connection refused by the peer gateway", metadata: ["reason": "\(reason)"])
         case .refusedHere(let reason):
-            if let dialError = self.connections[id]?.dialError {
-                logger.warning("connection refused", metadata: ["reason": "\(reason)", "error": "\(dialError)"])
+            if let dialError = connection?.dialError {
+                logger(0).warning("connection refused", metadata: ["reason": "\(reason)", "error": "\(dialError)"])
             } else {
-                logger.warning("connection refused", metadata: ["reason": "\(reason)"])
+                // Refused before any dial: the peer asked for what it may not have.
+                self.limited(.refusedOpen, from: id.peer) { logger($0).warning("connection refused", metadata: ["reason": "\(reason)"]) }
             }
         case .resetByPeer(let reason):
-            logger.info("connection reset by the peer", metadata: ["reason": "\(reason)"])
+            self.limited(.reset, from: id.peer) { logger($0).info("connection reset by the peer", metadata: ["reason": "\(reason)"]) }
         case .violation(let violation):
-            logger.warning("peer violated the stream protocol; resetting the connection", metadata: ["violation": "\(violation)"])
+            self.limited(.violation, from: id.peer) {
+                logger($0).warning("peer violated the stream protocol; resetting the connection", metadata: ["violation": "\(violation)"])
+            }
         case .localReset:
-            logger.debug("local connection reset")
+            logger(0).debug("local connection reset")
         case .openTimedOut:
-            logger.warning("no answer from the peer to the connection's OPEN; resetting it")
+            logger(0).warning("no answer from the peer to the connection's OPEN; resetting it")
         case .terminated(.idleTimeout):
-            logger.info("idle timeout")
+            logger(0).info("idle timeout")
         case .terminated(.noRing):
-            logger.info("connection opened before our ring for the peer existed; its answer could not reach us")
+            logger(0).info("connection opened before our ring for the peer existed; its answer could not reach us")
         case .terminated(let outcome):
-            logger.debug("connection ended", metadata: ["reason": "\(outcome.rawValue)"])
+            logger(0).debug("connection ended", metadata: ["reason": "\(outcome.rawValue)"])
         }
     }
 
@@ -77,20 +106,26 @@ extension Gateway {
                 ]
             )
         case .peerRestarted(let domain, let count):
-            self.logger.warning(
-                "peer gateway restarted; resetting its old connections",
-                metadata: ["peer": "\(self.config.name(of: domain))", "connections": "\(count)"]
-            )
+            self.limited(.restarted, from: domain) { suppressed in
+                self.logger.warning(
+                    "peer gateway restarted; resetting its old connections",
+                    metadata: ["peer": "\(self.config.name(of: domain))", "connections": "\(count)", "suppressed": "\(suppressed)"]
+                )
+            }
         case .malformed(let domain, let reason):
-            self.logger.warning(
-                "malformed message from peer; its connections are reset",
-                metadata: ["peer": "\(self.config.name(of: domain))", "error": "\(reason)"]
-            )
+            self.limited(.malformed, from: domain) { suppressed in
+                self.logger.warning(
+                    "malformed message from peer; its connections are reset",
+                    metadata: ["peer": "\(self.config.name(of: domain))", "error": "\(reason)", "suppressed": "\(suppressed)"]
+                )
+            }
         case .reusedConnectionID(let id):
-            self.logger.warning(
-                "peer reused a live connection id; resetting it",
-                metadata: ["peer": "\(self.config.name(of: id.peer))", "connection": "\(id.key)"]
-            )
+            self.limited(.reusedConnectionID, from: id.peer) { suppressed in
+                self.logger.warning(
+                    "peer reused a live connection id; resetting it",
+                    metadata: ["peer": "\(self.config.name(of: id.peer))", "connection": "\(id.key)", "suppressed": "\(suppressed)"]
+                )
+            }
         case .ringCorrupt(let domain, let error):
             self.logger.error("a ring was corrupt and has been flushed", metadata: ["ring": "\(domain)", "error": "\(error)"])
         }

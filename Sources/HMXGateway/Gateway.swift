@@ -39,6 +39,8 @@ final class Gateway {
     /// Handlers written to since the last flush.
     private var needsFlush: [StreamGlueHandler] = []
     private var reportedStatistics = StreamStatistics()
+    /// Rate limits the warnings peers provoke.
+    var warnings = WarningLimiter()
     private(set) var isShuttingDown = false
 
     init(config: GatewayConfig, link: any HMXLink, logger: Logger, metrics: GatewayMetrics = GatewayMetrics()) {
@@ -177,10 +179,15 @@ extension Gateway: StreamDriverDelegate {
             self.countsByMapping[connection.mapping, default: 1] -= 1
         case .openRefused(let id, let reason):
             self.metrics.count(ConnectionOutcome(refused: reason), imported: false)
-            self.logger.warning(
-                "connection refused",
-                metadata: ["peer": "\(self.config.name(of: id.peer))", "connection": "\(id.key)", "reason": "\(reason)"]
-            )
+            self.limited(.refusedOpen, from: id.peer) { suppressed in
+                self.logger.warning(
+                    "connection refused",
+                    metadata: [
+                        "peer": "\(self.config.name(of: id.peer))", "connection": "\(id.key)", "reason": "\(reason)",
+                        "suppressed": "\(suppressed)",
+                    ]
+                )
+            }
         case .notice(let notice):
             self.log(notice)
         case .incomingOpen, .registerRing, .registerRingLater, .queryMessageSize, .ringLost:
@@ -194,6 +201,7 @@ extension Gateway: StreamDriverDelegate {
         self.needsFlush.removeAll(keepingCapacity: true)
         self.metrics.report(statistics, since: self.reportedStatistics, activeConnections: self.activeConnectionCount)
         self.reportedStatistics = statistics
+        self.reportSuppressedWarnings()
     }
 }
 

@@ -22,6 +22,8 @@ struct GatewayMetrics: Sendable {
     let windowGrowths: Counter
     /// Bytes by which live connections' windows have grown (out of `limits.window_pool`).
     let windowPoolInUse: Meter
+    /// Warnings a peer provoked beyond its share of the log (not written).
+    let warningsSuppressed: Counter
 
     init() {
         var importOutcomes: [Outcome: Counter] = [:]
@@ -42,6 +44,7 @@ struct GatewayMetrics: Sendable {
         self.malformedMessages = Counter(label: "hmx_malformed_messages_total")
         self.windowGrowths = Counter(label: "hmx_window_growths_total")
         self.windowPoolInUse = Meter(label: "hmx_window_pool_bytes")
+        self.warningsSuppressed = Counter(label: "hmx_warnings_suppressed_total")
     }
 
     func count(_ outcome: Outcome, imported: Bool) {
