@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+import CoreMetrics
 import HMXCore
 import HMXStream
 import Logging
@@ -13,6 +14,14 @@ extension Gateway {
         let bootstrap = ServerBootstrap(group: self.eventLoop)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // Out of descriptors, the listener pauses instead of spinning on a
+                    // failing accept; clients wait in the backlog meanwhile.
+                    let pause = AcceptPauseHandler { error in bound.value.acceptFailed(error, on: importConfig) }
+                    try channel.pipeline.syncOperations.addHandler(pause)
+                }
+            }
             .childChannelOption(.autoRead, value: false)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.maxMessagesPerRead, value: 1)
@@ -41,6 +50,23 @@ extension Gateway {
                 ]
             )
         }.nonisolated()
+    }
+
+    /// Accepting on an import's listener failed: pause it for a moment; say so once
+    /// in a while (each pause is counted).
+    func acceptFailed(_ error: IOError, on importConfig: GatewayConfig.Import) {
+        self.metrics.acceptPauses.increment()
+        let now = self.driver.now
+        if now - self.lastAcceptWarning >= WarningLimiter.interval {
+            self.lastAcceptWarning = now
+            let exhausted = error.errnoCode == EMFILE || error.errnoCode == ENFILE
+            self.logger.warning(
+                exhausted
+                    ? "cannot accept clients: out of file descriptors; pausing the listener 100 ms at a time (raise the limit, e.g. LimitNOFILE)"
+                    : "cannot accept clients; pausing the listener 100 ms at a time",
+                metadata: ["mapping": "\(importConfig.name)", "error": "\(error)"]
+            )
+        }
     }
 
     /// A local client connected to an import's listener: open a connection to the

@@ -41,6 +41,8 @@ final class Gateway {
     private var reportedStatistics = StreamStatistics()
     /// Rate limits the warnings peers provoke.
     var warnings = WarningLimiter()
+    /// When a failed accept was last logged.
+    var lastAcceptWarning = NIODeadline.distantPast
     private(set) var isShuttingDown = false
 
     init(config: GatewayConfig, link: any HMXLink, logger: Logger, metrics: GatewayMetrics = GatewayMetrics()) {

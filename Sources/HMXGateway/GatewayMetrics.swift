@@ -24,6 +24,8 @@ struct GatewayMetrics: Sendable {
     let windowPoolInUse: Meter
     /// Warnings a peer provoked beyond its share of the log (not written).
     let warningsSuppressed: Counter
+    /// Times an import listener paused because accepting failed (out of descriptors).
+    let acceptPauses: Counter
 
     init() {
         var importOutcomes: [Outcome: Counter] = [:]
@@ -45,6 +47,7 @@ struct GatewayMetrics: Sendable {
         self.windowGrowths = Counter(label: "hmx_window_growths_total")
         self.windowPoolInUse = Meter(label: "hmx_window_pool_bytes")
         self.warningsSuppressed = Counter(label: "hmx_warnings_suppressed_total")
+        self.acceptPauses = Counter(label: "hmx_accept_pauses_total")
     }
 
     func count(_ outcome: Outcome, imported: Bool) {

@@ -9,6 +9,12 @@ enum MetricsEndpoint {
     static func bind(_ endpoint: Endpoint, registry: PrometheusCollectorRegistry, group: any EventLoopGroup) -> EventLoopFuture<any Channel> {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // Out of descriptors, pause instead of spinning on a readable listener.
+                    try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler())
+                }
+            }
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()

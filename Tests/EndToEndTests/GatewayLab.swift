@@ -192,8 +192,15 @@ final class GatewayLab: @unchecked Sendable {
 
     /// Starts hmx-gateway in `domain` with `config`.
     @discardableResult
-    func startGateway(_ domain: Domain, config: String) throws -> ChildProcess {
-        let gateway = try self.spawn(domain, "hmx-gateway", ["run", "--config", config])
+    /// - Parameter fileLimit: the gateway's limit of open files (`prlimit --nofile`).
+    func startGateway(_ domain: Domain, config: String, fileLimit: Int? = nil) throws -> ChildProcess {
+        let gateway: ChildProcess
+        if let fileLimit {
+            let program = executablePath("hmx-gateway") ?? "hmx-gateway"
+            gateway = try self.spawn(domain, "prlimit", ["--nofile=\(fileLimit):\(fileLimit)", "--", program, "run", "--config", config])
+        } else {
+            gateway = try self.spawn(domain, "hmx-gateway", ["run", "--config", config])
+        }
         self.gateways[domain] = gateway
         return gateway
     }

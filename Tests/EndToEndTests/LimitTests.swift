@@ -49,5 +49,45 @@ extension GatewayEndToEndTests {
             let busy = try await lab.runTool(.alpha, ["stream", "--port", "\(idlePort)", "--timeout", "4"], seconds: 20)
             #expect(busy.status == 3 && busy.output.contains("streaming") && busy.output.contains("timeout after"), "\(busy.output)\n\(lab.gatewayLogs)")
         }
+    
+        @Test("out of file descriptors: the import listener pauses instead of spinning, says so once, and serves the waiting clients later", .timeLimit(.minutes(2)))
+        func acceptBackoff() async throws {
+            let lab = try await GatewayLab()
+            let metricsPort = lab.port(90)
+            try await lab.startToolServer(.beta, ["echo-server", "--port", "\(lab.echoTarget)"])
+            try lab.startGateway(.beta, config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: []))
+            let alpha = try lab.startGateway(
+                .alpha,
+                config: try lab.gatewayConfig(
+                    .alpha, exports: [], imports: [lab.echoImport], extra: "metrics:\n  listen: tcp://127.0.0.1:\(metricsPort)\n"
+                ),
+                fileLimit: 64
+            )
+            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"], seconds: 40)
+            try #require(probe.status == 0, "\(probe.output)\n\(lab.gatewayLogs)")
+            // Thirty clients fit in 64 descriptors; twenty more do not, until the first leave.
+            let first = try lab.tool(.alpha, ["hold", "--port", "\(lab.echoPort)", "--count", "30", "--go", "\(lab.directory.path)/go-1", "--timeout", "60"])
+            try #require(await eventually(within: 20) { first.output.contains("holding 30") }, "\(first.log)\n\(lab.gatewayLogs)")
+            let second = try lab.tool(.alpha, ["hold", "--port", "\(lab.echoPort)", "--count", "20", "--go", "\(lab.directory.path)/go-2", "--timeout", "60", "--wait", "40"])
+            try #require(await eventually(within: 10) { alpha.log.contains("out of file descriptors") }, "\(lab.gatewayLogs)")
+            // The clients that fit are served; then only the waiting ones are left.
+            try await Task.sleep(for: .seconds(1))
+            let before = alpha.cpuSeconds() ?? 0
+            try await Task.sleep(for: .seconds(2))
+            let used = (alpha.cpuSeconds() ?? 99) - before
+            let profile = try await HMXProcessTestSupport.run("timeout", ["-s", "INT", "2", "strace", "-c", "-f", "-p", "\(alpha.pid)", "-o", "/tmp/emfile.strace"], seconds: 10)
+            print("PERF", profile.output)
+            #expect(used < 0.5, "the gateway used \(used) CPU-s in 2 s while out of descriptors (a spinning accept loop uses 2)")
+            let lines = alpha.log.components(separatedBy: "out of file descriptors").count - 1
+            #expect(lines >= 1 && lines <= 2, "said once (at most once per 10 s): \(lines) lines")
+            // The first clients leave; the waiting ones are served.
+            _ = try lab.directory.write("go-1", "")
+            #expect(await first.wait(seconds: 20) == 0, "\(first.log)")
+            #expect(await eventually(within: 20) { second.output.contains("holding 20") }, "\(second.log)\n\(lab.gatewayLogs)")
+            _ = try lab.directory.write("go-2", "")
+            #expect(await second.wait(seconds: 20) == 0, "\(second.log)")
+            let metrics = try await lab.metrics(.alpha, port: metricsPort)
+            #expect((metrics["hmx_accept_pauses_total"] ?? 0) > 0, "\(metrics)")
+        }
     }
 }

@@ -105,6 +105,18 @@ public final class ChildProcess: @unchecked Sendable {
         return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
     }
 
+    /// CPU time used so far (user + system, from `/proc/PID/stat`) in seconds, `nil`
+    /// once the process is gone.
+    public func cpuSeconds() -> Double? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(self.pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
+        // After "pid (comm)": state is field 3; utime and stime are fields 14 and 15.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     deinit {
         self.killGroup()
         try? FileManager.default.removeItem(at: self.outputURL)

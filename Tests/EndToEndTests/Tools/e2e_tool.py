@@ -455,7 +455,7 @@ async def hold(args):
 
     async def open_one(index):
         async with gate:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", args.port), 10)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", args.port), args.wait)
             await exchange(index, reader, writer, "first")
             return reader, writer
 
@@ -463,7 +463,7 @@ async def hold(args):
         payload = f"{round_name} {index:06d}\n".encode()
         writer.write(payload)
         await writer.drain()
-        reply = await asyncio.wait_for(reader.readexactly(len(payload)), 10)
+        reply = await asyncio.wait_for(reader.readexactly(len(payload)), args.wait)
         if reply != payload:
             raise ValueError(f"connection {index}: {reply!r} instead of {payload!r}")
 
@@ -539,6 +539,7 @@ def main():
     command.add_argument("--count", type=int, required=True)
     command.add_argument("--go", required=True)
     command.add_argument("--timeout", type=float, default=120)
+    command.add_argument("--wait", type=float, default=10, help="seconds one connect or exchange may take")
     args = parser.parse_args()
 
     if args.command == "echo-server":
