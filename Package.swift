@@ -204,7 +204,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HMXGatewayConfigTests",
-            dependencies: ["HMXGateway", "HMXConfig", "HMXCore"],
+            dependencies: ["HMXGateway", "HMXConfig", "HMXCore", "HMXEmulator"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -104,47 +104,74 @@ public struct ConfigNode {
         }
     }
 
+    /// The keys of a mapping, each once.
+    ///
+    /// Linear in the number of keys (a dictionary finds duplicates and answers lookups):
+    /// configuration files may be generated, and a hostile or runaway one must not make
+    /// loading (or a reload) take time quadratic in its size.
     public func mapping() throws(ConfigError) -> ConfigMapping {
         guard let mapping = self.node.mapping else { throw self.error("expected a mapping of keys") }
-        var entries: [(String, ConfigNode, Int?)] = []
+        var entries: [ConfigMapping.Entry] = []
+        var index: [String: Int] = [:]
+        entries.reserveCapacity(mapping.count)
+        index.reserveCapacity(mapping.count)
         for (keyNode, value) in mapping {
             guard let name = keyNode.scalar?.string else {
                 throw ConfigError(file: self.file, line: keyNode.mark?.line, key: self.key, reason: "keys must be strings")
             }
             let path = self.key.isEmpty ? name : "\(self.key).\(name)"
-            if entries.contains(where: { $0.0 == name }) {
-                throw ConfigError(file: self.file, line: keyNode.mark?.line, key: path, reason: "duplicate key")
+            if let first = index[name] {
+                throw ConfigError(
+                    file: self.file,
+                    line: keyNode.mark?.line,
+                    key: path,
+                    reason: "duplicate key\(entries[first].line.map { " (first at line \($0))" } ?? "")"
+                )
             }
-            entries.append((name, ConfigNode(node: value, file: self.file, key: path), keyNode.mark?.line))
+            index[name] = entries.count
+            entries.append(ConfigMapping.Entry(name: name, node: ConfigNode(node: value, file: self.file, key: path), line: keyNode.mark?.line))
         }
-        return ConfigMapping(owner: self, entries: entries)
+        return ConfigMapping(owner: self, entries: entries, index: index)
     }
 }
 
-/// A mapping being read key by key; ``finish()`` rejects keys nobody asked for.
+/// A mapping being read key by key; ``finish(known:)`` rejects keys nobody asked for.
 public final class ConfigMapping {
-    public let owner: ConfigNode
-    private let entries: [(String, ConfigNode, Int?)]
-    private var used: Set<String> = []
+    struct Entry {
+        var name: String
+        var node: ConfigNode
+        /// The line of the key (its value may start on a later line).
+        var line: Int?
+    }
 
-    init(owner: ConfigNode, entries: [(String, ConfigNode, Int?)]) {
+    public let owner: ConfigNode
+    /// In file order.
+    private let entries: [Entry]
+    /// Position in `entries` of each key.
+    private let index: [String: Int]
+    /// Entries read, by position.
+    private var used: [Bool]
+
+    init(owner: ConfigNode, entries: [Entry], index: [String: Int]) {
         self.owner = owner
         self.entries = entries
+        self.index = index
+        self.used = Array(repeating: false, count: entries.count)
     }
 
     /// Every entry in file order (all count as read): for mappings whose keys are data.
     public func all() -> [(String, ConfigNode)] {
-        for entry in self.entries { self.used.insert(entry.0) }
-        return self.entries.map { ($0.0, $0.1) }
+        self.used = Array(repeating: true, count: self.entries.count)
+        return self.entries.map { ($0.name, $0.node) }
     }
 
     /// True if the key is present.
-    public func has(_ name: String) -> Bool { self.entries.contains { $0.0 == name } }
+    public func has(_ name: String) -> Bool { self.index[name] != nil }
 
     public func optional(_ name: String) -> ConfigNode? {
-        guard let entry = self.entries.first(where: { $0.0 == name }) else { return nil }
-        self.used.insert(name)
-        return entry.1
+        guard let position = self.index[name] else { return nil }
+        self.used[position] = true
+        return self.entries[position].node
     }
 
     public func required(_ name: String) throws(ConfigError) -> ConfigNode {
@@ -158,14 +185,14 @@ public final class ConfigMapping {
     /// Fails on the first key that was never read.
     /// - Parameter known: the keys this mapping accepts, listed in the error.
     public func finish(known: [String]) throws(ConfigError) {
-        for (name, node, line) in self.entries where !self.used.contains(name) {
-            throw ConfigError(
-                file: node.file,
-                line: line,
-                key: node.key,
-                reason: "unknown key (expected one of: \(known.joined(separator: ", ")))"
-            )
-        }
+        guard let position = self.used.firstIndex(of: false) else { return }
+        let entry = self.entries[position]
+        throw ConfigError(
+            file: entry.node.file,
+            line: entry.line,
+            key: entry.node.key,
+            reason: "unknown key (expected one of: \(known.joined(separator: ", ")))"
+        )
     }
 }
 
