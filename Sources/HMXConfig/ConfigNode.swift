@@ -34,20 +34,43 @@ public struct ConfigNode {
         do {
             node = try Yams.compose(yaml: text)
         } catch let error as YamlError {
-            throw Self.describe(error, file: file)
+            throw Self.describe(error, text: text, file: file)
         } catch {
             throw ConfigError(file: file, line: nil, key: "", reason: "not valid YAML: \(error)")
         }
         guard let node else {
-            throw ConfigError(file: file, line: nil, key: "", reason: "the file is empty")
+            throw ConfigError(file: file, line: 1, key: "", reason: "the file is empty")
         }
         let root = ConfigNode(node: node, file: file, key: "")
         guard node.mapping != nil else { throw root.error("the top level must be a mapping of keys") }
         return root
     }
 
-    private static func describe(_ error: YamlError, file: String) -> ConfigError {
+    /// Every YAML error with its line: Yams' marks are 1-based lines; a reader error
+    /// (a character YAML does not allow) gives a byte offset; a repeated key is located
+    /// again by ``DuplicateKeyFinder``, for its path and the line of the repetition.
+    private static func describe(_ error: YamlError, text: String, file: String) -> ConfigError {
         switch error {
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            if let duplicate = DuplicateKeyFinder.first(in: text) {
+                return ConfigError(
+                    file: file,
+                    line: duplicate.line,
+                    key: duplicate.key,
+                    reason: "duplicate key (first at line \(duplicate.firstLine))"
+                )
+            }
+            // Keys that are not strings (a list or mapping as a key): where Yams saw the
+            // first of them.
+            return ConfigError(
+                file: file,
+                line: context.mark.line,
+                key: "",
+                reason: "duplicate key (\(duplicates.count == 1 ? "a key" : "keys") that \(duplicates.count == 1 ? "is" : "are") not a string)"
+            )
+        case .reader(let problem, let offset, _, _):
+            let line = offset.map { Self.line(atByteOffset: $0, in: text) }
+            return ConfigError(file: file, line: line, key: "", reason: "not valid YAML: \(problem)")
         case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _):
             let what = context.map { "\($0.text) " } ?? ""
             return ConfigError(file: file, line: mark.line, key: "", reason: "not valid YAML: \(what)\(problem)")
@@ -57,6 +80,18 @@ public struct ConfigNode {
         default:
             return ConfigError(file: file, line: nil, key: "", reason: "not valid YAML: \(error)")
         }
+    }
+
+    /// The 1-based line of a byte offset, counting line breaks as YAML does (LF, CR,
+    /// CR LF).
+    static func line(atByteOffset offset: Int, in text: String) -> Int {
+        var line = 1
+        var previous: UInt8 = 0
+        for byte in text.utf8.prefix(offset) {
+            if byte == UInt8(ascii: "\r") || (byte == UInt8(ascii: "\n") && previous != UInt8(ascii: "\r")) { line += 1 }
+            previous = byte
+        }
+        return line
     }
 
     /// An error about this value.
@@ -217,7 +252,22 @@ func readFile(_ path: String, maximumBytes: Int) throws(ConfigError) -> String {
         }
     }
     guard let text = String(validating: bytes, as: UTF8.self) else {
-        throw ConfigError(file: path, line: nil, key: "", reason: "not UTF-8 text")
+        throw ConfigError(file: path, line: firstInvalidUTF8Line(bytes), key: "", reason: "not UTF-8 text")
     }
     return text
+}
+
+/// The 1-based line of the first byte that is not UTF-8, for the error to point at it.
+func firstInvalidUTF8Line(_ bytes: [UInt8]) -> Int {
+    var parser = Unicode.UTF8.ForwardParser()
+    var iterator = bytes.makeIterator()
+    var line = 1
+    while true {
+        switch parser.parseScalar(from: &iterator) {
+        case .valid(let scalar):
+            if scalar.count == 1, scalar.first == UInt8(ascii: "\n") { line += 1 }
+        case .error, .emptyInput:
+            return line
+        }
+    }
 }
