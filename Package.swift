@@ -210,7 +210,7 @@ let package = Package(
         .testTarget(
             name: "HMXEmulatorTests",
             dependencies: [
-                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "HMXProcessTestSupport", "hmx-emulator", "hmx-cat",
+                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "HMXProcessTestSupport", "hmx-emulator", "hmx-cat", "CHMXShims",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
