@@ -12,86 +12,32 @@ public struct ConfigNode {
     public let file: String
     public let key: String
 
+    /// The text's last line: libyaml marks the end of a text without a final line break
+    /// (and an empty value there) on the line after it; errors there name the last line.
+    let lastLine: Int
+
     public init(node: Node, file: String, key: String) {
+        self.init(node: node, file: file, key: key, lastLine: .max)
+    }
+
+    init(node: Node, file: String, key: String, lastLine: Int) {
         self.node = node
         self.file = file
         self.key = key
+        self.lastLine = lastLine
     }
 
     /// The 1-based line of this value.
-    public var line: Int? { self.node.mark.map { $0.line } }
+    public var line: Int? { self.line(of: self.node) }
+
+    /// The 1-based line of `node`, within the text.
+    func line(of node: Node) -> Int? { node.mark.map { min($0.line, self.lastLine) } }
 
     /// Reads and parses a YAML file whose top level must be a mapping.
     /// - Parameter maximumBytes: refuse larger files (configs are small; a huge file is a mistake).
     public static func load(path: String, maximumBytes: Int = 4 << 20) throws(ConfigError) -> ConfigNode {
         let text = try readFile(path, maximumBytes: maximumBytes)
         return try self.parse(text, file: path)
-    }
-
-    /// Parses YAML text; `file` names it in errors.
-    public static func parse(_ text: String, file: String) throws(ConfigError) -> ConfigNode {
-        let node: Node?
-        do {
-            node = try Yams.compose(yaml: text)
-        } catch let error as YamlError {
-            throw Self.describe(error, text: text, file: file)
-        } catch {
-            throw ConfigError(file: file, line: nil, key: "", reason: "not valid YAML: \(error)")
-        }
-        guard let node else {
-            throw ConfigError(file: file, line: 1, key: "", reason: "the file is empty")
-        }
-        let root = ConfigNode(node: node, file: file, key: "")
-        guard node.mapping != nil else { throw root.error("the top level must be a mapping of keys") }
-        return root
-    }
-
-    /// Every YAML error with its line: Yams' marks are 1-based lines; a reader error
-    /// (a character YAML does not allow) gives a byte offset; a repeated key is located
-    /// again by ``DuplicateKeyFinder``, for its path and the line of the repetition.
-    private static func describe(_ error: YamlError, text: String, file: String) -> ConfigError {
-        switch error {
-        case .duplicatedKeysInMapping(let duplicates, let context):
-            if let duplicate = DuplicateKeyFinder.first(in: text) {
-                return ConfigError(
-                    file: file,
-                    line: duplicate.line,
-                    key: duplicate.key,
-                    reason: "duplicate key (first at line \(duplicate.firstLine))"
-                )
-            }
-            // Keys that are not strings (a list or mapping as a key): where Yams saw the
-            // first of them.
-            return ConfigError(
-                file: file,
-                line: context.mark.line,
-                key: "",
-                reason: "duplicate key (\(duplicates.count == 1 ? "a key" : "keys") that \(duplicates.count == 1 ? "is" : "are") not a string)"
-            )
-        case .reader(let problem, let offset, _, _):
-            let line = offset.map { Self.line(atByteOffset: $0, in: text) }
-            return ConfigError(file: file, line: line, key: "", reason: "not valid YAML: \(problem)")
-        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _):
-            let what = context.map { "\($0.text) " } ?? ""
-            return ConfigError(file: file, line: mark.line, key: "", reason: "not valid YAML: \(what)\(problem)")
-        case .composer(let context, let problem, let mark, _):
-            let what = context.map { "\($0.text) " } ?? ""
-            return ConfigError(file: file, line: mark.line, key: "", reason: "not valid YAML: \(what)\(problem)")
-        default:
-            return ConfigError(file: file, line: nil, key: "", reason: "not valid YAML: \(error)")
-        }
-    }
-
-    /// The 1-based line of a byte offset, counting line breaks as YAML does (LF, CR,
-    /// CR LF).
-    static func line(atByteOffset offset: Int, in text: String) -> Int {
-        var line = 1
-        var previous: UInt8 = 0
-        for byte in text.utf8.prefix(offset) {
-            if byte == UInt8(ascii: "\r") || (byte == UInt8(ascii: "\n") && previous != UInt8(ascii: "\r")) { line += 1 }
-            previous = byte
-        }
-        return line
     }
 
     /// An error about this value.
@@ -135,7 +81,7 @@ public struct ConfigNode {
     public func sequence() throws(ConfigError) -> [ConfigNode] {
         guard let sequence = self.node.sequence else { throw self.error("expected a list") }
         return sequence.enumerated().map { index, element in
-            ConfigNode(node: element, file: self.file, key: "\(self.key)[\(index)]")
+            ConfigNode(node: element, file: self.file, key: "\(self.key)[\(index)]", lastLine: self.lastLine)
         }
     }
 
@@ -152,19 +98,20 @@ public struct ConfigNode {
         index.reserveCapacity(mapping.count)
         for (keyNode, value) in mapping {
             guard let name = keyNode.scalar?.string else {
-                throw ConfigError(file: self.file, line: keyNode.mark?.line, key: self.key, reason: "keys must be strings")
+                throw ConfigError(file: self.file, line: self.line(of: keyNode), key: self.key, reason: "keys must be strings")
             }
             let path = self.key.isEmpty ? name : "\(self.key).\(name)"
             if let first = index[name] {
                 throw ConfigError(
                     file: self.file,
-                    line: keyNode.mark?.line,
+                    line: self.line(of: keyNode),
                     key: path,
                     reason: "duplicate key\(entries[first].line.map { " (first at line \($0))" } ?? "")"
                 )
             }
             index[name] = entries.count
-            entries.append(ConfigMapping.Entry(name: name, node: ConfigNode(node: value, file: self.file, key: path), line: keyNode.mark?.line))
+            let node = ConfigNode(node: value, file: self.file, key: path, lastLine: self.lastLine)
+            entries.append(ConfigMapping.Entry(name: name, node: node, line: self.line(of: keyNode)))
         }
         return ConfigMapping(owner: self, entries: entries, index: index)
     }

@@ -11,8 +11,8 @@ import Yams
 /// events (the parser under Yams) once more, on the error path only: one pass, linear
 /// in the text, an explicit stack (libyaml caps nesting at 1,000 levels) and no tree.
 ///
-/// Keys are compared as Yams compares them (value and resolved tag), so it finds the
-/// repetition Yams refused. Keys that are themselves sequences or mappings are not
+/// Keys are compared as Yams compares them (value and tag, resolved as
+/// ``ConfigNode/resolver`` does), so it finds the repetition Yams refused. Keys that are themselves sequences or mappings are not
 /// compared (configuration keys are strings); for those it finds nothing.
 enum DuplicateKeyFinder {
     struct Duplicate: Equatable {
@@ -122,6 +122,6 @@ enum DuplicateKeyFinder {
         } else {
             tag = .implicit
         }
-        return Node.scalar(Node.Scalar(value, Tag(tag)))
+        return Node.scalar(Node.Scalar(value, Tag(tag, ConfigNode.resolver)))
     }
 }

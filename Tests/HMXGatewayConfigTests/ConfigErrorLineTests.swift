@@ -59,7 +59,7 @@ struct ConfigErrorLineTests {
                 "gw.yaml:5: exports[0].name: duplicate key (first at line 3)"
             ),
             (.gateway, "link: {emulator: /a}\npeers: {a: 1, b: 2, a: 3}\n", "gw.yaml:2: peers.a: duplicate key (first at line 2)"),
-            // Equal as strings, not to YAML (an integer and a string): the loader's own check.
+            // Unquoted and quoted: the same key (plain scalars are strings here).
             (.gateway, "link: {emulator: /a}\npeers:\n  7: 1\n  \"7\": 2\n", "gw.yaml:4: peers.7: duplicate key (first at line 3)"),
             (
                 .emulator,
@@ -93,6 +93,8 @@ struct ConfigErrorLineTests {
         let file = tool.rawValue
         #expect(tool.error(tool.start + "x: \u{1}\n")?.description == "\(file):2: not valid YAML: control characters are not allowed")
         #expect(tool.error(tool.start + "a: 1\r\n\r\nx: \u{7}\n")?.line == 4)
+        // Unterminated at the end of a last line without a line break: that line.
+        #expect(tool.error(tool.start + "x: {a: 'b")?.line == 2)
         #expect(tool.error("")?.description == "\(file):1: the file is empty")
         #expect(tool.error("# nothing\n")?.description == "\(file):1: the file is empty")
         let path = NSTemporaryDirectory() + "hmx-config-\(UUID().uuidString.prefix(8)).yaml"
