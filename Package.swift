@@ -21,6 +21,9 @@ let package = Package(
         .library(name: "HMXXen", targets: ["HMXXen"]),
         .executable(name: "hmx-xen-probe", targets: ["hmx-xen-probe"]),
         .library(name: "HMXProxyProtocol", targets: ["HMXProxyProtocol"]),
+        // For the fuzz targets (Fuzz/), which see only products: the gateway's
+        // configuration loader.
+        .library(name: "HMXGateway", targets: ["HMXGateway"]),
         .executable(name: "hmx-conformance", targets: ["hmx-conformance"]),
     ],
     dependencies: [
