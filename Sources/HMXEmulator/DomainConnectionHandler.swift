@@ -14,12 +14,13 @@ import NIOCore
 /// *deferrable* hypercalls (``LinkWire``) may wait, in order, for the next result that
 /// cannot, the domain's next event, or ``LinkWire/deferredResultDelay``.
 ///
-/// What waits to be written to the domain is bounded (``EmulatorServer/Limits``): while
-/// the channel is not writable (its queued output above the high watermark), the
-/// handler holds back the pipeline's `read()`, so the emulator takes no new hypercalls
-/// from a domain that does not read their results, as a vCPU blocked in a hypercall
-/// issues no more; an event raised meanwhile is written once the domain has read.
-/// Reading resumes below the low watermark. The overshoot is one read burst.
+/// What waits to be written to the domain is bounded (``EmulatorLimits/queuedOutputBytes``,
+/// the channel's write watermarks): while the channel is not writable (its queued output
+/// above the high watermark), the handler holds back the pipeline's `read()`, so the
+/// emulator takes no new hypercalls from a domain that does not read their results, as
+/// a vCPU blocked in a hypercall issues no more; an event raised meanwhile is written
+/// once the domain has read. Reading resumes below the low watermark. The overshoot is
+/// one read burst.
 final class DomainConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer

@@ -77,7 +77,9 @@ extension EmulatorServer {
     }
 
     /// Reads the hello of a connection that has something to say (or has gone), checks
-    /// it, and either hands the connection over or refuses it.
+    /// it, and either hands the connection over or refuses it. The hello is read before
+    /// any answer, also when the uid alone refuses the process: closing a Unix socket
+    /// with unread data resets it, and the process should get to read why it was refused.
     private func readHello(_ fd: Int32, handshakes: inout AttachHandshakes) {
         var bytes = [UInt8](repeating: 0, count: LinkWire.Hello.size)
         var fds: [Int32] = [-1]
