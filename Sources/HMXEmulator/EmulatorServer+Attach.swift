@@ -19,6 +19,10 @@ import Glibc
 extension EmulatorServer {
     func acceptLoop() {
         var handshakes = AttachHandshakes(limits: self.limits)
+        // Out of descriptors (EMFILE, ENFILE): a listener with a connection waiting stays
+        // readable, so accepting pauses for a moment instead of spinning on it.
+        var pausedUntil: NIODeadline?
+        var isOutOfDescriptors = false
         while true {
             let listeners = self.state.withLock { state -> [UInt16: Listener]? in state.isRunning ? state.listeners : nil }
             guard let listeners else {
@@ -33,13 +37,19 @@ extension EmulatorServer {
             for pending in handshakes.endExpired(now: now) {
                 self.refuse(pending, .malformedHello, "no hello within \(self.limits.handshakeTimeout)")
             }
+            if let until = pausedUntil, until <= now { pausedUntil = nil }
             // Domains whose slots are all taken are not accepted from.
-            let accepting = listeners.values.filter { handshakes.hasSlot(for: $0.domain.id) }
+            let accepting = pausedUntil == nil ? listeners.values.filter { handshakes.hasSlot(for: $0.domain.id) } : []
             let waiting = handshakes.descriptors
             var polls = [pollfd(fd: self.wakePipe.read, events: Int16(POLLIN), revents: 0)]
             polls += accepting.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
             polls += waiting.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            let ready = poll(&polls, nfds_t(polls.count), handshakes.pollTimeout(now: now))
+            var timeout = handshakes.pollTimeout(now: now)
+            if let until = pausedUntil {
+                let pause = Int32(clamping: max(1, (until - now).nanoseconds / 1_000_000 + 1))
+                timeout = timeout < 0 ? pause : min(timeout, pause)
+            }
+            let ready = poll(&polls, nfds_t(polls.count), timeout)
             if ready < 0 {
                 if errno == EINTR { continue }
                 self.logger.error("accept loop failed", metadata: ["errno": "\(errno)"])
@@ -49,8 +59,17 @@ extension EmulatorServer {
                 var drain = [UInt8](repeating: 0, count: 64)
                 _ = read(self.wakePipe.read, &drain, drain.count)
             }
-            for (index, listener) in accepting.enumerated() where polls[1 + index].revents != 0 {
-                self.accept(from: listener, into: &handshakes)
+            for (index, listener) in accepting.enumerated() where polls[1 + index].revents != 0 && pausedUntil == nil {
+                if self.accept(from: listener, into: &handshakes) {
+                    isOutOfDescriptors = false
+                } else {
+                    // Said once until an accept succeeds again.
+                    if !isOutOfDescriptors {
+                        self.logger.warning("out of file descriptors: accepting pauses 100 ms at a time until one is free")
+                    }
+                    isOutOfDescriptors = true
+                    pausedUntil = .now() + .milliseconds(100)
+                }
             }
             for (index, fd) in waiting.enumerated() where polls[1 + accepting.count + index].revents != 0 {
                 self.readHello(fd, handshakes: &handshakes)
@@ -59,21 +78,23 @@ extension EmulatorServer {
     }
 
     /// Accepts one connection from a domain's socket and starts its handshake.
-    private func accept(from listener: Listener, into handshakes: inout AttachHandshakes) {
+    /// - Returns: false if the process or the system is out of file descriptors.
+    private func accept(from listener: Listener, into handshakes: inout AttachHandshakes) -> Bool {
         // The listener may have been closed by a reload in the meantime.
         let stillOpen = self.state.withLock { $0.listeners[listener.domain.id.rawValue]?.fd == listener.fd }
-        guard stillOpen else { return }
+        guard stillOpen else { return true }
         let fd = chmx_accept_nonblock_cloexec(listener.fd)
-        guard fd >= 0 else { return }
+        guard fd >= 0 else { return errno != EMFILE && errno != ENFILE }
         var pid: pid_t = 0
         var uid: uid_t = 0
         var gid: gid_t = 0
         let pending = AttachHandshakes.Pending(fd: fd, domain: listener.domain, deadline: .now(), pid: 0, uid: 0)
         guard chmx_peer_credentials(fd, &pid, &uid, &gid) == 0 else {
             self.refuse(pending, .credentialsRejected, "peer credentials unavailable")
-            return
+            return true
         }
         handshakes.begin(fd: fd, domain: listener.domain, pid: pid, uid: uid, now: .now())
+        return true
     }
 
     /// Reads the hello of a connection that has something to say (or has gone), checks

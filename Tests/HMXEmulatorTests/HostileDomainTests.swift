@@ -110,6 +110,46 @@ struct HostileDomainTests {
         #expect(await emulator.wait(seconds: 10) == 0)
     }
 
+    @Test("out of file descriptors, the emulator pauses accepting instead of spinning on a readable socket")
+    func outOfDescriptors() async throws {
+        let directory = try TemporaryDirectory()
+        let config = try directory.write(
+            "emulator.yaml",
+            "domains:\n  - {id: 1, name: a, socket: \(directory.path)/a.sock}\n  - {id: 2, name: b, socket: \(directory.path)/b.sock}\n"
+        )
+        // About 18 descriptors are in use once it runs: room for two connections.
+        let emulator = try ChildProcess.shell("ulimit -n 20 && exec hmx-emulator run --config \(config)")
+        defer { emulator.signal(SIGKILL) }
+        #expect(await eventually(within: 10) { FileManager.default.fileExists(atPath: "\(directory.path)/b.sock") })
+        let silent = try (0..<10).flatMap { _ in
+            [try RawDomainSocket(path: "\(directory.path)/a.sock"), try RawDomainSocket(path: "\(directory.path)/b.sock")]
+        }
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let before = try #require(Self.cpuTicks(emulator.pid))
+        try await Task.sleep(nanoseconds: 1_500_000_000)
+        let used = try #require(Self.cpuTicks(emulator.pid)) - before
+        print("emulator out of descriptors with \(silent.count) connections waiting: \(used) CPU ticks in 1.5 s")
+        #expect(used < 30, "the emulator used \(used) ticks of 150 spinning on accept")
+        #expect(emulator.errorOutput.components(separatedBy: "out of file descriptors").count == 2, "\(emulator.errorOutput)")
+        // Once the silent connections are gone, a domain attaches.
+        _ = consume silent
+        let link = try await attachWithin(seconds: 10, "\(directory.path)/b.sock")
+        try await link.close().get()
+        emulator.signal(SIGTERM)
+        #expect(await emulator.wait(seconds: 10) == 0)
+    }
+
+    /// User and system CPU time of a process, in clock ticks (1/100 s).
+    static func cpuTicks(_ pid: Int32) -> Int? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let end = stat.lastIndex(of: ")")
+        else { return nil }
+        // After "pid (comm)": state is field 3, utime 14, stime 15.
+        let fields = stat[stat.index(after: end)...].split(separator: " ")
+        guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else { return nil }
+        return user + system
+    }
+
     /// Attaches, retrying while the emulator refuses (the domain may still be detaching).
     func attachWithin(seconds: Double, _ path: String) async throws -> EmulatorLink {
         let deadline = Date().addingTimeInterval(seconds)
