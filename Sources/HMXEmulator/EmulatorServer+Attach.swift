@@ -53,6 +53,7 @@ extension EmulatorServer {
             if ready < 0 {
                 if errno == EINTR { continue }
                 self.logger.error("accept loop failed", metadata: ["errno": "\(errno)"])
+                for pending in handshakes.endAll(where: { _ in true }) { close(pending.fd) }
                 return
             }
             if polls[0].revents != 0 {
