@@ -21,6 +21,9 @@ let package = Package(
         .library(name: "HMXXen", targets: ["HMXXen"]),
         .executable(name: "hmx-xen-probe", targets: ["hmx-xen-probe"]),
         .library(name: "HMXProxyProtocol", targets: ["HMXProxyProtocol"]),
+        // For the fuzz targets (Fuzz/), which see only products: the gateway's
+        // configuration loader.
+        .library(name: "HMXGateway", targets: ["HMXGateway"]),
         .executable(name: "hmx-conformance", targets: ["hmx-conformance"]),
     ],
     dependencies: [
@@ -248,13 +251,13 @@ let package = Package(
         ),
         .testTarget(
             name: "HMXGatewayConfigTests",
-            dependencies: ["HMXGateway", "HMXConfig", "HMXCore"],
+            dependencies: ["HMXGateway", "HMXConfig", "HMXCore", "HMXEmulator"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "HMXEmulatorTests",
             dependencies: [
-                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "HMXProcessTestSupport", "hmx-emulator", "hmx-cat",
+                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "HMXProcessTestSupport", "hmx-emulator", "hmx-cat", "CHMXShims",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,6 +1,7 @@
 // swift-tools-version:6.1
 // SPDX-License-Identifier: Apache-2.0
-// libFuzzer targets for every parser that reads bytes from another domain.
+// libFuzzer targets for every parser that reads bytes from another domain, and for the
+// configuration loaders.
 // Build: swift build --package-path Fuzz -c release -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
 import PackageDescription
 
@@ -17,18 +18,17 @@ let package = Package(
         fuzzer("FuzzLinkWire", testing: "HMXCore"),
         fuzzer("FuzzStreamFrame", testing: "HMXStream"),
         fuzzer("FuzzProxyProtocol", testing: "HMXProxyProtocol"),
+        fuzzer("FuzzConfig", testing: "HMXConfig", "HMXGateway", "HMXEmulator"),
     ]
 )
 
-/// A libFuzzer executable for one of the product's libraries (with NIOCore, for
+/// A libFuzzer executable for some of the product's libraries (with NIOCore, for
 /// targets that feed ByteBuffers).
-func fuzzer(_ name: String, testing library: String) -> Target {
+func fuzzer(_ name: String, testing libraries: String...) -> Target {
     .executableTarget(
         name: name,
-        dependencies: [
-            "FuzzSupport",
-            .product(name: library, package: "hmx-gateway"),
-            .product(name: "NIOCore", package: "swift-nio"),
+        dependencies: ["FuzzSupport"] + libraries.map { .product(name: $0, package: "hmx-gateway") } + [
+            .product(name: "NIOCore", package: "swift-nio")
         ]
     )
 }

@@ -137,12 +137,20 @@ int chmx_pipe_cloexec_nonblock(int fds[2]) {
     return pipe2(fds, O_CLOEXEC | O_NONBLOCK);
 }
 
-int chmx_accept_cloexec(int fd) {
+int chmx_accept_nonblock_cloexec(int fd) {
     int rc;
     do {
-        rc = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+        rc = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     } while (rc < 0 && errno == EINTR);
     return rc;
+}
+
+int chmx_set_nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) {
+        return -1;
+    }
+    return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
 int chmx_unix_stream_socket(void) {

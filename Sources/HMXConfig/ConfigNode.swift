@@ -12,51 +12,32 @@ public struct ConfigNode {
     public let file: String
     public let key: String
 
+    /// The text's last line: libyaml marks the end of a text without a final line break
+    /// (and an empty value there) on the line after it; errors there name the last line.
+    let lastLine: Int
+
     public init(node: Node, file: String, key: String) {
+        self.init(node: node, file: file, key: key, lastLine: .max)
+    }
+
+    init(node: Node, file: String, key: String, lastLine: Int) {
         self.node = node
         self.file = file
         self.key = key
+        self.lastLine = lastLine
     }
 
     /// The 1-based line of this value.
-    public var line: Int? { self.node.mark.map { $0.line } }
+    public var line: Int? { self.line(of: self.node) }
+
+    /// The 1-based line of `node`, within the text.
+    func line(of node: Node) -> Int? { node.mark.map { min($0.line, self.lastLine) } }
 
     /// Reads and parses a YAML file whose top level must be a mapping.
     /// - Parameter maximumBytes: refuse larger files (configs are small; a huge file is a mistake).
     public static func load(path: String, maximumBytes: Int = 4 << 20) throws(ConfigError) -> ConfigNode {
         let text = try readFile(path, maximumBytes: maximumBytes)
         return try self.parse(text, file: path)
-    }
-
-    /// Parses YAML text; `file` names it in errors.
-    public static func parse(_ text: String, file: String) throws(ConfigError) -> ConfigNode {
-        let node: Node?
-        do {
-            node = try Yams.compose(yaml: text)
-        } catch let error as YamlError {
-            throw Self.describe(error, file: file)
-        } catch {
-            throw ConfigError(file: file, line: nil, key: "", reason: "not valid YAML: \(error)")
-        }
-        guard let node else {
-            throw ConfigError(file: file, line: nil, key: "", reason: "the file is empty")
-        }
-        let root = ConfigNode(node: node, file: file, key: "")
-        guard node.mapping != nil else { throw root.error("the top level must be a mapping of keys") }
-        return root
-    }
-
-    private static func describe(_ error: YamlError, file: String) -> ConfigError {
-        switch error {
-        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _):
-            let what = context.map { "\($0.text) " } ?? ""
-            return ConfigError(file: file, line: mark.line, key: "", reason: "not valid YAML: \(what)\(problem)")
-        case .composer(let context, let problem, let mark, _):
-            let what = context.map { "\($0.text) " } ?? ""
-            return ConfigError(file: file, line: mark.line, key: "", reason: "not valid YAML: \(what)\(problem)")
-        default:
-            return ConfigError(file: file, line: nil, key: "", reason: "not valid YAML: \(error)")
-        }
     }
 
     /// An error about this value.
@@ -100,51 +81,79 @@ public struct ConfigNode {
     public func sequence() throws(ConfigError) -> [ConfigNode] {
         guard let sequence = self.node.sequence else { throw self.error("expected a list") }
         return sequence.enumerated().map { index, element in
-            ConfigNode(node: element, file: self.file, key: "\(self.key)[\(index)]")
+            ConfigNode(node: element, file: self.file, key: "\(self.key)[\(index)]", lastLine: self.lastLine)
         }
     }
 
+    /// The keys of a mapping, each once.
+    ///
+    /// Linear in the number of keys (a dictionary finds duplicates and answers lookups):
+    /// configuration files may be generated, and a hostile or runaway one must not make
+    /// loading (or a reload) take time quadratic in its size.
     public func mapping() throws(ConfigError) -> ConfigMapping {
         guard let mapping = self.node.mapping else { throw self.error("expected a mapping of keys") }
-        var entries: [(String, ConfigNode, Int?)] = []
+        var entries: [ConfigMapping.Entry] = []
+        var index: [String: Int] = [:]
+        entries.reserveCapacity(mapping.count)
+        index.reserveCapacity(mapping.count)
         for (keyNode, value) in mapping {
             guard let name = keyNode.scalar?.string else {
-                throw ConfigError(file: self.file, line: keyNode.mark?.line, key: self.key, reason: "keys must be strings")
+                throw ConfigError(file: self.file, line: self.line(of: keyNode), key: self.key, reason: "keys must be strings")
             }
             let path = self.key.isEmpty ? name : "\(self.key).\(name)"
-            if entries.contains(where: { $0.0 == name }) {
-                throw ConfigError(file: self.file, line: keyNode.mark?.line, key: path, reason: "duplicate key")
+            if let first = index[name] {
+                throw ConfigError(
+                    file: self.file,
+                    line: self.line(of: keyNode),
+                    key: path,
+                    reason: "duplicate key\(entries[first].line.map { " (first at line \($0))" } ?? "")"
+                )
             }
-            entries.append((name, ConfigNode(node: value, file: self.file, key: path), keyNode.mark?.line))
+            index[name] = entries.count
+            let node = ConfigNode(node: value, file: self.file, key: path, lastLine: self.lastLine)
+            entries.append(ConfigMapping.Entry(name: name, node: node, line: self.line(of: keyNode)))
         }
-        return ConfigMapping(owner: self, entries: entries)
+        return ConfigMapping(owner: self, entries: entries, index: index)
     }
 }
 
-/// A mapping being read key by key; ``finish()`` rejects keys nobody asked for.
+/// A mapping being read key by key; ``finish(known:)`` rejects keys nobody asked for.
 public final class ConfigMapping {
-    public let owner: ConfigNode
-    private let entries: [(String, ConfigNode, Int?)]
-    private var used: Set<String> = []
+    struct Entry {
+        var name: String
+        var node: ConfigNode
+        /// The line of the key (its value may start on a later line).
+        var line: Int?
+    }
 
-    init(owner: ConfigNode, entries: [(String, ConfigNode, Int?)]) {
+    public let owner: ConfigNode
+    /// In file order.
+    private let entries: [Entry]
+    /// Position in `entries` of each key.
+    private let index: [String: Int]
+    /// Entries read, by position.
+    private var used: [Bool]
+
+    init(owner: ConfigNode, entries: [Entry], index: [String: Int]) {
         self.owner = owner
         self.entries = entries
+        self.index = index
+        self.used = Array(repeating: false, count: entries.count)
     }
 
     /// Every entry in file order (all count as read): for mappings whose keys are data.
     public func all() -> [(String, ConfigNode)] {
-        for entry in self.entries { self.used.insert(entry.0) }
-        return self.entries.map { ($0.0, $0.1) }
+        self.used = Array(repeating: true, count: self.entries.count)
+        return self.entries.map { ($0.name, $0.node) }
     }
 
     /// True if the key is present.
-    public func has(_ name: String) -> Bool { self.entries.contains { $0.0 == name } }
+    public func has(_ name: String) -> Bool { self.index[name] != nil }
 
     public func optional(_ name: String) -> ConfigNode? {
-        guard let entry = self.entries.first(where: { $0.0 == name }) else { return nil }
-        self.used.insert(name)
-        return entry.1
+        guard let position = self.index[name] else { return nil }
+        self.used[position] = true
+        return self.entries[position].node
     }
 
     public func required(_ name: String) throws(ConfigError) -> ConfigNode {
@@ -158,14 +167,14 @@ public final class ConfigMapping {
     /// Fails on the first key that was never read.
     /// - Parameter known: the keys this mapping accepts, listed in the error.
     public func finish(known: [String]) throws(ConfigError) {
-        for (name, node, line) in self.entries where !self.used.contains(name) {
-            throw ConfigError(
-                file: node.file,
-                line: line,
-                key: node.key,
-                reason: "unknown key (expected one of: \(known.joined(separator: ", ")))"
-            )
-        }
+        guard let position = self.used.firstIndex(of: false) else { return }
+        let entry = self.entries[position]
+        throw ConfigError(
+            file: entry.node.file,
+            line: entry.line,
+            key: entry.node.key,
+            reason: "unknown key (expected one of: \(known.joined(separator: ", ")))"
+        )
     }
 }
 
@@ -190,7 +199,22 @@ func readFile(_ path: String, maximumBytes: Int) throws(ConfigError) -> String {
         }
     }
     guard let text = String(validating: bytes, as: UTF8.self) else {
-        throw ConfigError(file: path, line: nil, key: "", reason: "not UTF-8 text")
+        throw ConfigError(file: path, line: firstInvalidUTF8Line(bytes), key: "", reason: "not UTF-8 text")
     }
     return text
+}
+
+/// The 1-based line of the first byte that is not UTF-8, for the error to point at it.
+func firstInvalidUTF8Line(_ bytes: [UInt8]) -> Int {
+    var parser = Unicode.UTF8.ForwardParser()
+    var iterator = bytes.makeIterator()
+    var line = 1
+    while true {
+        switch parser.parseScalar(from: &iterator) {
+        case .valid(let scalar):
+            if scalar.count == 1, scalar.first == UInt8(ascii: "\n") { line += 1 }
+        case .error, .emptyInput:
+            return line
+        }
+    }
 }

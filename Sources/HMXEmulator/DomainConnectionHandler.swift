@@ -13,16 +13,39 @@ import NIOCore
 /// Results are written at the end of each burst, except that the successes of
 /// *deferrable* hypercalls (``LinkWire``) may wait, in order, for the next result that
 /// cannot, the domain's next event, or ``LinkWire/deferredResultDelay``.
-final class DomainConnectionHandler: ChannelInboundHandler {
+///
+/// What waits to be written to the domain is bounded (``EmulatorLimits/queuedOutputBytes``,
+/// the channel's write watermarks): while the channel is not writable (its queued output
+/// above the high watermark), the handler holds back the pipeline's `read()`, so the
+/// emulator takes no new hypercalls from a domain that does not read their results, as
+/// a vCPU blocked in a hypercall issues no more; an event raised meanwhile is written
+/// once the domain has read. Reading resumes below the low watermark. The overshoot is
+/// one read burst.
+final class DomainConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
+
+    /// Where the connection is in its life. The domain is attached in the hypervisor
+    /// exactly while this is `.attached`, and that state is entered before anything
+    /// is written, so that a write failing inline (which closes the channel at once)
+    /// still finds it and detaches.
+    private enum State {
+        case connecting
+        case attached
+        case closed
+    }
 
     let domain: EmulatorConfig.DomainEntry
     let memory: SharedMemory
     unowned let core: EmulatorCore
     private var logger: Logger
     private var context: ChannelHandlerContext?
-    private var isAttached = false
+    private var state = State.connecting
+    /// The pipeline asked to read while the channel was not writable.
+    private var isReadHeld = false
+    /// An event was raised while the channel was not writable.
+    private var isEventOwed = false
     /// An event frame is already in `output`, not yet flushed.
     private var isEventQueued = false
     private var output: ByteBuffer
@@ -51,45 +74,77 @@ final class DomainConnectionHandler: ChannelInboundHandler {
         self.output = context.channel.allocator.buffer(capacity: 4096)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
-    }
-
     func channelActive(context: ChannelHandlerContext) {
-        let status: LinkWire.Welcome.Status = self.core.attach(self) ? .accepted : .domainAlreadyAttached
+        let accepted = self.core.attach(self)
+        if accepted {
+            // Before the welcome: if the process has gone, writing it closes the
+            // channel inline, and channelInactive must find the domain attached.
+            self.state = .attached
+            self.logger.info("domain attached", metadata: ["memory.bytes": "\(self.memory.size)"])
+        } else {
+            self.state = .closed
+            self.logger.warning("attach refused: a process is already attached as this domain")
+        }
+        let status: LinkWire.Welcome.Status = accepted ? .accepted : .domainAlreadyAttached
         var buffer = context.channel.allocator.buffer(capacity: LinkWire.Welcome.size)
         buffer.writeBytes(LinkWire.Welcome(status: status, domain: self.domain.id).encoded())
         context.writeAndFlush(Self.wrapOutboundOut(buffer), promise: nil)
-        if status == .accepted {
-            self.isAttached = true
-            self.logger.info("domain attached", metadata: ["memory.bytes": "\(self.memory.size)"])
-        } else {
-            self.logger.warning("attach refused: a process is already attached as this domain")
-            context.close(promise: nil)
-        }
+        if !accepted { context.close(promise: nil) }
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if self.isAttached {
-            self.isAttached = false
-            self.core.detach(self)
-            self.logger.info("domain detached; its rings are destroyed")
-        }
+        self.detach()
         context.fireChannelInactive()
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.detach()
+        self.context = nil
+    }
+
+    /// Destroys the domain if this connection attached it; the hypervisor's record of
+    /// who is attached is checked too, so no path can leave it behind.
+    private func detach() {
+        let wasAttached = self.state == .attached
+        self.state = .closed
+        if self.core.detach(self) || wasAttached {
+            self.logger.info("domain detached; its rings are destroyed")
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard self.isAttached else { return }
+        guard self.state == .attached else { return }
         do {
             try self.splitter.split(Self.unwrapInboundIn(data)) { frame in try self.execute(frame) }
         } catch {
             // A malformed or forbidden frame: nothing after it is executed.
-            self.isAttached = false
-            self.core.detach(self)
-            self.logger.warning("dropping domain after a link error; its rings are destroyed", metadata: ["error": "\(error)"])
+            self.logger.warning("dropping domain after a link error", metadata: ["error": "\(error)"])
+            self.detach()
             context.close(promise: nil)
         }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            context.read()
+        } else {
+            self.isReadHeld = true
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            if self.isEventOwed {
+                self.isEventOwed = false
+                self.raiseEvent()
+            }
+            if self.isReadHeld {
+                self.isReadHeld = false
+                context.read()
+            }
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     private func execute(_ frame: LinkWire.Frame) throws {
@@ -133,9 +188,14 @@ final class DomainConnectionHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
-    /// Raises VIRQ_ARGO in this domain.
+    /// Raises VIRQ_ARGO in this domain. Like an event channel's, raises coalesce: one
+    /// is queued at a time, and none while the domain is not reading its socket.
     func raiseEvent() {
-        guard self.isAttached, !self.isEventQueued else { return }
+        guard self.state == .attached, !self.isEventQueued else { return }
+        if let context = self.context, !context.channel.isWritable {
+            self.isEventOwed = true
+            return
+        }
         self.isEventQueued = true
         self.output.writeLinkFrame(.event)
         // Batched with the results of the hypercall being processed when we are in a

@@ -50,6 +50,9 @@ public struct EmulatorConfig: Sendable, Equatable {
         try self.decode(ConfigNode.parse(text, file: file))
     }
 
+    /// Checks against the domains seen so far (ids, names and sockets used twice, the
+    /// domains rules name) use sets and dictionaries, so that decoding stays linear in
+    /// the size of the file.
     static func decode(_ root: ConfigNode) throws(ConfigError) -> EmulatorConfig {
         let top = try root.mapping()
         let argo = try top.optional("argo")?.bool() ?? true
@@ -57,6 +60,8 @@ public struct EmulatorConfig: Sendable, Equatable {
         let memoryMiB = try top.optional("max_memory_mib")?.integer(Int.self, in: 1...65536) ?? Self.defaultMaximumMemoryMiB
         let domainsNode = try top.required("domains")
         var domains: [DomainEntry] = []
+        var index = DomainIndex()
+        var sockets: Set<String> = []
         for node in try domainsNode.sequence() {
             let entry = try node.mapping()
             let idNode = try entry.required("id")
@@ -75,11 +80,11 @@ public struct EmulatorConfig: Sendable, Equatable {
             let domainArgo = try entry.optional("argo")?.bool() ?? true
             let domainMemory = try entry.optional("max_memory_mib")?.integer(Int.self, in: 1...65536) ?? memoryMiB
             try entry.finish(known: ["id", "name", "socket", "uid", "argo", "max_memory_mib"])
-            if domains.contains(where: { $0.id.rawValue == id }) { throw idNode.error("domain id \(id) is used twice") }
-            if domains.contains(where: { $0.name == name }) { throw nameNode.error("domain name '\(name)' is used twice") }
-            if domains.contains(where: { $0.socketPath == socket }) {
-                throw socketNode.error("socket path is used by another domain")
-            }
+            guard index.byID[id] == nil else { throw idNode.error("domain id \(id) is used twice") }
+            guard index.byName[name] == nil else { throw nameNode.error("domain name '\(name)' is used twice") }
+            guard sockets.insert(socket).inserted else { throw socketNode.error("socket path is used by another domain") }
+            index.byID[id] = DomainID(id)
+            index.byName[name] = DomainID(id)
             domains.append(
                 DomainEntry(
                     id: DomainID(id),
@@ -95,7 +100,7 @@ public struct EmulatorConfig: Sendable, Equatable {
         var rules: [EmulatorPolicy.Rule] = []
         if let policyNode = top.optional("policy") {
             for node in try policyNode.sequence() {
-                rules.append(try Self.decodeRule(node, domains: domains))
+                rules.append(try Self.decodeRule(node, domains: index))
             }
         }
         try top.finish(known: ["argo", "mac_permissive", "max_memory_mib", "domains", "policy"])
@@ -108,7 +113,13 @@ public struct EmulatorConfig: Sendable, Equatable {
         )
     }
 
-    static func decodeRule(_ node: ConfigNode, domains: [DomainEntry]) throws(ConfigError) -> EmulatorPolicy.Rule {
+    /// The configured domains by id and by name, for rules to name them.
+    struct DomainIndex {
+        var byID: [UInt16: DomainID] = [:]
+        var byName: [String: DomainID] = [:]
+    }
+
+    static func decodeRule(_ node: ConfigNode, domains: DomainIndex) throws(ConfigError) -> EmulatorPolicy.Rule {
         let entry = try node.mapping()
         let actionNode = try entry.required("action")
         guard let action = EmulatorPolicy.Action(rawValue: try actionNode.string()) else {
@@ -122,11 +133,11 @@ public struct EmulatorConfig: Sendable, Equatable {
     }
 
     /// A domain by name or id, or `any` (returned as `nil`).
-    static func decodeDomain(_ node: ConfigNode, domains: [DomainEntry]) throws(ConfigError) -> DomainID? {
+    static func decodeDomain(_ node: ConfigNode, domains: DomainIndex) throws(ConfigError) -> DomainID? {
         let text = try node.string()
         if text == "any" { return nil }
-        if let entry = domains.first(where: { $0.name == text }) { return entry.id }
-        if let id = UInt16(text), let entry = domains.first(where: { $0.id.rawValue == id }) { return entry.id }
+        if let id = domains.byName[text] { return id }
+        if let value = UInt16(text), let id = domains.byID[value] { return id }
         throw node.error("unknown domain '\(text)' (not in domains)")
     }
 

@@ -35,12 +35,16 @@ final class EmulatorCore {
         return true
     }
 
-    /// Destroys the domain of a process that went away.
-    func detach(_ connection: DomainConnectionHandler) {
+    /// Destroys the domain of a process that went away, if `connection` is the one
+    /// attached as it (a refused connection for the same domain is not).
+    /// - Returns: whether it was.
+    @discardableResult
+    func detach(_ connection: DomainConnectionHandler) -> Bool {
         let id = connection.domain.id
-        guard self.connections[id.rawValue] === connection else { return }
+        guard self.connections[id.rawValue] === connection else { return false }
         self.connections[id.rawValue] = nil
         self.hypervisor.destroyDomain(id: id)
+        return true
     }
 
     /// Drops the process attached as `id`, if any.

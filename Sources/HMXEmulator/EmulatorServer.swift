@@ -21,16 +21,17 @@ import Glibc
 ///     hello + sealed memfd ──▶ check uid, memory ──▶ NIO channel on the emulator loop
 ///     ◀── welcome {domain id}        hypercall frames ⇄ results, events
 /// ```
+///
+/// What a domain process can make the emulator hold is bounded per domain
+/// (``EmulatorLimits``): handshakes under way and their time, and output queued for a
+/// process that does not read.
 public final class EmulatorServer: Sendable {
-    /// Handshake deadline: a process that connects and says nothing is dropped.
-    public static let handshakeTimeoutMilliseconds: Int32 = 2000
-
-    private struct Listener {
+    struct Listener {
         var domain: EmulatorConfig.DomainEntry
         var fd: Int32
     }
 
-    private struct State {
+    struct State {
         var config: EmulatorConfig
         var listeners: [UInt16: Listener] = [:]
         var isRunning = false
@@ -38,19 +39,22 @@ public final class EmulatorServer: Sendable {
     }
 
     private let group: MultiThreadedEventLoopGroup
+    /// Runs the accept loop (its one thread).
     private let threadPool: NIOThreadPool
-    private let core: NIOLoopBound<EmulatorCore>
-    private let state: Mutex<State>
-    private let wakePipe: (read: Int32, write: Int32)
-    private let logger: Logger
+    let core: NIOLoopBound<EmulatorCore>
+    let state: Mutex<State>
+    let wakePipe: (read: Int32, write: Int32)
+    let logger: Logger
+    let limits: EmulatorLimits
 
     /// The event loop that runs the hypervisor.
     public var eventLoop: any EventLoop { self.core.eventLoop }
 
-    public init(config: EmulatorConfig, logger: Logger) throws {
+    public init(config: EmulatorConfig, logger: Logger, limits: EmulatorLimits = EmulatorLimits()) throws {
         self.logger = logger
+        self.limits = limits
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        self.threadPool = NIOThreadPool(numberOfThreads: 4)
+        self.threadPool = NIOThreadPool(numberOfThreads: 1)
         self.threadPool.start()
         let loop = self.group.next()
         self.core = try loop.submit {
@@ -169,125 +173,11 @@ public final class EmulatorServer: Sendable {
         return try await self.eventLoop.submit { body(core.value.hypervisor) }.get()
     }
 
-    // MARK: - Accepting
+    // MARK: - Accepting (EmulatorServer+Attach.swift)
 
-    private func wake() {
+    func wake() {
         var byte: UInt8 = 1
         _ = write(self.wakePipe.write, &byte, 1)
-    }
-
-    private func acceptLoop() {
-        while true {
-            let listeners = self.state.withLock { state -> [Listener]? in
-                state.isRunning ? Array(state.listeners.values) : nil
-            }
-            guard let listeners else { return }
-            var polls = [pollfd(fd: self.wakePipe.read, events: Int16(POLLIN), revents: 0)]
-            polls += listeners.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
-            let ready = poll(&polls, nfds_t(polls.count), -1)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                self.logger.error("accept loop failed", metadata: ["errno": "\(errno)"])
-                return
-            }
-            if polls[0].revents != 0 {
-                var drain = [UInt8](repeating: 0, count: 64)
-                _ = read(self.wakePipe.read, &drain, drain.count)
-                continue
-            }
-            for (index, listener) in listeners.enumerated() where polls[index + 1].revents != 0 {
-                // The listener may have been closed by a reload in the meantime.
-                let stillOpen = self.state.withLock { $0.listeners[listener.domain.id.rawValue]?.fd == listener.fd }
-                guard stillOpen else { continue }
-                let client = chmx_accept_cloexec(listener.fd)
-                if client < 0 { continue }
-                let domain = listener.domain
-                self.threadPool.submit { [self] _ in self.handshake(client, domain: domain) }
-            }
-        }
-    }
-
-    /// Blocking attach handshake, on a pool thread, bounded by a timeout.
-    private func handshake(_ fd: Int32, domain: EmulatorConfig.DomainEntry) {
-        var logger = self.logger
-        logger[metadataKey: "domain"] = "\(domain.id) (\(domain.name))"
-        func refuse(_ status: LinkWire.Welcome.Status, _ detail: String, drain: Bool = false) {
-            logger.warning("attach refused", metadata: ["reason": "\(status)", "detail": "\(detail)"])
-            if drain {
-                // Read the hello first: closing a Unix socket with unread data resets it,
-                // and the process should get to read why it was refused.
-                var scratch = [UInt8](repeating: 0, count: LinkWire.Hello.size)
-                var fds: [Int32] = [-1]
-                var received: Int32 = 0
-                _ = scratch.withUnsafeMutableBytes { raw in
-                    chmx_recv_with_fds(fd, raw.baseAddress, raw.count, &fds, 1, &received)
-                }
-                if received == 1 { close(fds[0]) }
-            }
-            let bytes = LinkWire.Welcome(status: status, domain: domain.id).encoded()
-            _ = bytes.withUnsafeBytes { raw in send(fd, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL)) }
-            close(fd)
-        }
-        _ = chmx_set_socket_timeouts(fd, Self.handshakeTimeoutMilliseconds)
-        var pid: pid_t = 0
-        var uid: uid_t = 0
-        var gid: gid_t = 0
-        guard chmx_peer_credentials(fd, &pid, &uid, &gid) == 0 else {
-            refuse(.credentialsRejected, "peer credentials unavailable")
-            return
-        }
-        if let required = domain.uid, required != uid {
-            refuse(.credentialsRejected, "uid \(uid) is not the configured uid \(required)", drain: true)
-            return
-        }
-        var bytes = [UInt8](repeating: 0, count: LinkWire.Hello.size)
-        var fds: [Int32] = [-1]
-        var received: Int32 = 0
-        let count = bytes.withUnsafeMutableBytes { raw in
-            chmx_recv_with_fds(fd, raw.baseAddress, raw.count, &fds, 1, &received)
-        }
-        guard count == LinkWire.Hello.size, received == 1,
-            let hello = bytes.withUnsafeBytes({ LinkWire.Hello(parsing: $0) })
-        else {
-            if received == 1 { close(fds[0]) }
-            refuse(.malformedHello, count < 0 ? "no hello within the deadline (errno \(errno))" : "bad hello")
-            return
-        }
-        guard LinkWire.supportedVersions.contains(hello.version) else {
-            close(fds[0])
-            refuse(.unsupportedVersion, "version \(hello.version)")
-            return
-        }
-        guard hello.memorySize <= UInt64(domain.maximumMemory) else {
-            close(fds[0])
-            refuse(.badMemory, "\(hello.memorySize) bytes exceeds the limit of \(domain.maximumMemory)")
-            return
-        }
-        let memory: SharedMemory
-        do {
-            memory = try SharedMemory(adopting: fds[0], expectedSize: Int(hello.memorySize))
-        } catch {
-            refuse(.badMemory, "\(error)")
-            return
-        }
-        _ = chmx_set_socket_timeouts(fd, 0)
-        logger[metadataKey: "peer.pid"] = "\(pid)"
-        logger[metadataKey: "peer.uid"] = "\(uid)"
-        let core = self.core
-        let handlerLogger = logger
-        let failureLogger = logger
-        let channel = ClientBootstrap(group: self.eventLoop)
-            .channelOption(.allowRemoteHalfClosure, value: false)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let handler = DomainConnectionHandler(domain: domain, memory: memory, core: core.value, logger: handlerLogger)
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
-            .withConnectedSocket(fd)
-        channel.whenFailure { error in
-            failureLogger.warning("cannot register attached domain's socket", metadata: ["error": "\(error)"])
-        }
     }
 
     // MARK: - Sockets
@@ -332,7 +222,7 @@ public final class EmulatorServer: Sendable {
             _ = chown(path, uid, gid_t.max)
         }
         _ = chmod(path, 0o600)
-        guard listen(fd, 64) == 0 else {
+        guard listen(fd, 64) == 0, chmx_set_nonblocking(fd) == 0 else {
             close(fd)
             throw HMXError(code: .unavailable, message: "listen failed on \(path): errno \(errno)")
         }

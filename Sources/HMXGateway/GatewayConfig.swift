@@ -140,6 +140,8 @@ public struct GatewayConfig: Sendable, Equatable {
         try self.decode(ConfigNode.parse(text, file: file))
     }
 
+    /// Checks that need the entries seen so far (names and ports used twice) use sets
+    /// and dictionaries, so that decoding stays linear in the size of the file.
     static func decode(_ root: ConfigNode) throws(ConfigError) -> GatewayConfig {
         let top = try root.mapping()
         let linkNode = try top.required("link")
@@ -160,15 +162,17 @@ public struct GatewayConfig: Sendable, Equatable {
         try link.finish(known: ["emulator", "xen", "port", "ring_size"])
 
         var peers: [String: DomainID] = [:]
+        var peerNames: [DomainID: String] = [:]
         if let peersNode = top.optional("peers") {
             let mapping = try peersNode.mapping()
             for (name, node) in mapping.all() {
                 guard Self.isValidName(name) else { throw node.error("peer names are letters, digits, '-', '_' or '.'") }
                 let id = DomainID(try node.integer(UInt16.self, in: 0...0x7FEF))
-                if let other = peers.first(where: { $0.value == id }) {
-                    throw node.error("domain \(id) is already named '\(other.key)'")
+                if let other = peerNames[id] {
+                    throw node.error("domain \(id) is already named '\(other)'")
                 }
                 peers[name] = id
+                peerNames[id] = name
             }
         }
         func domain(_ node: ConfigNode) throws(ConfigError) -> DomainID {
@@ -179,6 +183,8 @@ public struct GatewayConfig: Sendable, Equatable {
         }
 
         var exports: [Export] = []
+        var exportPorts: Set<HMXPort> = []
+        var exportNames: Set<String> = []
         for node in try (top.optional("exports")?.sequence() ?? []) {
             let entry = try node.mapping()
             let nameNode = try entry.required("name")
@@ -204,8 +210,8 @@ public struct GatewayConfig: Sendable, Equatable {
                 proxy = .none
             }
             try entry.finish(known: ["name", "port", "target", "allow", "max_connections", "connect_timeout", "proxy_protocol"])
-            if exports.contains(where: { $0.port == servicePort }) { throw portNode.error("port \(servicePort) is exported twice") }
-            if exports.contains(where: { $0.name == name }) { throw nameNode.error("export name '\(name)' is used twice") }
+            guard exportPorts.insert(servicePort).inserted else { throw portNode.error("port \(servicePort) is exported twice") }
+            guard exportNames.insert(name).inserted else { throw nameNode.error("export name '\(name)' is used twice") }
             exports.append(
                 Export(
                     name: name,
@@ -220,6 +226,8 @@ public struct GatewayConfig: Sendable, Equatable {
         }
 
         var imports: [Import] = []
+        var importListeners: Set<Endpoint> = []
+        var importNames: Set<String> = []
         for node in try (top.optional("imports")?.sequence() ?? []) {
             let entry = try node.mapping()
             let nameNode = try entry.required("name")
@@ -234,8 +242,8 @@ public struct GatewayConfig: Sendable, Equatable {
             let open = try openNode.map { node throws(ConfigError) in try Self.duration(node) } ?? Self.defaultOpenTimeoutMilliseconds
             if let openNode, open == 0 { throw openNode.error("must be longer than 0") }
             try entry.finish(known: ["name", "listen", "peer", "port", "max_connections", "idle_timeout", "open_timeout"])
-            if imports.contains(where: { $0.listen == listen }) { throw listenNode.error("\(listen) is listened on twice") }
-            if imports.contains(where: { $0.name == name }) { throw nameNode.error("import name '\(name)' is used twice") }
+            guard importListeners.insert(listen).inserted else { throw listenNode.error("\(listen) is listened on twice") }
+            guard importNames.insert(name).inserted else { throw nameNode.error("import name '\(name)' is used twice") }
             imports.append(
                 Import(
                     name: name,

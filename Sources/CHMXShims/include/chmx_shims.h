@@ -55,8 +55,10 @@ int chmx_set_malloc_thresholds(int mmap_threshold, int trim_threshold);
 #define CHMX_SHIMS_EXTRA
 /// pipe2(O_CLOEXEC | O_NONBLOCK).
 int chmx_pipe_cloexec_nonblock(int fds[2]);
-/// accept4(SOCK_CLOEXEC) without the peer address.
-int chmx_accept_cloexec(int fd);
+/// accept4(SOCK_NONBLOCK | SOCK_CLOEXEC) without the peer address.
+int chmx_accept_nonblock_cloexec(int fd);
+/// Sets O_NONBLOCK on a descriptor.
+int chmx_set_nonblocking(int fd);
 /// A close-on-exec AF_UNIX SOCK_STREAM socket.
 int chmx_unix_stream_socket(void);
 #endif
