@@ -251,7 +251,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HMXGatewayConfigTests",
-            dependencies: ["HMXGateway", "HMXConfig", "HMXCore", "HMXEmulator"],
+            dependencies: ["HMXGateway", "HMXConfig", "HMXCore", "HMXEmulator", "HMXStream"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

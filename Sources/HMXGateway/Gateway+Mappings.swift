@@ -101,15 +101,20 @@ extension Gateway {
 
 extension Gateway {
     /// OPEN from a peer: check the export, its allow-list (by the domain the
-    /// hypervisor stamped on the message, never payload) and its limit, then dial.
+    /// hypervisor stamped on the message, never payload) and its limits, then dial.
     func admit(_ id: ConnectionID, servicePort: UInt32) -> StreamDriver.Admission {
-        guard let export = self.config.exports.first(where: { $0.port == servicePort }) else { return .refuse(.noSuchService) }
+        let decision = self.config.admission(of: id.peer, to: servicePort) { mapping, peer in
+            (self.countsByMapping[mapping, default: 0], self.countsByPeer[PeerMapping(mapping: mapping, peer: peer), default: 0])
+        }
+        let export: GatewayConfig.Export
+        switch decision {
+        case .admitted(let admitted): export = admitted
+        case .refused(let reason): return .refuse(reason)
+        }
         let mapping = "export:\(export.name)"
-        guard export.allow.permits(id.peer) else { return .refuse(.deniedByGateway) }
-        guard self.countsByMapping[mapping, default: 0] < export.maxConnections else { return .refuse(.limitReached) }
         self.add(id, Connection(mapping: mapping, logger: self.connectionLogger(id, mapping: export.name), handler: nil))
         self.dial(export, for: id)
-        return .dial
+        return .dial(idleTimeout: export.idleTimeoutMilliseconds > 0 ? .milliseconds(export.idleTimeoutMilliseconds) : nil)
     }
 
     private func dial(_ export: GatewayConfig.Export, for id: ConnectionID) {

@@ -18,6 +18,11 @@ import NIOPosix
 /// with PROXY v2, per-mapping connection counts, metrics and logs. The stream protocol
 /// itself (connections, credit, peers, rings) is the driver's.
 final class Gateway {
+    struct PeerMapping: Hashable {
+        var mapping: String
+        var peer: DomainID
+    }
+
     /// What the gateway keeps per connection.
     struct Connection {
         /// `import:NAME` or `export:NAME`, for the per-mapping limit.
@@ -35,6 +40,8 @@ final class Gateway {
     var eventLoop: any EventLoop { self.driver.eventLoop }
     var connections: [ConnectionID: Connection] = [:]
     var countsByMapping: [String: Int] = [:]
+    /// Connections per export and peer, for `max_connections_per_peer`.
+    var countsByPeer: [PeerMapping: Int] = [:]
     var listeners: [String: (importConfig: GatewayConfig.Import, channel: any Channel)] = [:]
     /// Handlers written to since the last flush.
     private var needsFlush: [StreamGlueHandler] = []
@@ -142,6 +149,7 @@ final class Gateway {
     func add(_ id: ConnectionID, _ connection: Connection) {
         self.connections[id] = connection
         self.countsByMapping[connection.mapping, default: 0] += 1
+        self.countsByPeer[PeerMapping(mapping: connection.mapping, peer: id.peer), default: 0] += 1
     }
 
     /// A logger with the connection's peer and mapping.
@@ -179,6 +187,8 @@ extension Gateway: StreamDriverDelegate {
             guard let connection = self.connections.removeValue(forKey: id) else { return }
             connection.handler?.detach()
             self.countsByMapping[connection.mapping, default: 1] -= 1
+            let key = PeerMapping(mapping: connection.mapping, peer: id.peer)
+            if self.countsByPeer[key, default: 1] <= 1 { self.countsByPeer[key] = nil } else { self.countsByPeer[key]! -= 1 }
         case .openRefused(let id, let reason):
             self.metrics.count(ConnectionOutcome(refused: reason), imported: false)
             self.limited(.refusedOpen, from: id.peer) { suppressed in

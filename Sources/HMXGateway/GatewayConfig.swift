@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 import HMXConfig
 import HMXCore
+import HMXStream
 
 /// hmx-gateway's configuration file (see docs/CONFIG.md).
 public struct GatewayConfig: Sendable, Equatable {
@@ -51,7 +52,12 @@ public struct GatewayConfig: Sendable, Equatable {
         public var target: Endpoint
         public var allow: Allow
         public var maxConnections: Int
+        /// Connections one peer domain may hold at once: a domain that floods an
+        /// export shared with others cannot take all of its connections.
+        public var maxConnectionsPerPeer: Int
         public var connectTimeoutMilliseconds: Int64
+        /// A connection without traffic this long is reset (0: never).
+        public var idleTimeoutMilliseconds: Int64 = 0
         public var proxyProtocol: ProxyProtocol
     }
 
@@ -129,198 +135,32 @@ public struct GatewayConfig: Sendable, Equatable {
     public func name(of domain: DomainID) -> String {
         self.peers.first { $0.value == domain }.map { "\($0.key)(\(domain))" } ?? "\(domain)"
     }
+}
 
-    // MARK: - Loading
+// MARK: - Admission
 
-    public static func load(path: String) throws(ConfigError) -> GatewayConfig {
-        try self.decode(ConfigNode.load(path: path))
+extension GatewayConfig {
+    /// Whether an OPEN from `peer` (the domain the hypervisor stamped on the message)
+    /// for `servicePort` may have a connection: the export, its allow-list, its
+    /// connection limit and its limit per peer.
+    /// - Parameter counts: connections open now for a mapping (`export:NAME`): in all,
+    ///   and those of one peer.
+    /// - Returns: the export, or why the OPEN is refused.
+    public func admission(
+        of peer: DomainID,
+        to servicePort: UInt32,
+        counts: (_ mapping: String, _ peer: DomainID) -> (all: Int, peer: Int)
+    ) -> Admission {
+        guard let export = self.exports.first(where: { $0.port == servicePort }) else { return .refused(.noSuchService) }
+        guard export.allow.permits(peer) else { return .refused(.deniedByGateway) }
+        let (all, ofPeer) = counts("export:\(export.name)", peer)
+        guard all < export.maxConnections, ofPeer < export.maxConnectionsPerPeer else { return .refused(.limitReached) }
+        return .admitted(export)
     }
 
-    public static func parse(_ text: String, file: String) throws(ConfigError) -> GatewayConfig {
-        try self.decode(ConfigNode.parse(text, file: file))
-    }
-
-    /// Checks that need the entries seen so far (names and ports used twice) use sets
-    /// and dictionaries, so that decoding stays linear in the size of the file.
-    static func decode(_ root: ConfigNode) throws(ConfigError) -> GatewayConfig {
-        let top = try root.mapping()
-        let linkNode = try top.required("link")
-        let link = try linkNode.mapping()
-        let emulatorNode = link.optional("emulator")
-        let xenNode = link.optional("xen")
-        let backend: Backend
-        switch (emulatorNode, try xenNode?.bool() ?? false) {
-        case (let node?, false): backend = .emulator(socket: try node.string())
-        case (nil, true): backend = .xen
-        case (_?, true): throw linkNode.error("give either emulator: SOCKET or xen: true, not both")
-        case (nil, false): throw linkNode.error("say which hypervisor: emulator: SOCKET (hmx-emulator) or xen: true (real Xen Argo)")
-        }
-        let port = try link.optional("port")?.integer(UInt32.self, in: 0...UInt32.max) ?? Self.defaultPort
-        let ringNode = link.optional("ring_size")
-        let ringSize = try ringNode?.integer(UInt32.self, in: 4032...ArgoABI.maximumUsableRingLength) ?? Self.defaultRingSize(for: backend)
-        if let ringNode, ringSize % 16 != 0 { throw ringNode.error("must be a multiple of 16") }
-        try link.finish(known: ["emulator", "xen", "port", "ring_size"])
-
-        var peers: [String: DomainID] = [:]
-        var peerNames: [DomainID: String] = [:]
-        if let peersNode = top.optional("peers") {
-            let mapping = try peersNode.mapping()
-            for (name, node) in mapping.all() {
-                guard Self.isValidName(name) else { throw node.error("peer names are letters, digits, '-', '_' or '.'") }
-                let id = DomainID(try node.integer(UInt16.self, in: 0...0x7FEF))
-                if let other = peerNames[id] {
-                    throw node.error("domain \(id) is already named '\(other)'")
-                }
-                peers[name] = id
-                peerNames[id] = name
-            }
-        }
-        func domain(_ node: ConfigNode) throws(ConfigError) -> DomainID {
-            let text = try node.string()
-            if let id = peers[text] { return id }
-            if let value = UInt16(text), value <= 0x7FEF { return DomainID(value) }
-            throw node.error("unknown peer '\(text)' (name it under peers, or give a domain id)")
-        }
-
-        var exports: [Export] = []
-        var exportPorts: Set<HMXPort> = []
-        var exportNames: Set<String> = []
-        for node in try (top.optional("exports")?.sequence() ?? []) {
-            let entry = try node.mapping()
-            let nameNode = try entry.required("name")
-            let name = try nameNode.string()
-            let portNode = try entry.required("port")
-            let servicePort = try portNode.integer(UInt32.self, in: 0...UInt32.max)
-            let target = try Self.endpoint(try entry.required("target"))
-            let allowNode = try entry.required("allow")
-            var allowed: Set<DomainID> = []
-            var any = false
-            for item in try allowNode.sequence() {
-                if try item.string() == "any" { any = true } else { allowed.insert(try domain(item)) }
-            }
-            if !any && allowed.isEmpty { throw allowNode.error("allow needs at least one peer, or [any]") }
-            let maxConnections = try entry.optional("max_connections")?.integer(Int.self, in: 1...1_000_000) ?? 1024
-            let timeout = try entry.optional("connect_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 5000
-            let proxyNode = entry.optional("proxy_protocol")
-            let proxy: ProxyProtocol
-            if let proxyNode {
-                guard let value = ProxyProtocol(rawValue: try proxyNode.string()) else { throw proxyNode.error("expected v2 or none") }
-                proxy = value
-            } else {
-                proxy = .none
-            }
-            try entry.finish(known: ["name", "port", "target", "allow", "max_connections", "connect_timeout", "proxy_protocol"])
-            guard exportPorts.insert(servicePort).inserted else { throw portNode.error("port \(servicePort) is exported twice") }
-            guard exportNames.insert(name).inserted else { throw nameNode.error("export name '\(name)' is used twice") }
-            exports.append(
-                Export(
-                    name: name,
-                    port: servicePort,
-                    target: target,
-                    allow: any ? .any : .domains(allowed),
-                    maxConnections: maxConnections,
-                    connectTimeoutMilliseconds: timeout,
-                    proxyProtocol: proxy
-                )
-            )
-        }
-
-        var imports: [Import] = []
-        var importListeners: Set<Endpoint> = []
-        var importNames: Set<String> = []
-        for node in try (top.optional("imports")?.sequence() ?? []) {
-            let entry = try node.mapping()
-            let nameNode = try entry.required("name")
-            let name = try nameNode.string()
-            let listenNode = try entry.required("listen")
-            let listen = try Self.endpoint(listenNode)
-            let peer = try domain(try entry.required("peer"))
-            let servicePort = try entry.required("port").integer(UInt32.self, in: 0...UInt32.max)
-            let maxConnections = try entry.optional("max_connections")?.integer(Int.self, in: 1...1_000_000) ?? 1024
-            let idle = try entry.optional("idle_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 0
-            let openNode = entry.optional("open_timeout")
-            let open = try openNode.map { node throws(ConfigError) in try Self.duration(node) } ?? Self.defaultOpenTimeoutMilliseconds
-            if let openNode, open == 0 { throw openNode.error("must be longer than 0") }
-            try entry.finish(known: ["name", "listen", "peer", "port", "max_connections", "idle_timeout", "open_timeout"])
-            guard importListeners.insert(listen).inserted else { throw listenNode.error("\(listen) is listened on twice") }
-            guard importNames.insert(name).inserted else { throw nameNode.error("import name '\(name)' is used twice") }
-            imports.append(
-                Import(
-                    name: name,
-                    listen: listen,
-                    peer: peer,
-                    port: servicePort,
-                    maxConnections: maxConnections,
-                    idleTimeoutMilliseconds: idle,
-                    openTimeoutMilliseconds: open
-                )
-            )
-        }
-
-        var window = Self.defaultWindow
-        var drain: Int64 = 10_000
-        var peerInFlight: Int?
-        var windowMax: Int?
-        var windowPool = Self.defaultWindowPool
-        if let limitsNode = top.optional("limits") {
-            let limits = try limitsNode.mapping()
-            window = try limits.optional("window")?.integer(Int.self, in: 4096...(64 << 20)) ?? window
-            if let node = limits.optional("window_max") {
-                let value = try node.integer(Int.self, in: 4096...(64 << 20))
-                if value < window { throw node.error("must be at least limits.window (\(window))") }
-                windowMax = value
-            }
-            windowPool = try limits.optional("window_pool")?.integer(Int.self, in: 0...(1 << 40)) ?? windowPool
-            drain = try limits.optional("drain_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? drain
-            peerInFlight = try limits.optional("peer_in_flight")?.integer(Int.self, in: 4096...(64 << 20))
-            try limits.finish(known: ["window", "window_max", "window_pool", "drain_timeout", "peer_in_flight"])
-        }
-        var metrics: Endpoint?
-        if let metricsNode = top.optional("metrics") {
-            let mapping = try metricsNode.mapping()
-            metrics = try Self.endpoint(try mapping.required("listen"))
-            try mapping.finish(known: ["listen"])
-        }
-        try top.finish(known: ["link", "peers", "exports", "imports", "limits", "metrics"])
-        return GatewayConfig(
-            file: root.file,
-            link: Link(backend: backend, port: port, ringSize: ringSize),
-            peers: peers,
-            exports: exports,
-            imports: imports,
-            window: window,
-            windowMax: windowMax ?? max(window, Self.defaultWindowMax),
-            windowPool: windowPool,
-            peerInFlight: peerInFlight,
-            metricsListen: metrics,
-            drainTimeoutMilliseconds: drain
-        )
-    }
-
-    static func endpoint(_ node: ConfigNode) throws(ConfigError) -> Endpoint {
-        switch Endpoint.parse(try node.string()) {
-        case .success(let endpoint): return endpoint
-        case .failure(let malformed): throw node.error(malformed.reason)
-        }
-    }
-
-    /// `250ms`, `5s`, `2m`, `1h`, or a plain number of seconds.
-    static func duration(_ node: ConfigNode) throws(ConfigError) -> Int64 {
-        let text = try node.string()
-        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
-        for (suffix, scale) in units where text.hasSuffix(suffix) {
-            if let value = Int64(text.dropLast(suffix.count)), value >= 0, value < Int64.max / scale { return value * scale }
-        }
-        if let seconds = Int64(text), seconds >= 0, seconds < Int64.max / 1000 { return seconds * 1000 }
-        throw node.error("expected a duration like 500ms, 5s, 2m or 1h; found '\(text)'")
-    }
-
-    static func isValidName(_ name: String) -> Bool {
-        (1...64).contains(name.utf8.count)
-            && name.utf8.allSatisfy { byte in
-                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
-                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-")
-                    || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
-            }
+    /// What ``admission(of:to:counts:)`` decided.
+    public enum Admission: Equatable, Sendable {
+        case admitted(Export)
+        case refused(StreamFrame.RefuseReason)
     }
 }

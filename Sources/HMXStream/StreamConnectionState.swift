@@ -105,7 +105,7 @@ public struct StreamConnectionState: Sendable {
     public internal(set) var undeliveredBytes = 0
     var hasCountedEnd = false
     public internal(set) var lastActivity: NIODeadline
-    public let idleTimeout: TimeAmount?
+    public internal(set) var idleTimeout: TimeAmount?
     /// For a connection we open: when to give up waiting for the peer's answer.
     public internal(set) var openDeadline: NIODeadline?
     /// The run of the peer's gateway this connection belongs to (from its OPEN or

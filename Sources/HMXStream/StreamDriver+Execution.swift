@@ -33,7 +33,8 @@ extension StreamDriver {
         switch action {
         case .incomingOpen(let id, let servicePort):
             switch self.delegate?.admit(id, servicePort: servicePort) ?? .refuse(.shuttingDown) {
-            case .dial: break
+            case .dial(let idleTimeout?): self.multiplexer.setIdleTimeout(id, idleTimeout)
+            case .dial(nil): break
             case .refuse(let reason): self.multiplexer.refuse(id, reason)
             }
         case .registerRing(let domain, let attempt, let check):

@@ -36,8 +36,9 @@ public protocol StreamDriverDelegate: AnyObject {
 /// only its own share.
 public final class StreamDriver {
     public enum Admission: Sendable, Equatable {
-        /// Dial the target; the delegate reports the result.
-        case dial
+        /// Dial the target; the delegate reports the result. A connection without
+        /// traffic for `idleTimeout` is reset.
+        case dial(idleTimeout: TimeAmount? = nil)
         case refuse(StreamFrame.RefuseReason)
     }
 

@@ -361,6 +361,11 @@ extension StreamMultiplexer {
         self.withConnection(id) { $0.refuse(reason, into: &$1) }
     }
 
+    /// Resets the connection after `timeout` without traffic.
+    public mutating func setIdleTimeout(_ id: ConnectionID, _ timeout: TimeAmount) {
+        self.connections[id]?.idleTimeout = timeout
+    }
+
     /// Ends a connection from our side (idle, shutdown...).
     public mutating func terminate(_ id: ConnectionID, _ outcome: ConnectionOutcome, resetReason: StreamFrame.ResetReason?) {
         self.withConnection(id) { $0.terminate(outcome, resetReason: resetReason, into: &$1) }

@@ -66,30 +66,6 @@ struct CheckConfig: ParsableCommand {
     func run() throws {
         let config = loadConfigOrExit(self.file)
         print("configuration \(self.file) is valid")
-        print("link: \(config.link.backend), gateway port \(config.link.port), ring \(config.link.ringSize) bytes per peer")
-        for export in config.exports {
-            let allow: String
-            switch export.allow {
-            case .any: allow = "any domain"
-            case .domains(let set): allow = set.sorted().map { config.name(of: $0) }.joined(separator: ", ")
-            }
-            print(
-                "export \(export.name): HMX port \(export.port) -> \(export.target); allow \(allow); max \(export.maxConnections) connections; connect timeout \(export.connectTimeoutMilliseconds) ms\(export.proxyProtocol == .v2 ? "; PROXY v2" : "")"
-            )
-        }
-        for importConfig in config.imports {
-            print(
-                "import \(importConfig.name): \(importConfig.listen) -> \(config.name(of: importConfig.peer)):\(importConfig.port); max \(importConfig.maxConnections) connections\(importConfig.idleTimeoutMilliseconds > 0 ? "; idle timeout \(importConfig.idleTimeoutMilliseconds) ms" : "")"
-            )
-        }
-        let peers = config.partnerDomains.count + (config.wantsWildcardRing ? 1 : 0)
-        let ringPages = Int(ArgoABI.pagesForRing(length: config.link.ringSize))
-        print(
-            "rings: \(config.partnerDomains.count) partner ring(s)\(config.wantsWildcardRing ? " + 1 wildcard ring (needs mac-permissive)" : ""); memory for rings: \(peers * ringPages * 4) KiB"
-        )
-        print(
-            "flow control: \(config.window) bytes window per connection and direction\(config.effectiveWindowMax > config.window && config.windowPool > 0 ? ", growing to \(config.effectiveWindowMax) for fast streams (\(config.windowPool) bytes of growth in all)" : ""); \(config.peerInFlight.map { "\($0) bytes" } ?? "a ring's worth") on the way to each peer at once"
-        )
-        if let metrics = config.metricsListen { print("metrics: \(metrics)/metrics") }
+        for line in config.summary { print(line) }
     }
 }

@@ -48,7 +48,7 @@ struct StreamGlueHandlerTests {
 
         func admit(_ id: ConnectionID, servicePort: UInt32) -> StreamDriver.Admission {
             self.connection = id
-            return .dial
+            return .dial()
         }
 
         func perform(_ action: StreamAction) {

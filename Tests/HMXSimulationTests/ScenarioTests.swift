@@ -19,7 +19,7 @@ struct ScenarioTests {
 
         func admit(_ id: ConnectionID, servicePort: UInt32) -> StreamDriver.Admission {
             self.admitted.append(id)
-            return .dial
+            return .dial()
         }
 
         func perform(_ action: StreamAction) {

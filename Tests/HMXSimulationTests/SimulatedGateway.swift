@@ -77,7 +77,7 @@ final class SimulatedGateway: StreamDriverDelegate {
     func admit(_ id: ConnectionID, servicePort: UInt32) -> StreamDriver.Admission {
         guard self.exportedPorts.contains(servicePort) else { return .refuse(.noSuchService) }
         self.pendingDials.append(id)
-        return .dial
+        return .dial()
     }
 
     func perform(_ action: StreamAction) {
