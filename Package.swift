@@ -257,7 +257,8 @@ let package = Package(
         .testTarget(
             name: "HMXEmulatorTests",
             dependencies: [
-                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "HMXProcessTestSupport", "hmx-emulator", "hmx-cat", "CHMXShims",
+                "HMXCore", "HMXEmulator", "HMXConformance", "HMXConfig", "HMXProcessTestSupport", "hmx-emulator",
+                "hmx-cat", "CHMXShims",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -267,7 +268,9 @@ let package = Package(
         ),
         .testTarget(
             name: "HMXProxyProtocolTests",
-            dependencies: ["HMXProxyProtocol", "HMXProcessTestSupport", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "HMXProxyProtocol", "HMXProcessTestSupport", .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         // End to end: hmx-emulator, two hmx-gateway processes and real programs from Debian

@@ -50,7 +50,8 @@ extension ConfigNode {
                 file: file,
                 line: context.mark.line,
                 key: "",
-                reason: "duplicate key (\(duplicates.count == 1 ? "a key" : "keys") that \(duplicates.count == 1 ? "is" : "are") not a string)"
+                reason:
+                    "duplicate key (\(duplicates.count == 1 ? "a key" : "keys") that \(duplicates.count == 1 ? "is" : "are") not a string)"
             )
         case .reader(let problem, let offset, _, _):
             let line = offset.map { Self.line(atByteOffset: $0, in: text) }

@@ -98,7 +98,12 @@ public struct ConfigNode {
         index.reserveCapacity(mapping.count)
         for (keyNode, value) in mapping {
             guard let name = keyNode.scalar?.string else {
-                throw ConfigError(file: self.file, line: self.line(of: keyNode), key: self.key, reason: "keys must be strings")
+                throw ConfigError(
+                    file: self.file,
+                    line: self.line(of: keyNode),
+                    key: self.key,
+                    reason: "keys must be strings"
+                )
             }
             let path = self.key.isEmpty ? name : "\(self.key).\(name)"
             if let first = index[name] {
@@ -159,7 +164,12 @@ public final class ConfigMapping {
     public func required(_ name: String) throws(ConfigError) -> ConfigNode {
         guard let node = self.optional(name) else {
             let path = self.owner.key.isEmpty ? name : "\(self.owner.key).\(name)"
-            throw ConfigError(file: self.owner.file, line: self.owner.line, key: path, reason: "required key is missing")
+            throw ConfigError(
+                file: self.owner.file,
+                line: self.owner.line,
+                key: path,
+                reason: "required key is missing"
+            )
         }
         return node
     }
@@ -193,7 +203,12 @@ func readFile(_ path: String, maximumBytes: Int) throws(ConfigError) -> String {
         }
         if count < chunk.count {
             if ferror(handle) != 0 {
-                throw ConfigError(file: path, line: nil, key: "", reason: "read error: \(String(cString: strerror(errno)))")
+                throw ConfigError(
+                    file: path,
+                    line: nil,
+                    key: "",
+                    reason: "read error: \(String(cString: strerror(errno)))"
+                )
             }
             break
         }

@@ -82,7 +82,11 @@ enum DuplicateKeyFinder {
     /// a sequence's element.
     /// - Returns: the node's path (`nil` for a key or inside a complex key) and the
     ///   duplicate it is, if it is one.
-    private static func node(in stack: inout [Container], key: Node?, line: Int) -> (path: String?, duplicate: Duplicate?) {
+    private static func node(
+        in stack: inout [Container],
+        key: Node?,
+        line: Int
+    ) -> (path: String?, duplicate: Duplicate?) {
         guard let parent = stack.popLast() else { return ("", nil) }
         switch parent {
         case .complexKey:

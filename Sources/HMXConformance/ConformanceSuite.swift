@@ -21,7 +21,12 @@ public struct ConformanceSuite: Sendable {
         /// A domain id that certainly does not exist.
         public var absentDomain: DomainID
 
-        public init(primary: any HMXRawHypercalls, peer: (any HMXRawHypercalls)?, wildcardRingsAllowed: Bool, absentDomain: DomainID) {
+        public init(
+            primary: any HMXRawHypercalls,
+            peer: (any HMXRawHypercalls)?,
+            wildcardRingsAllowed: Bool,
+            absentDomain: DomainID
+        ) {
             self.primary = primary
             self.peer = peer
             self.wildcardRingsAllowed = wildcardRingsAllowed
@@ -54,7 +59,8 @@ public struct ConformanceSuite: Sendable {
         public init(_ description: String) { self.description = description }
     }
 
-    public static let checks: [Check] = RegisterChecks.all + UnregisterChecks.all + SendChecks.all + NotifyChecks.all
+    public static let checks: [Check] =
+        RegisterChecks.all + UnregisterChecks.all + SendChecks.all + NotifyChecks.all
         + TwoDomainChecks.all
 
     public static var checkNames: [String] { self.checks.map(\.name) }
@@ -166,7 +172,13 @@ struct Raw: Sendable {
 
     var domain: DomainID { self.link.localDomain }
 
-    func call(_ command: UInt32, _ arg1: UInt64 = 0, _ arg2: UInt64 = 0, _ arg3: UInt64 = 0, _ arg4: UInt64 = 0) async throws -> Int64 {
+    func call(
+        _ command: UInt32,
+        _ arg1: UInt64 = 0,
+        _ arg2: UInt64 = 0,
+        _ arg3: UInt64 = 0,
+        _ arg4: UInt64 = 0
+    ) async throws -> Int64 {
         try await self.link.rawHypercall(command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4).get()
     }
 
@@ -192,7 +204,13 @@ struct Raw: Sendable {
         for (index, gfn) in self.link.frameNumbers(of: ring).enumerated() {
             storeLE(args.pointer, 16 + index * 8, gfn)
         }
-        let result = try await self.call(ArgoABI.Op.registerRing, args.guestAddress, args.guestAddress + 16, npages ?? UInt64(pages), flags)
+        let result = try await self.call(
+            ArgoABI.Op.registerRing,
+            args.guestAddress,
+            args.guestAddress + 16,
+            npages ?? UInt64(pages),
+            flags
+        )
         if result == 0 { self.tracker.ring(.init(raw: self, port: port, partner: partner)) }
         return (result, ring)
     }
@@ -219,18 +237,29 @@ struct Raw: Sendable {
         var offset = 16 + 16 * max(payloads.count, 1)
         for payload in payloads {
             payload.withUnsafeBytes { bytes in
-                if !bytes.isEmpty { (args.pointer + offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+                if !bytes.isEmpty {
+                    (args.pointer + offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+                }
             }
             iovs.append(ArgoIOV(address: args.guestAddress + UInt64(offset), length: UInt32(payload.count)))
             offset += payload.count
         }
         mutateIOVs?(&iovs)
         for (index, iov) in iovs.enumerated() { iov.store(to: args.pointer + 16 + index * 16) }
-        return try await self.call(ArgoABI.Op.sendv, args.guestAddress, args.guestAddress + 16, niov ?? UInt64(iovs.count), type)
+        return try await self.call(
+            ArgoABI.Op.sendv,
+            args.guestAddress,
+            args.guestAddress + 16,
+            niov ?? UInt64(iovs.count),
+            type
+        )
     }
 
     /// Notify with entries; returns the result and the entries as written back.
-    func notify(_ entries: [ArgoRingDataEntry], count: UInt32? = nil) async throws -> (result: Int64, entries: [ArgoRingDataEntry]) {
+    func notify(
+        _ entries: [ArgoRingDataEntry],
+        count: UInt32? = nil
+    ) async throws -> (result: Int64, entries: [ArgoRingDataEntry]) {
         let args = try await self.scratch(pages: 1 + (8 + entries.count * 20) / ArgoABI.pageSize)
         storeLE(args.pointer, 0, count ?? UInt32(entries.count))
         storeLE(args.pointer, 4, UInt32(0))

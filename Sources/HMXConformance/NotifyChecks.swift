@@ -15,16 +15,25 @@ enum NotifyChecks {
         .init("notify: flags and max_message_size describe a ring") { context in
             let raw = context.primary
             let port = freshPort()
-            try expectSuccess(try await raw.register(port: port, partner: raw.domain.rawValue, length: 256).result, "register")
+            try expectSuccess(
+                try await raw.register(port: port, partner: raw.domain.rawValue, length: 256).result,
+                "register"
+            )
             let (result, entries) = try await raw.notify([
                 ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 100),
                 ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 225),
                 ArgoRingDataEntry(ring: raw.self_(freshPort()), spaceRequired: 1),
-                ArgoRingDataEntry(ring: ArgoAddr(port: port, domain: context.world.absentDomain.rawValue), spaceRequired: 1),
+                ArgoRingDataEntry(
+                    ring: ArgoAddr(port: port, domain: context.world.absentDomain.rawValue),
+                    spaceRequired: 1
+                ),
             ])
             try expectSuccess(result, "notify")
             let expected: ArgoABI.RingFlags = [.exists, .empty, .sufficient]
-            try require(ArgoABI.RingFlags(rawValue: entries[0].flags) == expected, "empty ring flags \(ArgoABI.RingFlags(rawValue: entries[0].flags))")
+            try require(
+                ArgoABI.RingFlags(rawValue: entries[0].flags) == expected,
+                "empty ring flags \(ArgoABI.RingFlags(rawValue: entries[0].flags))"
+            )
             try require(entries[0].maxMessageSize == 224, "max_message_size \(entries[0].maxMessageSize), expected 224")
             try require(
                 ArgoABI.RingFlags(rawValue: entries[1].flags) == [.exists, .empty, .messageTooLarge],
@@ -39,14 +48,22 @@ enum NotifyChecks {
             let (result, memory) = try await raw.register(port: port, partner: raw.domain.rawValue, length: 256)
             try expectSuccess(result, "register")
             try expectSuccess(
-                try await raw.sendv(source: raw.self_(), destination: raw.self_(port), payloads: [Array(repeating: 1, count: 200)]),
+                try await raw.sendv(
+                    source: raw.self_(),
+                    destination: raw.self_(port),
+                    payloads: [Array(repeating: 1, count: 200)]
+                ),
                 "fill",
                 equals: 200
             )
             _ = await raw.events.quiet(beyond: -1, for: 100)
-            let (queried, entries) = try await raw.notify([ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 100)])
+            let (queried, entries) = try await raw.notify([ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 100)]
+            )
             try expectSuccess(queried, "notify query")
-            try require(ArgoABI.RingFlags(rawValue: entries[0].flags) == [.exists], "flags \(ArgoABI.RingFlags(rawValue: entries[0].flags))")
+            try require(
+                ArgoABI.RingFlags(rawValue: entries[0].flags) == [.exists],
+                "flags \(ArgoABI.RingFlags(rawValue: entries[0].flags))"
+            )
             let mark = raw.events.count
             try require(await raw.events.quiet(beyond: mark), "woken before the receiver made room")
             var ring = RawRing(memory, length: 256)
@@ -60,13 +77,20 @@ enum NotifyChecks {
             let (result, memory) = try await raw.register(port: port, partner: raw.domain.rawValue, length: 256)
             try expectSuccess(result, "register")
             try expectSuccess(
-                try await raw.sendv(source: raw.self_(), destination: raw.self_(port), payloads: [Array(repeating: 1, count: 150)]),
+                try await raw.sendv(
+                    source: raw.self_(),
+                    destination: raw.self_(port),
+                    payloads: [Array(repeating: 1, count: 150)]
+                ),
                 "fill",
                 equals: 150
             )
             _ = await raw.events.quiet(beyond: -1, for: 100)
             let (_, queued) = try await raw.notify([ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 100)])
-            try require(!ArgoABI.RingFlags(rawValue: queued[0].flags).contains(.sufficient), "100 bytes should not fit yet")
+            try require(
+                !ArgoABI.RingFlags(rawValue: queued[0].flags).contains(.sufficient),
+                "100 bytes should not fit yet"
+            )
             let (_, entries) = try await raw.notify([ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 10)])
             try require(ArgoABI.RingFlags(rawValue: entries[0].flags).contains(.sufficient), "10 bytes should fit")
             var ring = RawRing(memory, length: 256)
@@ -79,19 +103,38 @@ enum NotifyChecks {
             guard context.world.wildcardRingsAllowed else { return }
             let raw = context.primary
             let port = freshPort()
-            let (wildcardResult, wildcardMemory) = try await raw.register(port: port, partner: ArgoABI.domidAny, length: 4032)
+            let (wildcardResult, wildcardMemory) = try await raw.register(
+                port: port,
+                partner: ArgoABI.domidAny,
+                length: 4032
+            )
             try expectSuccess(wildcardResult, "wildcard ring")
             let (_, shared) = try await raw.notify([ArgoRingDataEntry(ring: raw.self_(port), spaceRequired: 0)])
             try require(ArgoABI.RingFlags(rawValue: shared[0].flags).contains(.shared), "SHARED missing")
-            let (partnerResult, partnerMemory) = try await raw.register(port: port, partner: raw.domain.rawValue, length: 4032)
+            let (partnerResult, partnerMemory) = try await raw.register(
+                port: port,
+                partner: raw.domain.rawValue,
+                length: 4032
+            )
             try expectSuccess(partnerResult, "partner ring on the same port")
-            try expectSuccess(try await raw.sendv(source: raw.self_(), destination: raw.self_(port), payloads: [[1]]), "send", equals: 1)
+            try expectSuccess(
+                try await raw.sendv(source: raw.self_(), destination: raw.self_(port), payloads: [[1]]),
+                "send",
+                equals: 1
+            )
             var partnerRing = RawRing(partnerMemory, length: 4032)
             var wildcardRing = RawRing(wildcardMemory, length: 4032)
             try require(try partnerRing.next()?.payload == [1], "the partner ring should receive")
             try require(try wildcardRing.next() == nil, "the wildcard ring should not receive")
-            try expectSuccess(try await raw.unregister(port: port, partner: raw.domain.rawValue), "unregister the partner ring")
-            try expectSuccess(try await raw.sendv(source: raw.self_(), destination: raw.self_(port), payloads: [[2]]), "send", equals: 1)
+            try expectSuccess(
+                try await raw.unregister(port: port, partner: raw.domain.rawValue),
+                "unregister the partner ring"
+            )
+            try expectSuccess(
+                try await raw.sendv(source: raw.self_(), destination: raw.self_(port), payloads: [[2]]),
+                "send",
+                equals: 1
+            )
             try require(try wildcardRing.next()?.payload == [2], "the wildcard ring should now receive")
         },
     ]
@@ -100,11 +143,18 @@ enum NotifyChecks {
 /// Checks that need two domains.
 enum TwoDomainChecks {
     static let all: [ConformanceSuite.Check] = [
-        .init("two domains: the receiver sees the sender's real domain id, whatever the payload claims", needsPeer: true) { context in
+        .init(
+            "two domains: the receiver sees the sender's real domain id, whatever the payload claims",
+            needsPeer: true
+        ) { context in
             let receiver = context.primary
             let sender = try context.requirePeer
             let port = freshPort()
-            let (result, memory) = try await receiver.register(port: port, partner: sender.domain.rawValue, length: 4032)
+            let (result, memory) = try await receiver.register(
+                port: port,
+                partner: sender.domain.rawValue,
+                length: 4032
+            )
             try expectSuccess(result, "register a ring for the peer")
             // A payload that looks like a message header claiming to come from the receiver.
             var fake = [UInt8](repeating: 0, count: 16)
@@ -112,20 +162,30 @@ enum TwoDomainChecks {
                 ArgoMessageHeader(length: 16, source: receiver.self_(1), messageType: 0).store(to: raw.baseAddress!)
             }
             try expectSuccess(
-                try await sender.sendv(source: ArgoAddr(port: 5, domain: ArgoABI.domidAny), destination: receiver.self_(port), payloads: [fake]),
+                try await sender.sendv(
+                    source: ArgoAddr(port: 5, domain: ArgoABI.domidAny),
+                    destination: receiver.self_(port),
+                    payloads: [fake]
+                ),
                 "send",
                 equals: 16
             )
             var ring = RawRing(memory, length: 4032)
             guard let message = try ring.next() else { throw ConformanceSuite.CheckFailure("nothing arrived") }
-            try require(message.header.source.domain == sender.domain.rawValue, "stamped source \(message.header.source.domain)")
+            try require(
+                message.header.source.domain == sender.domain.rawValue,
+                "stamped source \(message.header.source.domain)"
+            )
             try require(message.payload == fake, "payload was changed")
         },
         .init("two domains: a sender cannot send as the other domain (EPERM)", needsPeer: true) { context in
             let receiver = context.primary
             let sender = try context.requirePeer
             let port = freshPort()
-            try expectSuccess(try await receiver.register(port: port, partner: sender.domain.rawValue, length: 4032).result, "register")
+            try expectSuccess(
+                try await receiver.register(port: port, partner: sender.domain.rawValue, length: 4032).result,
+                "register"
+            )
             try expect(
                 try await sender.sendv(source: receiver.self_(), destination: receiver.self_(port), payloads: [[1]]),
                 .EPERM,
@@ -136,32 +196,48 @@ enum TwoDomainChecks {
             let receiver = context.primary
             let sender = try context.requirePeer
             let port = freshPort()
-            try expectSuccess(try await receiver.register(port: port, partner: receiver.domain.rawValue, length: 4032).result, "register")
+            try expectSuccess(
+                try await receiver.register(port: port, partner: receiver.domain.rawValue, length: 4032).result,
+                "register"
+            )
             try expect(
                 try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[1]]),
                 .ECONNREFUSED,
                 "send to a ring reserved for another partner"
             )
         },
-        .init("two domains: the receiver's notify wakes the other domain's blocked sender", needsPeer: true) { context in
+        .init("two domains: the receiver's notify wakes the other domain's blocked sender", needsPeer: true) {
+            context in
             let receiver = context.primary
             let sender = try context.requirePeer
             let port = freshPort()
             let (result, memory) = try await receiver.register(port: port, partner: sender.domain.rawValue, length: 256)
             try expectSuccess(result, "register")
             try expectSuccess(
-                try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [Array(repeating: 3, count: 224)]),
+                try await sender.sendv(
+                    source: sender.self_(),
+                    destination: receiver.self_(port),
+                    payloads: [Array(repeating: 3, count: 224)]
+                ),
                 "fill",
                 equals: 224
             )
-            try expect(try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[4]]), .EAGAIN, "full")
+            try expect(
+                try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[4]]),
+                .EAGAIN,
+                "full"
+            )
             let mark = sender.events.count
             try require(await sender.events.quiet(beyond: mark), "sender woken too early")
             var ring = RawRing(memory, length: 256)
             _ = try ring.next()
             try expectSuccess(try await receiver.call(ArgoABI.Op.notify), "receiver's notify")
             try require(await sender.events.wait(beyond: mark), "sender not woken")
-            try expectSuccess(try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[4]]), "retry", equals: 1)
+            try expectSuccess(
+                try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[4]]),
+                "retry",
+                equals: 1
+            )
         },
     ]
 }

@@ -33,55 +33,99 @@ enum RegisterChecks {
             try expect(try await context.primary.call(99), .EOPNOTSUPP, "argo_op(99)")
         },
         .init("arg3 or arg4 above 32 bits is EINVAL") { context in
-            try expect(try await context.primary.call(ArgoABI.Op.notify, 0, 0, 1 << 32, 0), .EINVAL, "notify with arg3 = 2^32")
-            try expect(try await context.primary.call(ArgoABI.Op.sendv, 0, 0, 0, 1 << 32), .EINVAL, "sendv with arg4 = 2^32")
+            try expect(
+                try await context.primary.call(ArgoABI.Op.notify, 0, 0, 1 << 32, 0),
+                .EINVAL,
+                "notify with arg3 = 2^32"
+            )
+            try expect(
+                try await context.primary.call(ArgoABI.Op.sendv, 0, 0, 0, 1 << 32),
+                .EINVAL,
+                "sendv with arg4 = 2^32"
+            )
         },
         .init("register: ring lengths that Xen refuses are EINVAL") { context in
             let raw = context.primary
             let me = raw.domain.rawValue
-            try expect(try await raw.register(port: freshPort(), partner: me, length: 32).result, .EINVAL, "length 32 (< 48)")
+            try expect(
+                try await raw.register(port: freshPort(), partner: me, length: 32).result,
+                .EINVAL,
+                "length 32 (< 48)"
+            )
             try expect(try await raw.register(port: freshPort(), partner: me, length: 40).result, .EINVAL, "length 40")
-            try expect(try await raw.register(port: freshPort(), partner: me, length: 4008).result, .EINVAL, "length 4008 (not a multiple of 16)")
+            try expect(
+                try await raw.register(port: freshPort(), partner: me, length: 4008).result,
+                .EINVAL,
+                "length 4008 (not a multiple of 16)"
+            )
             try expect(
                 try await raw.register(port: freshPort(), partner: me, length: 4032, npages: 2).result,
                 .EINVAL,
                 "npages 2 for a one-page ring"
             )
-            try expect(try await raw.register(port: freshPort(), partner: me, length: 4032, pad: 1).result, .EINVAL, "pad != 0")
-            try expect(try await raw.register(port: freshPort(), partner: me, length: 4032, flags: 2).result, .EINVAL, "undefined flag")
+            try expect(
+                try await raw.register(port: freshPort(), partner: me, length: 4032, pad: 1).result,
+                .EINVAL,
+                "pad != 0"
+            )
+            try expect(
+                try await raw.register(port: freshPort(), partner: me, length: 4032, flags: 2).result,
+                .EINVAL,
+                "undefined flag"
+            )
             try expect(try await raw.call(ArgoABI.Op.registerRing, 0, 0, 4097, 0), .EINVAL, "npages 4097")
         },
         .init("register: the smallest ring (48) and a page-filling ring (4032) are accepted") { context in
             let raw = context.primary
-            try expectSuccess(try await raw.register(port: freshPort(), partner: raw.domain.rawValue, length: 48).result, "length 48")
-            try expectSuccess(try await raw.register(port: freshPort(), partner: raw.domain.rawValue, length: 4032).result, "length 4032")
+            try expectSuccess(
+                try await raw.register(port: freshPort(), partner: raw.domain.rawValue, length: 48).result,
+                "length 48"
+            )
+            try expectSuccess(
+                try await raw.register(port: freshPort(), partner: raw.domain.rawValue, length: 4032).result,
+                "length 4032"
+            )
         },
         .init("register: unreadable arguments are EFAULT") { context in
             let raw = context.primary
             let bad = raw.link.invalidGuestAddress
             let gfns = try await raw.scratch()
-            try expect(try await raw.call(ArgoABI.Op.registerRing, bad, gfns.guestAddress, 1, 0), .EFAULT, "bad register_ring pointer")
+            try expect(
+                try await raw.call(ArgoABI.Op.registerRing, bad, gfns.guestAddress, 1, 0),
+                .EFAULT,
+                "bad register_ring pointer"
+            )
             let args = try await raw.scratch()
             ArgoRegisterRing(port: freshPort(), partner: raw.domain.rawValue, length: 4032).store(to: args.pointer)
-            try expect(try await raw.call(ArgoABI.Op.registerRing, args.guestAddress, bad, 1, 0), .EFAULT, "bad gfn array pointer")
+            try expect(
+                try await raw.call(ArgoABI.Op.registerRing, args.guestAddress, bad, 1, 0),
+                .EFAULT,
+                "bad gfn array pointer"
+            )
         },
         .init("register: a frame that is not ordinary RAM is EINVAL") { context in
             let raw = context.primary
             let args = try await raw.scratch()
             ArgoRegisterRing(port: freshPort(), partner: raw.domain.rawValue, length: 4032).store(to: args.pointer)
             storeLE(args.pointer, 16, UInt64(0xF_FFFF_FFFF))
-            try expect(try await raw.call(ArgoABI.Op.registerRing, args.guestAddress, args.guestAddress + 16, 1, 0), .EINVAL, "gfn 0xFFFFFFFFF")
+            try expect(
+                try await raw.call(ArgoABI.Op.registerRing, args.guestAddress, args.guestAddress + 16, 1, 0),
+                .EINVAL,
+                "gfn 0xFFFFFFFFF"
+            )
         },
         .init("register: a partner that does not exist is ESRCH") { context in
             let raw = context.primary
             try expect(
-                try await raw.register(port: freshPort(), partner: context.world.absentDomain.rawValue, length: 4032).result,
+                try await raw.register(port: freshPort(), partner: context.world.absentDomain.rawValue, length: 4032)
+                    .result,
                 .ESRCH,
                 "partner \(context.world.absentDomain)"
             )
         },
         .init("register: wildcard rings need mac-permissive (else EPERM)") { context in
-            let result = try await context.primary.register(port: freshPort(), partner: ArgoABI.domidAny, length: 4032).result
+            let result = try await context.primary.register(port: freshPort(), partner: ArgoABI.domidAny, length: 4032)
+                .result
             if context.world.wildcardRingsAllowed {
                 try expectSuccess(result, "wildcard ring with mac-permissive")
             } else {
@@ -92,14 +136,25 @@ enum RegisterChecks {
             let raw = context.primary
             let port = freshPort()
             let me = raw.domain.rawValue
-            try expectSuccess(try await raw.register(port: port, partner: me, length: 4032).result, "first registration")
+            try expectSuccess(
+                try await raw.register(port: port, partner: me, length: 4032).result,
+                "first registration"
+            )
             try expect(
-                try await raw.register(port: port, partner: me, length: 4032, flags: ArgoABI.registerFlagFailExist).result,
+                try await raw.register(port: port, partner: me, length: 4032, flags: ArgoABI.registerFlagFailExist)
+                    .result,
                 .EEXIST,
                 "FAIL_EXIST on an existing ring"
             )
-            try expect(try await raw.register(port: port, partner: me, length: 8128).result, .EEXIST, "a different length")
-            try expectSuccess(try await raw.register(port: port, partner: me, length: 4032).result, "re-registration, same length")
+            try expect(
+                try await raw.register(port: port, partner: me, length: 8128).result,
+                .EEXIST,
+                "a different length"
+            )
+            try expectSuccess(
+                try await raw.register(port: port, partner: me, length: 4032).result,
+                "re-registration, same length"
+            )
         },
     ]
 }
@@ -127,10 +182,18 @@ enum UnregisterChecks {
             ArgoUnregisterRing(port: 1, partner: raw.domain.rawValue, pad: 1).store(to: args.pointer)
             try expect(try await raw.call(ArgoABI.Op.unregisterRing, args.guestAddress), .EINVAL, "pad != 0")
             ArgoUnregisterRing(port: 1, partner: raw.domain.rawValue).store(to: args.pointer)
-            try expect(try await raw.call(ArgoABI.Op.unregisterRing, args.guestAddress, args.guestAddress), .EINVAL, "arg2 != NULL")
+            try expect(
+                try await raw.call(ArgoABI.Op.unregisterRing, args.guestAddress, args.guestAddress),
+                .EINVAL,
+                "arg2 != NULL"
+            )
             try expect(try await raw.call(ArgoABI.Op.unregisterRing, args.guestAddress, 0, 1), .EINVAL, "arg3 != 0")
             try expect(try await raw.call(ArgoABI.Op.unregisterRing, args.guestAddress, 0, 0, 1), .EINVAL, "arg4 != 0")
-            try expect(try await raw.call(ArgoABI.Op.unregisterRing, raw.link.invalidGuestAddress), .EFAULT, "bad pointer")
+            try expect(
+                try await raw.call(ArgoABI.Op.unregisterRing, raw.link.invalidGuestAddress),
+                .EFAULT,
+                "bad pointer"
+            )
         },
     ]
 }

@@ -54,7 +54,13 @@ public struct ArgoArguments {
     ///     ``DomainID/any`` with the caller's id; the emulator link passes its own id.
     /// - Precondition: at most ``ArgoABI/maximumIOVs`` buffers (callers reject more
     ///   with EINVAL before staging, as Xen would).
-    public func sendv(from port: HMXPort, sourceDomain: DomainID, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer])
+    public func sendv(
+        from port: HMXPort,
+        sourceDomain: DomainID,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer]
+    )
         -> Hypercall
     {
         ArgoSendAddr(
@@ -91,7 +97,13 @@ public struct ArgoArguments {
 
     /// Stores a register_ring: the ring's identity and length, then its frame numbers
     /// (`xen_argo_gfn_t`, 8 bytes each). npages is the number of frames given.
-    public func registerRing(port: HMXPort, partner: DomainID, length: UInt32, frames: some Collection<UInt64>, failIfExists: Bool)
+    public func registerRing(
+        port: HMXPort,
+        partner: DomainID,
+        length: UInt32,
+        frames: some Collection<UInt64>,
+        failIfExists: Bool
+    )
         -> Hypercall
     {
         ArgoRegisterRing(port: port, partner: partner.rawValue, length: length).store(to: self.pointer)
@@ -151,9 +163,15 @@ public struct ArgoArguments {
         var results: [HMXNotifyResult] = []
         results.reserveCapacity(queries.count)
         for (index, query) in queries.enumerated() {
-            let entry = ArgoRingDataEntry(loadingFrom: self.pointer + ArgoRingData.headerSize + index * ArgoRingDataEntry.size)
+            let entry = ArgoRingDataEntry(
+                loadingFrom: self.pointer + ArgoRingData.headerSize + index * ArgoRingDataEntry.size
+            )
             results.append(
-                HMXNotifyResult(ring: query.ring, flags: ArgoABI.RingFlags(rawValue: entry.flags), maxMessageSize: entry.maxMessageSize)
+                HMXNotifyResult(
+                    ring: query.ring,
+                    flags: ArgoABI.RingFlags(rawValue: entry.flags),
+                    maxMessageSize: entry.maxMessageSize
+                )
             )
         }
         return results

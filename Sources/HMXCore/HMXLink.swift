@@ -57,13 +57,24 @@ public protocol HMXLink: AnyObject, Sendable {
     /// Sends one message gathered from up to 8 buffers (`sendv`).
     /// - Returns: the payload bytes written. EAGAIN means the ring is full and a
     ///   wake-up event has been queued for this domain.
-    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int>
+    func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer]
+    ) -> EventLoopFuture<Int>
 
     /// `sendv` for a caller that does not wait for the result: a backend whose
     /// hypercalls are round trips to another process (the emulator) may report a
     /// success a little late, and in exchange wake the caller less often. Failures are
     /// never late. Backends with synchronous hypercalls (Xen) ignore the hint.
-    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+    func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool
+    )
         -> EventLoopFuture<Int>
 
     /// Argo notify: wakes senders waiting on this domain's rings and reports on the
@@ -147,14 +158,25 @@ public final class HMXRing: @unchecked Sendable {
 }
 
 extension HMXLink {
-    public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool
+    )
         -> EventLoopFuture<Int>
     {
         self.sendv(from: port, to: destination, type: type, iovecs: iovecs)
     }
 
     /// Sends one buffer as one message.
-    public func send(from port: HMXPort, to destination: HMXAddress, type: UInt32, _ payload: ByteBuffer) -> EventLoopFuture<Int> {
+    public func send(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        _ payload: ByteBuffer
+    ) -> EventLoopFuture<Int> {
         self.sendv(from: port, to: destination, type: type, iovecs: [payload])
     }
 }

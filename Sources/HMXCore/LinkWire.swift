@@ -57,7 +57,15 @@ public enum LinkWire {
     }
 
     public enum Frame: Equatable, Sendable {
-        case hypercall(tag: UInt32, command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64, deferrable: Bool = false)
+        case hypercall(
+            tag: UInt32,
+            command: UInt32,
+            arg1: UInt64,
+            arg2: UInt64,
+            arg3: UInt64,
+            arg4: UInt64,
+            deferrable: Bool = false
+        )
         case eventAck
         case result(tag: UInt32, value: Int64)
         case event
@@ -113,7 +121,10 @@ public enum LinkWire {
             frame = .eventAck
         case .result:
             guard loadLE(base, 12, as: UInt32.self) == 0 else { throw .nonZeroReserved }
-            frame = .result(tag: loadLE(base, 8, as: UInt32.self), value: Int64(bitPattern: loadLE(base, 16, as: UInt64.self)))
+            frame = .result(
+                tag: loadLE(base, 8, as: UInt32.self),
+                value: Int64(bitPattern: loadLE(base, 16, as: UInt64.self))
+            )
         case .event:
             frame = .event
         }
@@ -200,7 +211,8 @@ public enum LinkWire {
                 case .accepted: "accepted"
                 case .domainAlreadyAttached: "a process is already attached as this domain"
                 case .credentialsRejected: "this user may not attach as this domain"
-                case .badMemory: "domain memory rejected (must be a sealed memfd of the announced size within the limit)"
+                case .badMemory:
+                    "domain memory rejected (must be a sealed memfd of the announced size within the limit)"
                 case .unsupportedVersion: "unsupported link protocol version"
                 case .malformedHello: "malformed attach request"
                 }

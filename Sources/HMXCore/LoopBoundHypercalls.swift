@@ -19,7 +19,13 @@ public protocol LoopConfinedLinkState: AnyObject {
 
     /// ``HMXLink/sendv(from:to:type:iovecs:resultMayBeLate:)``, on the loop. Backends
     /// with synchronous hypercalls ignore `resultMayBeLate`.
-    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+    func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool
+    )
         -> EventLoopFuture<Int>
 
     /// ``HMXLink/notify(_:)``, on the loop.
@@ -66,15 +72,28 @@ public struct LoopBoundHypercalls<State: LoopConfinedLinkState & HMXSendableMeta
 
     // MARK: - HMXLink forwarding
 
-    public func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing> {
-        self.onLoop { state in state.registerRing(port: port, partner: partner, length: length, failIfExists: failIfExists) }
+    public func registerRing(
+        port: HMXPort,
+        partner: DomainID,
+        length: UInt32,
+        failIfExists: Bool
+    ) -> EventLoopFuture<HMXRing> {
+        self.onLoop { state in
+            state.registerRing(port: port, partner: partner, length: length, failIfExists: failIfExists)
+        }
     }
 
     public func unregisterRing(_ ring: HMXRing) -> EventLoopFuture<Void> {
         self.onLoop { state in state.unregisterRing(ring) }
     }
 
-    public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool
+    )
         -> EventLoopFuture<Int>
     {
         self.onLoop { state in

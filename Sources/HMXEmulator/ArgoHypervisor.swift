@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 import HMXCore
 import Logging
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -133,7 +134,14 @@ public final class ArgoHypervisor {
 
     /// `do_argo_op`: runs one Argo operation on behalf of `caller`.
     /// - Returns: the hypercall's return value (negative errno on failure).
-    public func hypercall(caller: DomainID, command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64) -> Int64 {
+    public func hypercall(
+        caller: DomainID,
+        command: UInt32,
+        arg1: UInt64,
+        arg2: UInt64,
+        arg3: UInt64,
+        arg4: UInt64
+    ) -> Int64 {
         guard let domain = self.domains[caller.rawValue] else { return -Int64(ArgoErrno.ESRCH.rawValue) }
         if arg3 > UInt64(UInt32.max) || arg4 > UInt64(UInt32.max) { return errno(.EINVAL) }
         guard self.settings.argoEnabled else { return errno(.EOPNOTSUPP) }
@@ -171,7 +179,13 @@ public final class ArgoHypervisor {
 
     // MARK: - register_ring
 
-    private func registerRing(_ domain: Domain, _ regAddress: UInt64, _ gfnAddress: UInt64, _ npages: UInt32, _ flags: UInt32) -> Int64 {
+    private func registerRing(
+        _ domain: Domain,
+        _ regAddress: UInt64,
+        _ gfnAddress: UInt64,
+        _ npages: UInt32,
+        _ flags: UInt32
+    ) -> Int64 {
         if UInt64(flags) & ~ArgoABI.registerFlagFailExist != 0 { return errno(.EINVAL) }
         guard let regPointer = domain.memory.pointer(guestAddress: regAddress, count: ArgoRegisterRing.size) else {
             return errno(.EFAULT)
@@ -318,7 +332,12 @@ public final class ArgoHypervisor {
         let count = UInt32(littleEndian: header.loadUnaligned(as: UInt32.self))
         if count > ArgoABI.maximumNotifyCount { return errno(.EACCES) }
         let entriesAddress = ringDataAddress + UInt64(ArgoRingData.headerSize)
-        guard let entries = caller.memory.pointer(guestAddress: entriesAddress, count: Int(count) * ArgoRingDataEntry.size) else {
+        guard
+            let entries = caller.memory.pointer(
+                guestAddress: entriesAddress,
+                count: Int(count) * ArgoRingDataEntry.size
+            )
+        else {
             return errno(.EFAULT)
         }
         for index in 0..<Int(count) {
@@ -420,7 +439,12 @@ struct DenialLog {
     static let intervalNanoseconds: UInt64 = 60_000_000_000
     private var lastLogged: [Key: UInt64] = [:]
 
-    mutating func shouldLog(source: UInt16, destination: UInt16, port: UInt32, now: UInt64 = DenialLog.monotonicNow()) -> Bool {
+    mutating func shouldLog(
+        source: UInt16,
+        destination: UInt16,
+        port: UInt32,
+        now: UInt64 = DenialLog.monotonicNow()
+    ) -> Bool {
         let key = Key(source: source, destination: destination, port: port)
         if let last = self.lastLogged[key], now &- last < Self.intervalNanoseconds { return false }
         if self.lastLogged.count >= Self.capacity { self.lastLogged.removeAll(keepingCapacity: true) }

@@ -38,7 +38,13 @@ struct AttachHandshakes {
     /// Starts waiting for the hello on `fd`, accepted at `now`.
     mutating func begin(fd: Int32, domain: EmulatorConfig.DomainEntry, pid: Int32, uid: UInt32, now: NIODeadline) {
         precondition(self.hasSlot(for: domain.id) && self.pending[fd] == nil)
-        self.pending[fd] = Pending(fd: fd, domain: domain, deadline: now + TimeAmount(self.limits.handshakeTimeout), pid: pid, uid: uid)
+        self.pending[fd] = Pending(
+            fd: fd,
+            domain: domain,
+            deadline: now + TimeAmount(self.limits.handshakeTimeout),
+            pid: pid,
+            uid: uid
+        )
         self.counts[domain.id.rawValue, default: 0] += 1
     }
 

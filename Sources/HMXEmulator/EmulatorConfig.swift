@@ -35,7 +35,11 @@ public struct EmulatorConfig: Sendable, Equatable {
     public var policy: EmulatorPolicy
 
     public var settings: ArgoHypervisor.Settings {
-        ArgoHypervisor.Settings(argoEnabled: self.argoEnabled, wildcardRingsAllowed: self.wildcardRingsAllowed, policy: self.policy)
+        ArgoHypervisor.Settings(
+            argoEnabled: self.argoEnabled,
+            wildcardRingsAllowed: self.wildcardRingsAllowed,
+            policy: self.policy
+        )
     }
 
     public static let defaultMaximumMemoryMiB = 1024
@@ -57,7 +61,8 @@ public struct EmulatorConfig: Sendable, Equatable {
         let top = try root.mapping()
         let argo = try top.optional("argo")?.bool() ?? true
         let wildcard = try top.optional("mac_permissive")?.bool() ?? false
-        let memoryMiB = try top.optional("max_memory_mib")?.integer(Int.self, in: 1...65536) ?? Self.defaultMaximumMemoryMiB
+        let memoryMiB =
+            try top.optional("max_memory_mib")?.integer(Int.self, in: 1...65536) ?? Self.defaultMaximumMemoryMiB
         let domainsNode = try top.required("domains")
         var domains: [DomainEntry] = []
         var index = DomainIndex()
@@ -82,7 +87,9 @@ public struct EmulatorConfig: Sendable, Equatable {
             try entry.finish(known: ["id", "name", "socket", "uid", "argo", "max_memory_mib"])
             guard index.byID[id] == nil else { throw idNode.error("domain id \(id) is used twice") }
             guard index.byName[name] == nil else { throw nameNode.error("domain name '\(name)' is used twice") }
-            guard sockets.insert(socket).inserted else { throw socketNode.error("socket path is used by another domain") }
+            guard sockets.insert(socket).inserted else {
+                throw socketNode.error("socket path is used by another domain")
+            }
             index.byID[id] = DomainID(id)
             index.byName[name] = DomainID(id)
             domains.append(
@@ -125,8 +132,12 @@ public struct EmulatorConfig: Sendable, Equatable {
         guard let action = EmulatorPolicy.Action(rawValue: try actionNode.string()) else {
             throw actionNode.error("expected allow or deny")
         }
-        let from = try entry.optional("from").map { node throws(ConfigError) in try Self.decodeDomain(node, domains: domains) } ?? nil
-        let to = try entry.optional("to").map { node throws(ConfigError) in try Self.decodeDomain(node, domains: domains) } ?? nil
+        let from =
+            try entry.optional("from").map { node throws(ConfigError) in try Self.decodeDomain(node, domains: domains) }
+            ?? nil
+        let to =
+            try entry.optional("to").map { node throws(ConfigError) in try Self.decodeDomain(node, domains: domains) }
+            ?? nil
         let port = try entry.optional("port").map { node throws(ConfigError) in try Self.decodePort(node) } ?? .any
         try entry.finish(known: ["action", "from", "to", "port"])
         return EmulatorPolicy.Rule(from: from, to: to, port: port, action: action)
@@ -147,7 +158,8 @@ public struct EmulatorConfig: Sendable, Equatable {
         if text == "any" { return .any }
         let parts = text.split(separator: "-", omittingEmptySubsequences: false)
         if parts.count == 1, let port = parseInteger(parts[0], as: UInt32.self) { return .range(port...port) }
-        if parts.count == 2, let low = parseInteger(parts[0], as: UInt32.self), let high = parseInteger(parts[1], as: UInt32.self),
+        if parts.count == 2, let low = parseInteger(parts[0], as: UInt32.self),
+            let high = parseInteger(parts[1], as: UInt32.self),
             low <= high
         {
             return .range(low...high)
@@ -156,10 +168,12 @@ public struct EmulatorConfig: Sendable, Equatable {
     }
 
     static func isValidName(_ name: String) -> Bool {
-        guard (1...64).contains(name.utf8.count), let first = name.utf8.first, !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first)
+        guard (1...64).contains(name.utf8.count), let first = name.utf8.first,
+            !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first)
         else { return false }
         return name.utf8.allSatisfy { byte in
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
                 || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-")
                 || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
         }

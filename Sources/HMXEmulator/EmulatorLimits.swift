@@ -15,7 +15,11 @@ public struct EmulatorLimits: Sendable, Equatable {
     /// domain's socket and saying nothing delay only attaches as that domain.
     public var handshakesPerDomain: Int
 
-    public init(queuedOutputBytes: Int = 64 << 10, handshakeTimeout: Duration = .seconds(2), handshakesPerDomain: Int = 4) {
+    public init(
+        queuedOutputBytes: Int = 64 << 10,
+        handshakeTimeout: Duration = .seconds(2),
+        handshakesPerDomain: Int = 4
+    ) {
         precondition(queuedOutputBytes >= 2 && handshakesPerDomain >= 1 && handshakeTimeout > .zero)
         self.queuedOutputBytes = queuedOutputBytes
         self.handshakeTimeout = handshakeTimeout

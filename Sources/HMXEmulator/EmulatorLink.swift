@@ -152,7 +152,12 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
 
     // MARK: - HMXLink
 
-    public func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing> {
+    public func registerRing(
+        port: HMXPort,
+        partner: DomainID,
+        length: UInt32,
+        failIfExists: Bool
+    ) -> EventLoopFuture<HMXRing> {
         self.hypercalls.registerRing(port: port, partner: partner, length: length, failIfExists: failIfExists)
     }
 
@@ -160,11 +165,22 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
         self.hypercalls.unregisterRing(ring)
     }
 
-    public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer]
+    ) -> EventLoopFuture<Int> {
         self.hypercalls.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: false)
     }
 
-    public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool
+    )
         -> EventLoopFuture<Int>
     {
         self.hypercalls.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: resultMayBeLate)
@@ -185,7 +201,13 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
     // MARK: - Raw access for conformance tests
 
     /// Issues an Argo hypercall with raw arguments (guest addresses in ``memory``).
-    public func rawHypercall(command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64) -> EventLoopFuture<Int64> {
+    public func rawHypercall(
+        command: UInt32,
+        arg1: UInt64,
+        arg2: UInt64,
+        arg3: UInt64,
+        arg4: UInt64
+    ) -> EventLoopFuture<Int64> {
         self.hypercalls.onLoop { state in state.raw(command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4) }
     }
 

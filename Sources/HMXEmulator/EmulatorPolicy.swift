@@ -28,7 +28,8 @@ public struct EmulatorPolicy: Sendable, Equatable {
         public var description: String {
             switch self {
             case .any: "any"
-            case .range(let range): range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
+            case .range(let range):
+                range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound)-\(range.upperBound)"
             }
         }
     }

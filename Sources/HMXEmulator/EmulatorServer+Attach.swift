@@ -24,7 +24,9 @@ extension EmulatorServer {
         var pausedUntil: NIODeadline?
         var isOutOfDescriptors = false
         while true {
-            let listeners = self.state.withLock { state -> [UInt16: Listener]? in state.isRunning ? state.listeners : nil }
+            let listeners = self.state.withLock { state -> [UInt16: Listener]? in
+                state.isRunning ? state.listeners : nil
+            }
             guard let listeners else {
                 for pending in handshakes.endAll(where: { _ in true }) { close(pending.fd) }
                 return
@@ -66,7 +68,9 @@ extension EmulatorServer {
                 } else {
                     // Said once until an accept succeeds again.
                     if !isOutOfDescriptors {
-                        self.logger.warning("out of file descriptors: accepting pauses 100 ms at a time until one is free")
+                        self.logger.warning(
+                            "out of file descriptors: accepting pauses 100 ms at a time until one is free"
+                        )
                     }
                     isOutOfDescriptors = true
                     pausedUntil = .now() + .milliseconds(100)
@@ -161,7 +165,12 @@ extension EmulatorServer {
             .channelOption(.writeBufferWaterMark, value: .init(low: high / 2, high: high))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let handler = DomainConnectionHandler(domain: domain, memory: memory, core: core.value, logger: handlerLogger)
+                    let handler = DomainConnectionHandler(
+                        domain: domain,
+                        memory: memory,
+                        core: core.value,
+                        logger: handlerLogger
+                    )
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
@@ -176,10 +185,14 @@ extension EmulatorServer {
     private func refuse(_ pending: AttachHandshakes.Pending, _ status: LinkWire.Welcome.Status, _ detail: String) {
         self.logger.warning(
             "attach refused",
-            metadata: ["domain": "\(pending.domain.id) (\(pending.domain.name))", "reason": "\(status)", "detail": "\(detail)"]
+            metadata: [
+                "domain": "\(pending.domain.id) (\(pending.domain.name))", "reason": "\(status)", "detail": "\(detail)",
+            ]
         )
         let bytes = LinkWire.Welcome(status: status, domain: pending.domain.id).encoded()
-        _ = bytes.withUnsafeBytes { raw in send(pending.fd, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+        _ = bytes.withUnsafeBytes { raw in
+            send(pending.fd, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+        }
         close(pending.fd)
     }
 }

@@ -59,7 +59,9 @@ public final class EmulatorServer: Sendable {
         let loop = self.group.next()
         self.core = try loop.submit {
             let core = EmulatorCore(settings: config.settings, eventLoop: loop, logger: logger)
-            core.hypervisor.domainNames = Dictionary(uniqueKeysWithValues: config.domains.map { ($0.id.rawValue, $0.name) })
+            core.hypervisor.domainNames = Dictionary(
+                uniqueKeysWithValues: config.domains.map { ($0.id.rawValue, $0.name) }
+            )
             return NIOLoopBound(core, eventLoop: loop)
         }.wait()
         var fds: [Int32] = [-1, -1]

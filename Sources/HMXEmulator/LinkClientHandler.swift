@@ -25,7 +25,9 @@ final class LinkClientHandler: ChannelInboundHandler {
         var input = Self.unwrapInboundIn(data)
         do {
             if !self.hasWelcome {
-                var piece = input.readSlice(length: min(input.readableBytes, LinkWire.Welcome.size - self.welcomeBytes.readableBytes))!
+                var piece = input.readSlice(
+                    length: min(input.readableBytes, LinkWire.Welcome.size - self.welcomeBytes.readableBytes)
+                )!
                 self.welcomeBytes.writeBuffer(&piece)
                 guard self.welcomeBytes.readableBytes == LinkWire.Welcome.size else { return }
                 let welcome = self.welcomeBytes.withUnsafeReadableBytes { bytes in LinkWire.Welcome(parsing: bytes) }

@@ -59,7 +59,9 @@ final class LinkState: LoopConfinedLinkState {
     var eventHandler: (@Sendable () -> Void)?
     private var inFlight = CircularBuffer<InFlight>(initialCapacity: 64)
     /// Requests waiting for staging space, in issue order.
-    private var waiting = CircularBuffer<(size: Int, completion: Completion, prepare: (Int?) -> (UInt32, UInt64, UInt64, UInt64, UInt64))>()
+    private var waiting = CircularBuffer<
+        (size: Int, completion: Completion, prepare: (Int?) -> (UInt32, UInt64, UInt64, UInt64, UInt64))
+    >()
     private var rings: [RingKey: HMXRing] = [:]
     private var nextTag: UInt32 = 1
     /// Hypercall frames issued in this loop tick, written in one go at its end.
@@ -67,7 +69,14 @@ final class LinkState: LoopConfinedLinkState {
     private var isFlushScheduled = false
     private(set) var isClosed = false
 
-    init(channel: any Channel, domain: DomainID, memory: SharedMemory, stagingBase: Int, stagingSize: Int, maximumQueued: Int) {
+    init(
+        channel: any Channel,
+        domain: DomainID,
+        memory: SharedMemory,
+        stagingBase: Int,
+        stagingSize: Int,
+        maximumQueued: Int
+    ) {
         self.channel = channel
         self.domain = domain
         self.memory = memory
@@ -85,7 +94,13 @@ final class LinkState: LoopConfinedLinkState {
     /// - Parameter resultMayBeLate: the hypercall is marked deferrable (``LinkWire``)
     ///   unless staging is half full or requests wait for it: then results free staging
     ///   and must come back at once.
-    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+    func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool
+    )
         -> EventLoopFuture<Int>
     {
         let promise = self.eventLoop.makePromise(of: Int.self)
@@ -95,31 +110,54 @@ final class LinkState: LoopConfinedLinkState {
         }
         let size = ArgoArguments.sendvSize(iovecs: iovecs)
         let domain = self.domain
-        let deferrable = resultMayBeLate && self.waiting.isEmpty && self.staging.usedBytes + size <= self.staging.size / 2
+        let deferrable =
+            resultMayBeLate && self.waiting.isEmpty && self.staging.usedBytes + size <= self.staging.size / 2
         self.issue(size: size, completion: .sendv(promise), deferrable: deferrable) { [memory] offset in
             // The emulator takes the source domain as given: it must be our own id.
-            Self.arguments(memory, offset!).sendv(from: port, sourceDomain: domain, to: destination, type: type, iovecs: iovecs)
+            Self.arguments(memory, offset!).sendv(
+                from: port,
+                sourceDomain: domain,
+                to: destination,
+                type: type,
+                iovecs: iovecs
+            )
         }
         return promise.futureResult
     }
 
-    func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing> {
+    func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing>
+    {
         let promise = self.eventLoop.makePromise(of: HMXRing.self)
         // Sizes that Xen would refuse still go to the hypervisor (it decides), but we
         // only allocate pages for lengths that make sense.
         let pageCount = Int(min(ArgoABI.pagesForRing(length: length), ArgoABI.maximumRingPages))
         guard let firstPage = self.pages.allocate(pageCount) else {
-            promise.fail(HMXError(code: .resourceExhausted, message: "no room for a \(length)-byte ring in this domain's ring memory"))
+            promise.fail(
+                HMXError(
+                    code: .resourceExhausted,
+                    message: "no room for a \(length)-byte ring in this domain's ring memory"
+                )
+            )
             return promise.futureResult
         }
         memset(self.memory.base + firstPage * ArgoABI.pageSize, 0, pageCount * ArgoABI.pageSize)
-        let request = RingRequest(port: port, partner: partner, length: length, firstPage: firstPage, pageCount: pageCount)
+        let request = RingRequest(
+            port: port,
+            partner: partner,
+            length: length,
+            firstPage: firstPage,
+            pageCount: pageCount
+        )
         let size = ArgoArguments.registerRingSize(frameCount: pageCount)
         self.issue(size: size, completion: .register(promise, request)) { [memory] offset in
             // Guest frame numbers are page indices into domain memory.
             let frames = (0..<pageCount).lazy.map { UInt64(firstPage + $0) }
             return Self.arguments(memory, offset!).registerRing(
-                port: port, partner: partner, length: length, frames: frames, failIfExists: failIfExists
+                port: port,
+                partner: partner,
+                length: length,
+                frames: frames,
+                failIfExists: failIfExists
             )
         }
         return promise.futureResult
@@ -164,16 +202,27 @@ final class LinkState: LoopConfinedLinkState {
 
     /// Allocates staging (waiting in FIFO order if there is none), lets `prepare` fill
     /// it, and sends the hypercall.
-    private func issue(size: Int, completion: Completion, deferrable: Bool = false, prepare: @escaping (Int?) -> Arguments) {
+    private func issue(
+        size: Int,
+        completion: Completion,
+        deferrable: Bool = false,
+        prepare: @escaping (Int?) -> Arguments
+    ) {
         if self.isClosed {
             completion.fail(HMXError(code: .linkClosed, message: "the link to the emulator is closed"))
             return
         }
         if size > self.staging.size {
-            completion.fail(HMXError(code: .resourceExhausted, message: "request of \(size) bytes exceeds the staging area"))
+            completion.fail(
+                HMXError(code: .resourceExhausted, message: "request of \(size) bytes exceeds the staging area")
+            )
             return
         }
-        if self.waiting.isEmpty, self.tryIssue(size: size, completion: completion, deferrable: deferrable, prepare: prepare) { return }
+        if self.waiting.isEmpty,
+            self.tryIssue(size: size, completion: completion, deferrable: deferrable, prepare: prepare)
+        {
+            return
+        }
         guard self.waiting.count < self.maximumQueued else {
             completion.fail(HMXError(code: .resourceExhausted, message: "too many requests waiting for the emulator"))
             return
@@ -181,7 +230,12 @@ final class LinkState: LoopConfinedLinkState {
         self.waiting.append((size, completion, prepare))
     }
 
-    private func tryIssue(size: Int, completion: Completion, deferrable: Bool = false, prepare: (Int?) -> Arguments) -> Bool {
+    private func tryIssue(
+        size: Int,
+        completion: Completion,
+        deferrable: Bool = false,
+        prepare: (Int?) -> Arguments
+    ) -> Bool {
         var stagingEnd: Int?
         var offset: Int?
         if size > 0 {
@@ -193,7 +247,17 @@ final class LinkState: LoopConfinedLinkState {
         let tag = self.nextTag
         self.nextTag &+= 1
         self.inFlight.append(InFlight(tag: tag, stagingOffset: offset, stagingEnd: stagingEnd, completion: completion))
-        self.output.writeLinkFrame(.hypercall(tag: tag, command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4, deferrable: deferrable))
+        self.output.writeLinkFrame(
+            .hypercall(
+                tag: tag,
+                command: command,
+                arg1: arg1,
+                arg2: arg2,
+                arg3: arg3,
+                arg4: arg4,
+                deferrable: deferrable
+            )
+        )
         self.scheduleFlush()
         return true
     }

@@ -56,7 +56,8 @@ public final class SharedMemory: @unchecked Sendable {
             close(fd)
             throw HMXError(code: .attachRefused, message: "domain memory size does not match the announced size")
         }
-        guard let mapping = mmap(nil, expectedSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapping != MAP_FAILED else {
+        guard let mapping = mmap(nil, expectedSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapping != MAP_FAILED
+        else {
             close(fd)
             throw HMXError(code: .attachRefused, message: "cannot map domain memory: errno \(errno)")
         }

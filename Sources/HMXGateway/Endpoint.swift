@@ -17,7 +17,9 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     public static func parse(_ text: String) -> Result<Endpoint, Malformed> {
         if text.hasPrefix("unix:") {
             let path = String(text.dropFirst("unix:".count))
-            guard !path.isEmpty, path.utf8.count < 108 else { return .failure(Malformed(reason: "unix:PATH needs a path shorter than 108 bytes")) }
+            guard !path.isEmpty, path.utf8.count < 108 else {
+                return .failure(Malformed(reason: "unix:PATH needs a path shorter than 108 bytes"))
+            }
             return .success(.unix(path: path))
         }
         if text.hasPrefix("tcp://") {
@@ -31,12 +33,16 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
                 host = rest[rest.index(after: rest.startIndex)..<close]
                 portText = rest[rest.index(close, offsetBy: 2)...]
             } else {
-                guard let colon = rest.lastIndex(of: ":") else { return .failure(Malformed(reason: "expected tcp://HOST:PORT")) }
+                guard let colon = rest.lastIndex(of: ":") else {
+                    return .failure(Malformed(reason: "expected tcp://HOST:PORT"))
+                }
                 host = rest[..<colon]
                 portText = rest[rest.index(after: colon)...]
             }
             guard !host.isEmpty else { return .failure(Malformed(reason: "missing host in \(text)")) }
-            guard let port = Int(portText), (0...65535).contains(port) else { return .failure(Malformed(reason: "bad port '\(portText)' in \(text)")) }
+            guard let port = Int(portText), (0...65535).contains(port) else {
+                return .failure(Malformed(reason: "bad port '\(portText)' in \(text)"))
+            }
             return .success(.tcp(host: String(host), port: port))
         }
         if text.hasPrefix("vsock://") {

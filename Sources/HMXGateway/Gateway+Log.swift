@@ -22,7 +22,10 @@ extension Gateway {
         for (key, count) in self.warnings.expired(now: self.driver.now) {
             self.logger.warning(
                 "similar warnings suppressed",
-                metadata: ["peer": "\(self.config.name(of: key.peer))", "kind": "\(key.kind.rawValue)", "suppressed": "\(count)"]
+                metadata: [
+                    "peer": "\(self.config.name(of: key.peer))", "kind": "\(key.kind.rawValue)",
+                    "suppressed": "\(count)",
+                ]
             )
         }
     }
@@ -43,13 +46,20 @@ extension Gateway {
                 logger(0).warning("connection refused", metadata: ["reason": "\(reason)", "error": "\(dialError)"])
             } else {
                 // Refused before any dial: the peer asked for what it may not have.
-                self.limited(.refusedOpen, from: id.peer) { logger($0).warning("connection refused", metadata: ["reason": "\(reason)"]) }
+                self.limited(.refusedOpen, from: id.peer) {
+                    logger($0).warning("connection refused", metadata: ["reason": "\(reason)"])
+                }
             }
         case .resetByPeer(let reason):
-            self.limited(.reset, from: id.peer) { logger($0).info("connection reset by the peer", metadata: ["reason": "\(reason)"]) }
+            self.limited(.reset, from: id.peer) {
+                logger($0).info("connection reset by the peer", metadata: ["reason": "\(reason)"])
+            }
         case .violation(let violation):
             self.limited(.violation, from: id.peer) {
-                logger($0).warning("peer violated the stream protocol; resetting the connection", metadata: ["violation": "\(violation)"])
+                logger($0).warning(
+                    "peer violated the stream protocol; resetting the connection",
+                    metadata: ["violation": "\(violation)"]
+                )
             }
         case .localReset:
             logger(0).debug("local connection reset")
@@ -109,25 +119,36 @@ extension Gateway {
             self.limited(.restarted, from: domain) { suppressed in
                 self.logger.warning(
                     "peer gateway restarted; resetting its old connections",
-                    metadata: ["peer": "\(self.config.name(of: domain))", "connections": "\(count)", "suppressed": "\(suppressed)"]
+                    metadata: [
+                        "peer": "\(self.config.name(of: domain))", "connections": "\(count)",
+                        "suppressed": "\(suppressed)",
+                    ]
                 )
             }
         case .malformed(let domain, let reason):
             self.limited(.malformed, from: domain) { suppressed in
                 self.logger.warning(
                     "malformed message from peer; its connections are reset",
-                    metadata: ["peer": "\(self.config.name(of: domain))", "error": "\(reason)", "suppressed": "\(suppressed)"]
+                    metadata: [
+                        "peer": "\(self.config.name(of: domain))", "error": "\(reason)", "suppressed": "\(suppressed)",
+                    ]
                 )
             }
         case .reusedConnectionID(let id):
             self.limited(.reusedConnectionID, from: id.peer) { suppressed in
                 self.logger.warning(
                     "peer reused a live connection id; resetting it",
-                    metadata: ["peer": "\(self.config.name(of: id.peer))", "connection": "\(id.key)", "suppressed": "\(suppressed)"]
+                    metadata: [
+                        "peer": "\(self.config.name(of: id.peer))", "connection": "\(id.key)",
+                        "suppressed": "\(suppressed)",
+                    ]
                 )
             }
         case .ringCorrupt(let domain, let error):
-            self.logger.error("a ring was corrupt and has been flushed", metadata: ["ring": "\(domain)", "error": "\(error)"])
+            self.logger.error(
+                "a ring was corrupt and has been flushed",
+                metadata: ["ring": "\(domain)", "error": "\(error)"]
+            )
         }
     }
 }

@@ -25,7 +25,10 @@ extension Gateway {
             .childChannelOption(.autoRead, value: false)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.maxMessagesPerRead, value: 1)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262144))
+            .childChannelOption(
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262144)
+            )
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = StreamGlueHandler(driver: bound.value.driver) { channel in
@@ -38,7 +41,8 @@ extension Gateway {
         switch importConfig.listen {
         case .tcp(let host, let port): future = bootstrap.bind(host: host, port: port)
         case .unix(let path): future = bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
-        case .vsock(let cid, let port): future = bootstrap.bind(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        case .vsock(let cid, let port):
+            future = bootstrap.bind(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
         }
         return future.assumeIsolated().map { channel in
             self.listeners[importConfig.name] = (importConfig, channel)
@@ -77,7 +81,10 @@ extension Gateway {
             let outcome: ConnectionOutcome = self.isShuttingDown ? .shuttingDown : .limitReached
             self.logger.warning(
                 "connection refused",
-                metadata: ["mapping": "\(importConfig.name)", "peer": "\(self.config.name(of: importConfig.peer))", "reason": "\(outcome.rawValue)"]
+                metadata: [
+                    "mapping": "\(importConfig.name)", "peer": "\(self.config.name(of: importConfig.peer))",
+                    "reason": "\(outcome.rawValue)",
+                ]
             )
             self.metrics.count(outcome, imported: true)
             channel.close(promise: nil)
@@ -86,7 +93,8 @@ extension Gateway {
         let id = self.driver.open(
             to: importConfig.peer,
             servicePort: importConfig.port,
-            idleTimeout: importConfig.idleTimeoutMilliseconds > 0 ? .milliseconds(importConfig.idleTimeoutMilliseconds) : nil,
+            idleTimeout: importConfig.idleTimeoutMilliseconds > 0
+                ? .milliseconds(importConfig.idleTimeoutMilliseconds) : nil,
             openTimeout: .milliseconds(importConfig.openTimeoutMilliseconds)
         )
         let handler = try? channel.pipeline.syncOperations.handler(type: StreamGlueHandler.self)
@@ -104,7 +112,10 @@ extension Gateway {
     /// hypervisor stamped on the message, never payload) and its limits, then dial.
     func admit(_ id: ConnectionID, servicePort: UInt32) -> StreamDriver.Admission {
         let decision = self.config.admission(of: id.peer, to: servicePort) { mapping, peer in
-            (self.countsByMapping[mapping, default: 0], self.countsByPeer[PeerMapping(mapping: mapping, peer: peer), default: 0])
+            (
+                self.countsByMapping[mapping, default: 0],
+                self.countsByPeer[PeerMapping(mapping: mapping, peer: peer), default: 0]
+            )
         }
         let export: GatewayConfig.Export
         switch decision {
@@ -112,9 +123,14 @@ extension Gateway {
         case .refused(let reason): return .refuse(reason)
         }
         let mapping = "export:\(export.name)"
-        self.add(id, Connection(mapping: mapping, logger: self.connectionLogger(id, mapping: export.name), handler: nil))
+        self.add(
+            id,
+            Connection(mapping: mapping, logger: self.connectionLogger(id, mapping: export.name), handler: nil)
+        )
         self.dial(export, for: id)
-        return .dial(idleTimeout: export.idleTimeoutMilliseconds > 0 ? .milliseconds(export.idleTimeoutMilliseconds) : nil)
+        return .dial(
+            idleTimeout: export.idleTimeoutMilliseconds > 0 ? .milliseconds(export.idleTimeoutMilliseconds) : nil
+        )
     }
 
     private func dial(_ export: GatewayConfig.Export, for id: ConnectionID) {
@@ -123,7 +139,10 @@ extension Gateway {
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.maxMessagesPerRead, value: 1)
-            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262144))
+            .channelOption(
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262144)
+            )
             .connectTimeout(.milliseconds(export.connectTimeoutMilliseconds))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -134,7 +153,8 @@ extension Gateway {
         switch export.target {
         case .tcp(let host, let port): future = bootstrap.connect(host: host, port: port)
         case .unix(let path): future = bootstrap.connect(unixDomainSocketPath: path)
-        case .vsock(let cid, let port): future = bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        case .vsock(let cid, let port):
+            future = bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
         }
         future.assumeIsolated().whenComplete { result in
             switch result {
@@ -150,7 +170,10 @@ extension Gateway {
                 self.connections[id]?.handler = handler
                 if export.proxyProtocol == .v2 {
                     let name = self.config.peers.first { $0.value == id.peer }?.key
-                    channel.write(ProxyHeaderBuilder.header(for: id.peer, name: name, channel: channel, connection: id.key.id), promise: nil)
+                    channel.write(
+                        ProxyHeaderBuilder.header(for: id.peer, name: name, channel: channel, connection: id.key.id),
+                        promise: nil
+                    )
                 }
                 self.driver.dialSucceeded(id)
             case .failure(let error):

@@ -109,7 +109,9 @@ final class Gateway {
             return
         }
         let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
-        self.eventLoop.scheduleTask(in: .milliseconds(50)) { bound.value.waitForDrain(until: deadline, promise: promise) }
+        self.eventLoop.scheduleTask(in: .milliseconds(50)) {
+            bound.value.waitForDrain(until: deadline, promise: promise)
+        }
     }
 
     // MARK: - Reload
@@ -118,7 +120,9 @@ final class Gateway {
     /// import listeners added/removed/changed, rings for new peers.
     func reload(_ newConfig: GatewayConfig) -> EventLoopFuture<Void> {
         guard newConfig.link == self.config.link else {
-            self.logger.error("reload: the link settings (emulator, port, ring_size) need a restart; keeping the running configuration")
+            self.logger.error(
+                "reload: the link settings (emulator, port, ring_size) need a restart; keeping the running configuration"
+            )
             return self.eventLoop.makeSucceededVoidFuture()
         }
         self.config = newConfig
@@ -128,7 +132,9 @@ final class Gateway {
             self.listeners[name] = nil
             self.logger.info("import removed", metadata: ["mapping": "\(name)"])
         }
-        let added = newConfig.imports.filter { importConfig in !self.listeners.values.contains { $0.importConfig == importConfig } }
+        let added = newConfig.imports.filter { importConfig in
+            !self.listeners.values.contains { $0.importConfig == importConfig }
+        }
         self.driver.addPartners(newConfig.partnerDomains)
         if newConfig.wantsWildcardRing { self.driver.registerWildcardRing() }
         self.logger.info(
@@ -188,7 +194,11 @@ extension Gateway: StreamDriverDelegate {
             connection.handler?.detach()
             self.countsByMapping[connection.mapping, default: 1] -= 1
             let key = PeerMapping(mapping: connection.mapping, peer: id.peer)
-            if self.countsByPeer[key, default: 1] <= 1 { self.countsByPeer[key] = nil } else { self.countsByPeer[key]! -= 1 }
+            if self.countsByPeer[key, default: 1] <= 1 {
+                self.countsByPeer[key] = nil
+            } else {
+                self.countsByPeer[key]! -= 1
+            }
         case .openRefused(let id, let reason):
             self.metrics.count(ConnectionOutcome(refused: reason), imported: false)
             self.limited(.refusedOpen, from: id.peer) { suppressed in

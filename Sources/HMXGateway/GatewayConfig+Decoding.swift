@@ -27,11 +27,14 @@ extension GatewayConfig {
         case (let node?, false): backend = .emulator(socket: try node.string())
         case (nil, true): backend = .xen
         case (_?, true): throw linkNode.error("give either emulator: SOCKET or xen: true, not both")
-        case (nil, false): throw linkNode.error("say which hypervisor: emulator: SOCKET (hmx-emulator) or xen: true (real Xen Argo)")
+        case (nil, false):
+            throw linkNode.error("say which hypervisor: emulator: SOCKET (hmx-emulator) or xen: true (real Xen Argo)")
         }
         let port = try link.optional("port")?.integer(UInt32.self, in: 0...UInt32.max) ?? Self.defaultPort
         let ringNode = link.optional("ring_size")
-        let ringSize = try ringNode?.integer(UInt32.self, in: 4032...ArgoABI.maximumUsableRingLength) ?? Self.defaultRingSize(for: backend)
+        let ringSize =
+            try ringNode?.integer(UInt32.self, in: 4032...ArgoABI.maximumUsableRingLength)
+            ?? Self.defaultRingSize(for: backend)
         if let ringNode, ringSize % 16 != 0 { throw ringNode.error("must be a multiple of 16") }
         try link.finish(known: ["emulator", "xen", "port", "ring_size"])
 
@@ -40,7 +43,9 @@ extension GatewayConfig {
         if let peersNode = top.optional("peers") {
             let mapping = try peersNode.mapping()
             for (name, node) in mapping.all() {
-                guard Self.isValidName(name) else { throw node.error("peer names are letters, digits, '-', '_' or '.'") }
+                guard Self.isValidName(name) else {
+                    throw node.error("peer names are letters, digits, '-', '_' or '.'")
+                }
                 let id = DomainID(try node.integer(UInt16.self, in: 0...0x7FEF))
                 if let other = peerNames[id] {
                     throw node.error("domain \(id) is already named '\(other)'")
@@ -77,25 +82,35 @@ extension GatewayConfig {
             // Shared by several domains, one of them may hold half of it by default.
             let isShared = any || allowed.count > 1
             let perPeerNode = entry.optional("max_connections_per_peer")
-            let perPeer = try perPeerNode?.integer(Int.self, in: 1...1_000_000) ?? (isShared ? max(1, maxConnections / 2) : maxConnections)
+            let perPeer =
+                try perPeerNode?.integer(Int.self, in: 1...1_000_000)
+                ?? (isShared ? max(1, maxConnections / 2) : maxConnections)
             if let perPeerNode, perPeer > maxConnections {
                 throw perPeerNode.error("must be at most max_connections (\(maxConnections))")
             }
-            let timeout = try entry.optional("connect_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 5000
-            let idle = try entry.optional("idle_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 0
+            let timeout =
+                try entry.optional("connect_timeout").map { node throws(ConfigError) in try Self.duration(node) }
+                ?? 5000
+            let idle =
+                try entry.optional("idle_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 0
             let proxyNode = entry.optional("proxy_protocol")
             let proxy: ProxyProtocol
             if let proxyNode {
-                guard let value = ProxyProtocol(rawValue: try proxyNode.string()) else { throw proxyNode.error("expected v2 or none") }
+                guard let value = ProxyProtocol(rawValue: try proxyNode.string()) else {
+                    throw proxyNode.error("expected v2 or none")
+                }
                 proxy = value
             } else {
                 proxy = .none
             }
             try entry.finish(known: [
-                "name", "port", "target", "allow", "max_connections", "max_connections_per_peer", "connect_timeout", "idle_timeout",
+                "name", "port", "target", "allow", "max_connections", "max_connections_per_peer", "connect_timeout",
+                "idle_timeout",
                 "proxy_protocol",
             ])
-            guard exportPorts.insert(servicePort).inserted else { throw portNode.error("port \(servicePort) is exported twice") }
+            guard exportPorts.insert(servicePort).inserted else {
+                throw portNode.error("port \(servicePort) is exported twice")
+            }
             guard exportNames.insert(name).inserted else { throw nameNode.error("export name '\(name)' is used twice") }
             exports.append(
                 Export(
@@ -124,12 +139,19 @@ extension GatewayConfig {
             let peer = try domain(try entry.required("peer"))
             let servicePort = try entry.required("port").integer(UInt32.self, in: 0...UInt32.max)
             let maxConnections = try entry.optional("max_connections")?.integer(Int.self, in: 1...1_000_000) ?? 1024
-            let idle = try entry.optional("idle_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 0
+            let idle =
+                try entry.optional("idle_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 0
             let openNode = entry.optional("open_timeout")
-            let open = try openNode.map { node throws(ConfigError) in try Self.duration(node) } ?? Self.defaultOpenTimeoutMilliseconds
+            let open =
+                try openNode.map { node throws(ConfigError) in try Self.duration(node) }
+                ?? Self.defaultOpenTimeoutMilliseconds
             if let openNode, open == 0 { throw openNode.error("must be longer than 0") }
-            try entry.finish(known: ["name", "listen", "peer", "port", "max_connections", "idle_timeout", "open_timeout"])
-            guard importListeners.insert(listen).inserted else { throw listenNode.error("\(listen) is listened on twice") }
+            try entry.finish(known: [
+                "name", "listen", "peer", "port", "max_connections", "idle_timeout", "open_timeout",
+            ])
+            guard importListeners.insert(listen).inserted else {
+                throw listenNode.error("\(listen) is listened on twice")
+            }
             guard importNames.insert(name).inserted else { throw nameNode.error("import name '\(name)' is used twice") }
             imports.append(
                 Import(
@@ -158,7 +180,9 @@ extension GatewayConfig {
                 windowMax = value
             }
             windowPool = try limits.optional("window_pool")?.integer(Int.self, in: 0...(1 << 40)) ?? windowPool
-            drain = try limits.optional("drain_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? drain
+            drain =
+                try limits.optional("drain_timeout").map { node throws(ConfigError) in try Self.duration(node) }
+                ?? drain
             peerInFlight = try limits.optional("peer_in_flight")?.integer(Int.self, in: 4096...(64 << 20))
             try limits.finish(known: ["window", "window_max", "window_pool", "drain_timeout", "peer_in_flight"])
         }
@@ -196,7 +220,9 @@ extension GatewayConfig {
         let text = try node.string()
         let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
         for (suffix, scale) in units where text.hasSuffix(suffix) {
-            if let value = Int64(text.dropLast(suffix.count)), value >= 0, value < Int64.max / scale { return value * scale }
+            if let value = Int64(text.dropLast(suffix.count)), value >= 0, value < Int64.max / scale {
+                return value * scale
+            }
         }
         if let seconds = Int64(text), seconds >= 0, seconds < Int64.max / 1000 { return seconds * 1000 }
         throw node.error("expected a duration like 500ms, 5s, 2m or 1h; found '\(text)'")
@@ -205,7 +231,8 @@ extension GatewayConfig {
     static func isValidName(_ name: String) -> Bool {
         (1...64).contains(name.utf8.count)
             && name.utf8.allSatisfy { byte in
-                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                    || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
                     || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "-")
                     || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
             }

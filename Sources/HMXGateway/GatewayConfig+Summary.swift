@@ -6,7 +6,9 @@ extension GatewayConfig {
     /// One line per fact: the link, each export and import with its limits, the rings
     /// and their memory, flow control, metrics.
     public var summary: [String] {
-        var lines = ["link: \(self.link.backend), gateway port \(self.link.port), ring \(self.link.ringSize) bytes per peer"]
+        var lines = [
+            "link: \(self.link.backend), gateway port \(self.link.port), ring \(self.link.ringSize) bytes per peer"
+        ]
         for export in self.exports {
             let allow: String
             switch export.allow {
@@ -15,25 +17,33 @@ extension GatewayConfig {
             }
             var line = "export \(export.name): HMX port \(export.port) -> \(export.target); allow \(allow); "
             line += "max \(export.maxConnections) connections"
-            if export.maxConnectionsPerPeer < export.maxConnections { line += ", \(export.maxConnectionsPerPeer) per peer" }
+            if export.maxConnectionsPerPeer < export.maxConnections {
+                line += ", \(export.maxConnectionsPerPeer) per peer"
+            }
             line += "; connect timeout \(export.connectTimeoutMilliseconds) ms"
             if export.idleTimeoutMilliseconds > 0 { line += "; idle timeout \(export.idleTimeoutMilliseconds) ms" }
             if export.proxyProtocol == .v2 { line += "; PROXY v2" }
             lines.append(line)
         }
         for importConfig in self.imports {
-            var line = "import \(importConfig.name): \(importConfig.listen) -> \(self.name(of: importConfig.peer)):\(importConfig.port); "
+            var line =
+                "import \(importConfig.name): \(importConfig.listen) -> \(self.name(of: importConfig.peer)):\(importConfig.port); "
             line += "max \(importConfig.maxConnections) connections"
-            if importConfig.idleTimeoutMilliseconds > 0 { line += "; idle timeout \(importConfig.idleTimeoutMilliseconds) ms" }
+            if importConfig.idleTimeoutMilliseconds > 0 {
+                line += "; idle timeout \(importConfig.idleTimeoutMilliseconds) ms"
+            }
             lines.append(line)
         }
         let rings = self.partnerDomains.count + (self.wantsWildcardRing ? 1 : 0)
         let ringPages = Int(ArgoABI.pagesForRing(length: self.link.ringSize))
         let wildcard = self.wantsWildcardRing ? " + 1 wildcard ring (needs mac-permissive)" : ""
-        lines.append("rings: \(self.partnerDomains.count) partner ring(s)\(wildcard); memory for rings: \(rings * ringPages * 4) KiB")
+        lines.append(
+            "rings: \(self.partnerDomains.count) partner ring(s)\(wildcard); memory for rings: \(rings * ringPages * 4) KiB"
+        )
         var flow = "flow control: \(self.window) bytes window per connection and direction"
         if self.effectiveWindowMax > self.window, self.windowPool > 0 {
-            flow += ", growing to \(self.effectiveWindowMax) for fast streams (\(self.windowPool) bytes of growth in all)"
+            flow +=
+                ", growing to \(self.effectiveWindowMax) for fast streams (\(self.windowPool) bytes of growth in all)"
         }
         flow += "; \(self.peerInFlight.map { "\($0) bytes" } ?? "a ring's worth") on the way to each peer at once"
         lines.append(flow)

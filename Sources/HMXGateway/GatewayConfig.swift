@@ -151,7 +151,9 @@ extension GatewayConfig {
         to servicePort: UInt32,
         counts: (_ mapping: String, _ peer: DomainID) -> (all: Int, peer: Int)
     ) -> Admission {
-        guard let export = self.exports.first(where: { $0.port == servicePort }) else { return .refused(.noSuchService) }
+        guard let export = self.exports.first(where: { $0.port == servicePort }) else {
+            return .refused(.noSuchService)
+        }
         guard export.allow.permits(peer) else { return .refused(.deniedByGateway) }
         let (all, ofPeer) = counts("export:\(export.name)", peer)
         guard all < export.maxConnections, ofPeer < export.maxConnectionsPerPeer else { return .refused(.limitReached) }

@@ -31,8 +31,14 @@ struct GatewayMetrics: Sendable {
         var importOutcomes: [Outcome: Counter] = [:]
         var exportOutcomes: [Outcome: Counter] = [:]
         for outcome in Outcome.allCases {
-            importOutcomes[outcome] = Counter(label: "hmx_import_connections_total", dimensions: [("outcome", outcome.rawValue)])
-            exportOutcomes[outcome] = Counter(label: "hmx_export_connections_total", dimensions: [("outcome", outcome.rawValue)])
+            importOutcomes[outcome] = Counter(
+                label: "hmx_import_connections_total",
+                dimensions: [("outcome", outcome.rawValue)]
+            )
+            exportOutcomes[outcome] = Counter(
+                label: "hmx_export_connections_total",
+                dimensions: [("outcome", outcome.rawValue)]
+            )
         }
         self.importOutcomes = importOutcomes
         self.exportOutcomes = exportOutcomes
@@ -67,7 +73,9 @@ struct GatewayMetrics: Sendable {
         add(self.outOfOrder, statistics.outOfOrder, previous.outOfOrder)
         add(self.malformedMessages, statistics.malformedMessages, previous.malformedMessages)
         add(self.windowGrowths, statistics.windowGrowths, previous.windowGrowths)
-        if statistics.windowPoolInUse != previous.windowPoolInUse { self.windowPoolInUse.set(statistics.windowPoolInUse) }
+        if statistics.windowPoolInUse != previous.windowPoolInUse {
+            self.windowPoolInUse.set(statistics.windowPoolInUse)
+        }
         self.activeConnections.set(activeConnections)
     }
 }

@@ -87,7 +87,10 @@ public struct GatewayService: Service {
             self.logger.info("metrics at /metrics", metadata: ["listen": "\(endpoint)"])
         }
         self.onReady?(config)
-        self.logger.info("gateway ready", metadata: ["exports": "\(config.exports.count)", "imports": "\(config.imports.count)"])
+        self.logger.info(
+            "gateway ready",
+            metadata: ["exports": "\(config.exports.count)", "imports": "\(config.imports.count)"]
+        )
 
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         // The link's close as a cancellable wait (a future's get() is not cancellable).

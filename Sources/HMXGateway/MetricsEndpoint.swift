@@ -6,7 +6,11 @@ import Prometheus
 
 /// A tiny HTTP endpoint serving the Prometheus registry at `GET /metrics`.
 enum MetricsEndpoint {
-    static func bind(_ endpoint: Endpoint, registry: PrometheusCollectorRegistry, group: any EventLoopGroup) -> EventLoopFuture<any Channel> {
+    static func bind(
+        _ endpoint: Endpoint,
+        registry: PrometheusCollectorRegistry,
+        group: any EventLoopGroup
+    ) -> EventLoopFuture<any Channel> {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
@@ -24,7 +28,8 @@ enum MetricsEndpoint {
         switch endpoint {
         case .tcp(let host, let port): return bootstrap.bind(host: host, port: port)
         case .unix(let path): return bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
-        case .vsock(let cid, let port): return bootstrap.bind(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        case .vsock(let cid, let port):
+            return bootstrap.bind(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
         }
     }
 }

@@ -91,7 +91,9 @@ struct WarningLimiter {
             self.windows[key] = nil
         }
         for report in reports { self.pending.remove(report.key) }
-        return reports.sorted { ($0.key.peer.rawValue, $0.key.kind.rawValue) < ($1.key.peer.rawValue, $1.key.kind.rawValue) }
+        return reports.sorted {
+            ($0.key.peer.rawValue, $0.key.kind.rawValue) < ($1.key.peer.rawValue, $1.key.kind.rawValue)
+        }
     }
 
     private mutating func evictExpired(now: NIODeadline) {

@@ -18,8 +18,10 @@ public struct ProxyIPv4Address: Hashable, Sendable, CustomStringConvertible {
 
     /// The four bytes in wire order.
     public var bytes: [UInt8] {
-        [UInt8(truncatingIfNeeded: self.value >> 24), UInt8(truncatingIfNeeded: self.value >> 16),
-         UInt8(truncatingIfNeeded: self.value >> 8), UInt8(truncatingIfNeeded: self.value)]
+        [
+            UInt8(truncatingIfNeeded: self.value >> 24), UInt8(truncatingIfNeeded: self.value >> 16),
+            UInt8(truncatingIfNeeded: self.value >> 8), UInt8(truncatingIfNeeded: self.value),
+        ]
     }
 
     public var description: String {

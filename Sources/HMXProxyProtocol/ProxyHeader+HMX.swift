@@ -58,7 +58,9 @@ extension ProxyHeader {
         let addresses: ProxyAddresses
         switch destination.flatMap(IPDestination.init) {
         case .v4(let address, let port):
-            addresses = .tcp4(ProxyEndpoints(source: source, sourcePort: sourcePort, destination: address, destinationPort: port))
+            addresses = .tcp4(
+                ProxyEndpoints(source: source, sourcePort: sourcePort, destination: address, destinationPort: port)
+            )
         case .v6(let address, let port):
             addresses = .tcp6(
                 ProxyEndpoints(
@@ -70,7 +72,12 @@ extension ProxyHeader {
             )
         case nil:
             addresses = .tcp4(
-                ProxyEndpoints(source: source, sourcePort: sourcePort, destination: ProxyIPv4Address(value: 0), destinationPort: 0)
+                ProxyEndpoints(
+                    source: source,
+                    sourcePort: sourcePort,
+                    destination: ProxyIPv4Address(value: 0),
+                    destinationPort: 0
+                )
             )
         }
         return ProxyHeader(command: .proxy, addresses: addresses, tlvs: tlvs)

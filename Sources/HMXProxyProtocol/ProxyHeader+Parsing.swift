@@ -73,7 +73,8 @@ extension ProxyHeader {
         }
 
         if let checksumOffset {
-            let found = UInt32(bytes[checksumOffset]) << 24 | UInt32(bytes[checksumOffset + 1]) << 16
+            let found =
+                UInt32(bytes[checksumOffset]) << 24 | UInt32(bytes[checksumOffset + 1]) << 16
                 | UInt32(bytes[checksumOffset + 2]) << 8 | UInt32(bytes[checksumOffset + 3])
             var zeroed = Array(bytes[..<total])
             zeroed.replaceSubrange(checksumOffset..<(checksumOffset + 4), with: repeatElement(0, count: 4))

@@ -83,7 +83,12 @@ public struct PeerHealth: Sendable {
     }
 
     /// The registration failed with `errno` (nil: not an Argo error).
-    public mutating func ringRegistrationFailed(errno: ArgoErrno?, attempt: Int, check: Bool, into actions: inout [Action]) {
+    public mutating func ringRegistrationFailed(
+        errno: ArgoErrno?,
+        attempt: Int,
+        check: Bool,
+        into actions: inout [Action]
+    ) {
         if check {
             self.isCheckingRing = false
             switch errno {

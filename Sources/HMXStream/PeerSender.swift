@@ -206,7 +206,8 @@ public struct PeerSender: Sendable {
             self.bytesInFlight += retry.length
             return retry
         }
-        guard !self.queue.isEmpty, self.nextNumber &- self.base < MessageOrder.window, self.mayStart(self.messageLimit) else {
+        guard !self.queue.isEmpty, self.nextNumber &- self.base < MessageOrder.window, self.mayStart(self.messageLimit)
+        else {
             return nil
         }
         let number = self.nextNumber
@@ -216,7 +217,9 @@ public struct PeerSender: Sendable {
         let length = iovecs.reduce(0) { $0 + $1.readableBytes }
         // While the window and the peer's ring are less than half used, this message's
         // result is not needed soon.
-        let isEarly = self.nextNumber &- self.base <= MessageOrder.window / 2 && self.bytesInFlight + length <= self.inFlightLimit / 2
+        let isEarly =
+            self.nextNumber &- self.base <= MessageOrder.window / 2
+            && self.bytesInFlight + length <= self.inFlightLimit / 2
         let message = Message(number: number, iovecs: iovecs, length: length, resultMayBeLate: isEarly)
         self.outstanding.append(Outstanding(message: message, state: .inFlight))
         self.bytesInFlight += length
@@ -279,7 +282,9 @@ public struct PeerSender: Sendable {
             } else {
                 if small.readableBytes == 0 {
                     guard iovecs.count + 1 <= ArgoABI.maximumIOVs else { break }
-                    if small.capacity == 0 { small = ByteBufferAllocator().buffer(capacity: min(limit, max(256, length))) }
+                    if small.capacity == 0 {
+                        small = ByteBufferAllocator().buffer(capacity: min(limit, max(256, length)))
+                    }
                 }
                 frame.encode(into: &small)
             }

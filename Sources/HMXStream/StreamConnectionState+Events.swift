@@ -8,7 +8,12 @@ extension StreamConnectionState {
     /// reads everything up to EOF when the application half-closes (EPOLLRDHUP), even
     /// before the connection is accepted: such bytes are held (bounded by the socket's
     /// receive buffer) and sent as credit allows.
-    public mutating func localRead(_ bytes: ByteBuffer, maximumData: Int, now: NIODeadline, into actions: inout [Action]) {
+    public mutating func localRead(
+        _ bytes: ByteBuffer,
+        maximumData: Int,
+        now: NIODeadline,
+        into actions: inout [Action]
+    ) {
         self.isReadRequested = false
         self.lastActivity = now
         guard self.phase == .opening || (self.phase == .open && !self.hasSentFin) else { return }
@@ -63,7 +68,8 @@ extension StreamConnectionState {
 
     /// The socket took `count` bytes written for the peer: grant credit back.
     /// - Parameter budget: bytes the window may still grow by (the shared pool).
-    public mutating func localWriteCompleted(_ count: Int, now: NIODeadline, budget: Int, into actions: inout [Action]) {
+    public mutating func localWriteCompleted(_ count: Int, now: NIODeadline, budget: Int, into actions: inout [Action])
+    {
         self.undeliveredBytes -= count
         let grant = self.flow.delivered(
             count,
@@ -112,7 +118,9 @@ extension StreamConnectionState {
         queueHasRoom: Bool,
         into actions: inout [Action]
     ) {
-        guard self.phase == .opening else { return self.violation(.unexpected(.accept, in: self.phase), into: &actions) }
+        guard self.phase == .opening else {
+            return self.violation(.unexpected(.accept, in: self.phase), into: &actions)
+        }
         guard case .success = self.flow.granted(initialCredit: credit) else {
             return self.violation(.creditOverflow, into: &actions)
         }
@@ -125,7 +133,9 @@ extension StreamConnectionState {
 
     /// REFUSE for a connection we opened.
     public mutating func peerRefused(_ reason: StreamFrame.RefuseReason, into actions: inout [Action]) {
-        guard self.phase == .opening else { return self.violation(.unexpected(.refuse, in: self.phase), into: &actions) }
+        guard self.phase == .opening else {
+            return self.violation(.unexpected(.refuse, in: self.phase), into: &actions)
+        }
         self.abort(.refusedByPeer(reason), resetReason: nil, into: &actions)
     }
 
@@ -146,7 +156,12 @@ extension StreamConnectionState {
     }
 
     /// CREDIT from the peer.
-    public mutating func peerCredit(_ increment: UInt32, maximumData: Int, queueHasRoom: Bool, into actions: inout [Action]) {
+    public mutating func peerCredit(
+        _ increment: UInt32,
+        maximumData: Int,
+        queueHasRoom: Bool,
+        into actions: inout [Action]
+    ) {
         guard self.phase == .open else { return self.violation(.unexpected(.credit, in: self.phase), into: &actions) }
         guard case .success = self.flow.receivedCredit(increment) else {
             return self.violation(.creditOverflow, into: &actions)
@@ -179,7 +194,11 @@ extension StreamConnectionState {
 extension StreamConnectionState {
     /// Ends the connection from our side (peer lost or restarted, shutdown, missing
     /// ring): RESET to the peer if `resetReason` is given, abort the local socket.
-    public mutating func terminate(_ outcome: ConnectionOutcome, resetReason: StreamFrame.ResetReason?, into actions: inout [Action]) {
+    public mutating func terminate(
+        _ outcome: ConnectionOutcome,
+        resetReason: StreamFrame.ResetReason?,
+        into actions: inout [Action]
+    ) {
         guard self.phase != .closed else { return }
         self.abort(.terminated(outcome), resetReason: resetReason, into: &actions)
     }

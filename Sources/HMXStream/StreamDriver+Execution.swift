@@ -41,7 +41,9 @@ extension StreamDriver {
             self.registerRing(for: domain, attempt: attempt, check: check)
         case .registerRingLater(let domain, let attempt, let delay):
             let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
-            self.eventLoop.scheduleTask(in: delay) { bound.value.registerRing(for: domain, attempt: attempt, check: false) }
+            self.eventLoop.scheduleTask(in: delay) {
+                bound.value.registerRing(for: domain, attempt: attempt, check: false)
+            }
         case .queryMessageSize(let domain):
             self.queryMessageSize(of: domain)
         case .ringLost(let domain):
@@ -151,23 +153,30 @@ extension StreamDriver {
     func registerRing(for domain: DomainID, attempt: Int, check: Bool) {
         guard !self.isStopped else { return }
         let configuration = self.configuration
-        self.link.registerRing(port: configuration.port, partner: domain, length: configuration.ringSize, failIfExists: check)
-            .assumeIsolated().whenComplete { result in
-                defer {
-                    if attempt == 0, !check { self.firstAnswers.removeValue(forKey: domain)?.succeed(()) }
-                }
-                guard !self.isStopped else { return }
-                switch result {
-                case .success(let ring):
-                    self.rings.add(ring)
-                    self.run { $0.ringRegistered(for: domain, check: check, now: self.now) }
-                    // Messages may have arrived before we looked.
-                    self.turn()
-                case .failure(let error):
-                    let errno = (error as? HMXError)?.errno
-                    self.run { $0.ringRegistrationFailed(for: domain, errno: errno, attempt: attempt, check: check, now: self.now) }
+        self.link.registerRing(
+            port: configuration.port,
+            partner: domain,
+            length: configuration.ringSize,
+            failIfExists: check
+        )
+        .assumeIsolated().whenComplete { result in
+            defer {
+                if attempt == 0, !check { self.firstAnswers.removeValue(forKey: domain)?.succeed(()) }
+            }
+            guard !self.isStopped else { return }
+            switch result {
+            case .success(let ring):
+                self.rings.add(ring)
+                self.run { $0.ringRegistered(for: domain, check: check, now: self.now) }
+                // Messages may have arrived before we looked.
+                self.turn()
+            case .failure(let error):
+                let errno = (error as? HMXError)?.errno
+                self.run {
+                    $0.ringRegistrationFailed(for: domain, errno: errno, attempt: attempt, check: check, now: self.now)
                 }
             }
+        }
     }
 
     private func queryMessageSize(of domain: DomainID) {

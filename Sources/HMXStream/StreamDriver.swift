@@ -104,7 +104,10 @@ public final class StreamDriver {
             bound.value.linkEvent()
         }
         let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
-        self.timer = self.eventLoop.scheduleRepeatedTask(initialDelay: PeerHealth.keepaliveInterval, delay: PeerHealth.keepaliveInterval) { _ in
+        self.timer = self.eventLoop.scheduleRepeatedTask(
+            initialDelay: PeerHealth.keepaliveInterval,
+            delay: PeerHealth.keepaliveInterval
+        ) { _ in
             bound.value.tick()
         }
         let answers = self.addPartners(partners)
@@ -130,15 +133,22 @@ public final class StreamDriver {
     public func registerWildcardRing() {
         guard !self.rings.hasWildcardRing, !self.isStopped else { return }
         let configuration = self.configuration
-        self.link.registerRing(port: configuration.port, partner: .any, length: configuration.ringSize, failIfExists: false)
-            .assumeIsolated().whenComplete { result in
-                switch result {
-                case .success(let ring):
-                    self.rings.add(ring)
-                case .failure(let error):
-                    self.delegate?.perform(.notice(.wildcardRingFailed(errno: (error as? HMXError)?.errno, error: "\(error)")))
-                }
+        self.link.registerRing(
+            port: configuration.port,
+            partner: .any,
+            length: configuration.ringSize,
+            failIfExists: false
+        )
+        .assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let ring):
+                self.rings.add(ring)
+            case .failure(let error):
+                self.delegate?.perform(
+                    .notice(.wildcardRingFailed(errno: (error as? HMXError)?.errno, error: "\(error)"))
+                )
             }
+        }
     }
 
     /// New OPENs are refused from now on.
@@ -165,9 +175,22 @@ public final class StreamDriver {
 
 extension StreamDriver {
     /// Opens a connection to the peer's export at `servicePort`.
-    public func open(to peer: DomainID, servicePort: UInt32, idleTimeout: TimeAmount?, openTimeout: TimeAmount?) -> ConnectionID {
+    public func open(
+        to peer: DomainID,
+        servicePort: UInt32,
+        idleTimeout: TimeAmount?,
+        openTimeout: TimeAmount?
+    ) -> ConnectionID {
         var id: ConnectionID?
-        self.run { id = $0.open(to: peer, servicePort: servicePort, idleTimeout: idleTimeout, openTimeout: openTimeout, now: self.now) }
+        self.run {
+            id = $0.open(
+                to: peer,
+                servicePort: servicePort,
+                idleTimeout: idleTimeout,
+                openTimeout: openTimeout,
+                now: self.now
+            )
+        }
         return id!
     }
 

@@ -37,7 +37,13 @@ public enum StreamFrame: Equatable, Sendable {
         public var description: String { "\(self.openedLocally ? "L" : "R")\(self.id)" }
     }
 
-    case open(id: UInt32, servicePort: UInt32, initialCredit: UInt32, instance: UInt64, version: UInt16 = StreamFrame.version)
+    case open(
+        id: UInt32,
+        servicePort: UInt32,
+        initialCredit: UInt32,
+        instance: UInt64,
+        version: UInt16 = StreamFrame.version
+    )
     case accept(key: ConnectionKey, initialCredit: UInt32, instance: UInt64)
     case refuse(key: ConnectionKey, reason: RefuseReason)
     case data(key: ConnectionKey, payload: ByteBuffer)
@@ -195,12 +201,25 @@ public enum StreamFrame: Equatable, Sendable {
         }
     }
 
-    private static func writeHeader(_ buffer: inout ByteBuffer, _ kind: Kind, key: ConnectionKey, length: UInt32, value: UInt32) {
+    private static func writeHeader(
+        _ buffer: inout ByteBuffer,
+        _ kind: Kind,
+        key: ConnectionKey,
+        length: UInt32,
+        value: UInt32
+    ) {
         // On the wire the flag says whether the *sender* opened the connection.
         self.writeHeader(&buffer, kind, opener: key.openedLocally, id: key.id, length: length, value: value)
     }
 
-    private static func writeHeader(_ buffer: inout ByteBuffer, _ kind: Kind, opener: Bool, id: UInt32, length: UInt32, value: UInt32) {
+    private static func writeHeader(
+        _ buffer: inout ByteBuffer,
+        _ kind: Kind,
+        opener: Bool,
+        id: UInt32,
+        length: UInt32,
+        value: UInt32
+    ) {
         buffer.writeInteger(kind.rawValue)
         buffer.writeInteger(opener ? UInt8(1) : 0)
         buffer.writeInteger(UInt16(0), endianness: .little)
@@ -258,7 +277,11 @@ public enum StreamFrame: Equatable, Sendable {
             guard flags & 1 == 1 else { throw .unknownFlags(flags) }
             return .open(id: id, servicePort: value, initialCredit: credit, instance: instance, version: version)
         case .accept:
-            return .accept(key: key, initialCredit: value, instance: buffer.readInteger(endianness: .little, as: UInt64.self)!)
+            return .accept(
+                key: key,
+                initialCredit: value,
+                instance: buffer.readInteger(endianness: .little, as: UInt64.self)!
+            )
         case .refuse:
             guard let reason = RefuseReason(rawValue: value) else { throw .unknownReason(value) }
             return .refuse(key: key, reason: reason)

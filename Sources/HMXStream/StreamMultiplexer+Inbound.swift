@@ -30,7 +30,12 @@ extension StreamMultiplexer {
             guard case .sequence(let number, let base, let instance) = try StreamFrame.parse(&buffer) else {
                 return self.inboxAppend(.malformed(.noSequenceFirst), for: domain)
             }
-            delivery = try self.peers[domain]!.order.receive(number: number, base: base, instance: instance, message: buffer)
+            delivery = try self.peers[domain]!.order.receive(
+                number: number,
+                base: base,
+                instance: instance,
+                message: buffer
+            )
         } catch let error as StreamFrame.ParseError {
             return self.inboxAppend(.malformed(.frame(error)), for: domain)
         } catch let violation as MessageOrder.Violation {
@@ -39,7 +44,9 @@ extension StreamMultiplexer {
             return self.inboxAppend(.malformed(.noSequenceFirst), for: domain)
         }
         if delivery.messages.isEmpty { self.statistics.outOfOrder += 1 }
-        if delivery.peerRestarted { self.inboxAppend(.restarted(instance: self.peers[domain]!.order.instance!), for: domain) }
+        if delivery.peerRestarted {
+            self.inboxAppend(.restarted(instance: self.peers[domain]!.order.instance!), for: domain)
+        }
         for message in delivery.messages { self.inboxAppend(.message(message), for: domain) }
     }
 
@@ -166,7 +173,13 @@ extension StreamMultiplexer {
         case .accept(let key, let credit, let instance):
             let (maximumData, queueHasRoom) = self.sendLimits(of: domain)
             self.withKnown(domain, key) {
-                $0.peerAccepted(credit: credit, instance: instance, maximumData: maximumData, queueHasRoom: queueHasRoom, into: &$1)
+                $0.peerAccepted(
+                    credit: credit,
+                    instance: instance,
+                    maximumData: maximumData,
+                    queueHasRoom: queueHasRoom,
+                    into: &$1
+                )
             }
         case .refuse(let key, let reason):
             self.withKnown(domain, key) { $0.peerRefused(reason, into: &$1) }
@@ -174,7 +187,9 @@ extension StreamMultiplexer {
             self.withKnown(domain, key) { $0.peerData(payload, now: now, into: &$1) }
         case .credit(let key, let increment):
             let (maximumData, queueHasRoom) = self.sendLimits(of: domain)
-            self.withKnown(domain, key) { $0.peerCredit(increment, maximumData: maximumData, queueHasRoom: queueHasRoom, into: &$1) }
+            self.withKnown(domain, key) {
+                $0.peerCredit(increment, maximumData: maximumData, queueHasRoom: queueHasRoom, into: &$1)
+            }
         case .fin(let key):
             self.withKnown(domain, key) { $0.peerFin(into: &$1) }
         case .reset(let key, let reason):

@@ -120,7 +120,12 @@ extension StreamMultiplexer {
         guard self.peers[domain] != nil else { return }
         let hadRing = self.peers[domain]!.health.hasRing
         var healthActions: [PeerHealth.Action] = []
-        self.peers[domain]!.health.ringRegistrationFailed(errno: errno, attempt: attempt, check: check, into: &healthActions)
+        self.peers[domain]!.health.ringRegistrationFailed(
+            errno: errno,
+            attempt: attempt,
+            check: check,
+            into: &healthActions
+        )
         if hadRing, !self.peers[domain]!.health.hasRing { self.actions.append(.ringLost(domain)) }
         if healthActions.isEmpty, errno != .ESRCH, errno != .EEXIST || !check {
             self.actions.append(.notice(.ringRegistrationFailed(domain, errno: errno)))
@@ -132,7 +137,9 @@ extension StreamMultiplexer {
     public mutating func messageSizeQueried(for domain: DomainID, maximumMessageSize: Int?) {
         guard self.peers[domain] != nil else { return }
         self.peers[domain]!.health.sizeQueryCompleted()
-        if let size = maximumMessageSize, size >= 64 { self.peers[domain]!.sender.peerRingChanged(maximumMessageSize: size) }
+        if let size = maximumMessageSize, size >= 64 {
+            self.peers[domain]!.sender.peerRingChanged(maximumMessageSize: size)
+        }
     }
 
     /// Once a keepalive interval: pings, dead peers, missing rings, size queries, idle

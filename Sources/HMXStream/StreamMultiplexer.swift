@@ -128,7 +128,13 @@ public struct StreamMultiplexer: Sendable {
         /// Frames handled per peer per turn (see ``processInbound()``).
         public var framesPerTurn: Int
 
-        public init(window: Int, maximumWindow: Int, windowPool: Int, peerInFlight: Int? = nil, framesPerTurn: Int = 1024) {
+        public init(
+            window: Int,
+            maximumWindow: Int,
+            windowPool: Int,
+            peerInFlight: Int? = nil,
+            framesPerTurn: Int = 1024
+        ) {
             self.window = window
             self.maximumWindow = maximumWindow
             self.windowPool = windowPool
@@ -165,7 +171,9 @@ public struct StreamMultiplexer: Sendable {
 
     public var configuration: Configuration {
         didSet {
-            for domain in self.peers.keys { self.peers[domain]!.sender.configuredInFlight = self.configuration.peerInFlight }
+            for domain in self.peers.keys {
+                self.peers[domain]!.sender.configuredInFlight = self.configuration.peerInFlight
+            }
         }
     }
     /// This gateway's instance id: a peer that sees it change knows we restarted.
@@ -343,7 +351,12 @@ extension StreamMultiplexer {
         )
         self.add(state, as: connection)
         self.enqueue(
-            .open(id: id, servicePort: servicePort, initialCredit: UInt32(self.configuration.window), instance: self.instance),
+            .open(
+                id: id,
+                servicePort: servicePort,
+                initialCredit: UInt32(self.configuration.window),
+                instance: self.instance
+            ),
             to: peer
         )
         return connection
@@ -367,7 +380,11 @@ extension StreamMultiplexer {
     }
 
     /// Ends a connection from our side (idle, shutdown...).
-    public mutating func terminate(_ id: ConnectionID, _ outcome: ConnectionOutcome, resetReason: StreamFrame.ResetReason?) {
+    public mutating func terminate(
+        _ id: ConnectionID,
+        _ outcome: ConnectionOutcome,
+        resetReason: StreamFrame.ResetReason?
+    ) {
         self.withConnection(id) { $0.terminate(outcome, resetReason: resetReason, into: &$1) }
     }
 

@@ -56,13 +56,21 @@ public struct StreamRings {
     public func drain(into multiplexer: inout StreamMultiplexer, now: NIODeadline) -> Drain {
         var drain = Drain()
         for (domain, ring) in self.partnerRings {
-            self.drain(ring, largest: PeerSender.packingLimit(ringMaximumMessageSize: Int(ring.maximumMessageSize)), into: &multiplexer, now: now, drain: &drain) {
+            self.drain(
+                ring,
+                largest: PeerSender.packingLimit(ringMaximumMessageSize: Int(ring.maximumMessageSize)),
+                into: &multiplexer,
+                now: now,
+                drain: &drain
+            ) {
                 $0.isInboxFull(of: domain)
             }
         }
         if let ring = self.wildcardRing {
             // Other senders than gateways may send up to the ring's maximum.
-            self.drain(ring, largest: Int(ring.maximumMessageSize), into: &multiplexer, now: now, drain: &drain) { _ in false }
+            self.drain(ring, largest: Int(ring.maximumMessageSize), into: &multiplexer, now: now, drain: &drain) { _ in
+                false
+            }
         }
         return drain
     }

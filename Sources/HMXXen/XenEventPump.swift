@@ -49,7 +49,12 @@ final class XenEventPump: Sendable {
                 let fired = cxa_events_wait(events.pointer, Self.pollSliceMilliseconds)
                 if fired < 0 {
                     // The evtchn device failed: report once and stop pumping.
-                    finished.fail(HMXError(code: .unavailable, message: "event channel wait failed: \(ArgoErrno(rawValue: -fired).name)"))
+                    finished.fail(
+                        HMXError(
+                            code: .unavailable,
+                            message: "event channel wait failed: \(ArgoErrno(rawValue: -fired).name)"
+                        )
+                    )
                     return
                 }
                 if fired == 1, !self.scheduled.exchange(true, ordering: .acquiringAndReleasing) {

@@ -16,7 +16,10 @@ final class XenHypervisor {
         var message = [CChar](repeating: 0, count: 256)
         let rc = cxa_open(&handle, &message, message.count)
         guard rc == 0, let handle else {
-            throw XenOpenError(errno: -rc, message: String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            throw XenOpenError(
+                errno: -rc,
+                message: String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            )
         }
         self.handle = handle
     }

@@ -76,10 +76,16 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         do {
             hypervisor = try XenHypervisor()
         } catch {
-            throw HMXError(code: .unavailable, message: "cannot open /dev/xen/privcmd: \(ArgoErrno(rawValue: error.errno).name) \(error.message)")
+            throw HMXError(
+                code: .unavailable,
+                message: "cannot open /dev/xen/privcmd: \(ArgoErrno(rawValue: error.errno).name) \(error.message)"
+            )
         }
         guard let domain = configuration.localDomain ?? probedDomain else {
-            throw HMXError(code: .unavailable, message: "cannot learn this domain's id (xenstore \"domid\"); pass it explicitly")
+            throw HMXError(
+                code: .unavailable,
+                message: "cannot learn this domain's id (xenstore \"domid\"); pass it explicitly"
+            )
         }
         let stagingPages = max(1, configuration.stagingPages)
         guard let staging = hypervisor.allocateBuffer(pages: stagingPages) else {
@@ -121,7 +127,12 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
 
     // MARK: - HMXLink
 
-    public func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing> {
+    public func registerRing(
+        port: HMXPort,
+        partner: DomainID,
+        length: UInt32,
+        failIfExists: Bool
+    ) -> EventLoopFuture<HMXRing> {
         self.hypercalls.registerRing(port: port, partner: partner, length: length, failIfExists: failIfExists)
     }
 
@@ -129,7 +140,12 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         self.hypercalls.unregisterRing(ring)
     }
 
-    public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer]
+    ) -> EventLoopFuture<Int> {
         self.hypercalls.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: false)
     }
 
@@ -166,7 +182,13 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
 
     // MARK: - HMXRawHypercalls
 
-    public func rawHypercall(command: UInt32, arg1: UInt64, arg2: UInt64, arg3: UInt64, arg4: UInt64) -> EventLoopFuture<Int64> {
+    public func rawHypercall(
+        command: UInt32,
+        arg1: UInt64,
+        arg2: UInt64,
+        arg3: UInt64,
+        arg4: UInt64
+    ) -> EventLoopFuture<Int64> {
         self.hypercalls.onLoop { state in state.raw(command: command, arg1: arg1, arg2: arg2, arg3: arg3, arg4: arg4) }
     }
 

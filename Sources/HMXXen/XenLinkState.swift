@@ -60,7 +60,9 @@ final class XenLinkState: LoopConfinedLinkState {
         _ body: (UnsafeMutableRawPointer) -> T
     ) -> Result<T, HMXError> {
         let pages = (size + ArgoABI.pageSize - 1) / ArgoABI.pageSize
-        if size > self.stagingSize, pages <= Self.maximumStagingPages, let grown = hypervisor.allocateBuffer(pages: pages) {
+        if size > self.stagingSize, pages <= Self.maximumStagingPages,
+            let grown = hypervisor.allocateBuffer(pages: pages)
+        {
             hypervisor.freeBuffer(self.staging, pages: self.stagingPages)
             self.staging = grown
             self.stagingPages = pages
@@ -70,7 +72,9 @@ final class XenLinkState: LoopConfinedLinkState {
             return .success(body(self.staging))
         }
         guard let buffer = hypervisor.allocateBuffer(pages: pages) else {
-            return .failure(HMXError(code: .resourceExhausted, message: "cannot allocate \(pages) hypercall buffer pages"))
+            return .failure(
+                HMXError(code: .resourceExhausted, message: "cannot allocate \(pages) hypercall buffer pages")
+            )
         }
         defer { hypervisor.freeBuffer(buffer, pages: pages) }
         return .success(body(buffer))
@@ -94,7 +98,13 @@ final class XenLinkState: LoopConfinedLinkState {
 
     /// - Parameter resultMayBeLate: ignored: the hypercall is synchronous, its result
     ///   is known at once.
-    func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+    func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool
+    )
         -> EventLoopFuture<Int>
     {
         guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
@@ -104,7 +114,15 @@ final class XenLinkState: LoopConfinedLinkState {
         let size = ArgoArguments.sendvSize(iovecs: iovecs)
         let result = self.withHypercallMemory(hypervisor, size: size) { pointer -> Int64 in
             // Source domain DOMID_ANY: Xen stamps our real id into the header.
-            hypervisor.argoOp(self.arguments(pointer).sendv(from: port, sourceDomain: .any, to: destination, type: type, iovecs: iovecs))
+            hypervisor.argoOp(
+                self.arguments(pointer).sendv(
+                    from: port,
+                    sourceDomain: .any,
+                    to: destination,
+                    type: type,
+                    iovecs: iovecs
+                )
+            )
         }
         switch result {
         case .failure(let error):
@@ -125,7 +143,8 @@ final class XenLinkState: LoopConfinedLinkState {
                 : self.eventLoop.makeSucceededFuture([])
         }
         let size = ArgoArguments.notifySize(queryCount: queries.count)
-        let result = self.withHypercallMemory(hypervisor, size: size) { pointer -> Result<[HMXNotifyResult], HMXError> in
+        let result = self.withHypercallMemory(hypervisor, size: size) {
+            pointer -> Result<[HMXNotifyResult], HMXError> in
             let arguments = self.arguments(pointer)
             let rc = hypervisor.argoOp(arguments.notify(queries))
             if rc < 0 { return .failure(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc)))) }
@@ -138,13 +157,19 @@ final class XenLinkState: LoopConfinedLinkState {
         }
     }
 
-    func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing> {
+    func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing>
+    {
         guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
         guard length >= ArgoABI.minimumRingLength, length % ArgoABI.messageSlotSize == 0,
             length <= ArgoABI.maximumUsableRingLength
         else {
             // Xen would refuse it too; no frames are spent on it.
-            return self.eventLoop.makeFailedFuture(HMXError.argo(.EINVAL, "ring length \(length) is not a multiple of 16 in 48...\(ArgoABI.maximumUsableRingLength)"))
+            return self.eventLoop.makeFailedFuture(
+                HMXError.argo(
+                    .EINVAL,
+                    "ring length \(length) is not a multiple of 16 in 48...\(ArgoABI.maximumUsableRingLength)"
+                )
+            )
         }
         let pages = Int(ArgoABI.pagesForRing(length: length))
         let frames: XenFrames
@@ -170,15 +195,31 @@ final class XenLinkState: LoopConfinedLinkState {
         // rest of the domain's life. So register with FAIL_EXIST, and if a ring with
         // this id exists (ours, or one left behind by a crashed earlier run), unregister
         // it and register again.
-        var rc = self.issueRegister(hypervisor, port: port, partner: partner, length: length, frames: frames.frames, failIfExists: true)
+        var rc = self.issueRegister(
+            hypervisor,
+            port: port,
+            partner: partner,
+            length: length,
+            frames: frames.frames,
+            failIfExists: true
+        )
         if rc == -Int64(ArgoErrno.EEXIST.rawValue), !failIfExists {
             let unregistered = self.issueUnregister(hypervisor, port: port, partner: partner)
-            if unregistered >= 0 || unregistered == -Int64(ArgoErrno.ENOENT.rawValue), let old = self.rings.removeValue(forKey: key) {
+            if unregistered >= 0 || unregistered == -Int64(ArgoErrno.ENOENT.rawValue),
+                let old = self.rings.removeValue(forKey: key)
+            {
                 // Xen no longer references our earlier ring's frames.
                 old.ring.markClosed()
                 hypervisor.freeFrames(old.frames)
             }
-            rc = self.issueRegister(hypervisor, port: port, partner: partner, length: length, frames: frames.frames, failIfExists: true)
+            rc = self.issueRegister(
+                hypervisor,
+                port: port,
+                partner: partner,
+                length: length,
+                frames: frames.frames,
+                failIfExists: true
+            )
         }
         guard rc >= 0 else {
             hypervisor.freeFrames(frames)
@@ -189,7 +230,13 @@ final class XenLinkState: LoopConfinedLinkState {
             old.ring.markClosed()
             hypervisor.freeFrames(old.frames)
         }
-        let ring = HMXRing(port: port, partner: partner, length: length, memory: frames.mapping, backendToken: self.nextToken)
+        let ring = HMXRing(
+            port: port,
+            partner: partner,
+            length: length,
+            memory: frames.mapping,
+            backendToken: self.nextToken
+        )
         self.nextToken += 1
         self.rings[key] = RingEntry(ring: ring, frames: frames)
         return self.eventLoop.makeSucceededFuture(ring)
@@ -223,7 +270,11 @@ final class XenLinkState: LoopConfinedLinkState {
             return self.eventLoop.makeSucceededFuture((scratch, frames.frames))
         case .failure(let failure):
             return self.eventLoop.makeFailedFuture(
-                HMXError(code: .resourceExhausted, errno: failure.errno, message: "cannot get \(pages) frame(s): \(failure.errno.name)")
+                HMXError(
+                    code: .resourceExhausted,
+                    errno: failure.errno,
+                    message: "cannot get \(pages) frame(s): \(failure.errno.name)"
+                )
             )
         }
     }
@@ -239,7 +290,11 @@ final class XenLinkState: LoopConfinedLinkState {
         let size = ArgoArguments.registerRingSize(frameCount: frames.count)
         let result = self.withHypercallMemory(hypervisor, size: size) { pointer -> Int64 in
             let call = self.arguments(pointer).registerRing(
-                port: port, partner: partner, length: length, frames: frames, failIfExists: failIfExists
+                port: port,
+                partner: partner,
+                length: length,
+                frames: frames,
+                failIfExists: failIfExists
             )
             return hypervisor.argoOp(call)
         }

@@ -41,7 +41,9 @@ public enum XenProbe {
         public var localDomain: DomainID?
 
         public var description: String {
-            var lines = ["status: \(self.status)" + (self.errno.map { " (\($0.name))" } ?? ""), "summary: \(self.summary)"]
+            var lines = [
+                "status: \(self.status)" + (self.errno.map { " (\($0.name))" } ?? ""), "summary: \(self.summary)",
+            ]
             for (name, value) in self.facts { lines.append("\(name): \(value)") }
             return lines.joined(separator: "\n")
         }
@@ -57,7 +59,12 @@ public enum XenProbe {
         facts.append(("xen_privcmd.unrestricted", unrestricted < 0 ? "unknown" : (unrestricted == 1 ? "Y" : "N")))
         let privcmdExists = access("/dev/xen/privcmd", F_OK) == 0
         if !onXen && !privcmdExists {
-            return Result(status: .notOnXen, errno: nil, summary: "not running on Xen (no /sys/hypervisor/type = xen, no /dev/xen/privcmd)", facts: facts)
+            return Result(
+                status: .notOnXen,
+                errno: nil,
+                summary: "not running on Xen (no /sys/hypervisor/type = xen, no /dev/xen/privcmd)",
+                facts: facts
+            )
         }
         let hypervisor: XenHypervisor
         do {
@@ -71,14 +78,18 @@ public enum XenProbe {
                 default: "check /dev/xen/privcmd and /dev/xen/hypercall"
                 }
             return Result(
-                status: .privcmdUnavailable, errno: errno,
-                summary: "cannot open privcmd: \(error.message.isEmpty ? errno.name : error.message); \(hint)", facts: facts
+                status: .privcmdUnavailable,
+                errno: errno,
+                summary: "cannot open privcmd: \(error.message.isEmpty ? errno.name : error.message); \(hint)",
+                facts: facts
             )
         }
         facts.append(("guest type", hypervisor.guestType))
         facts.append(("ring frames", hypervisor.frameMethod.description))
         let rc = hypervisor.argoOp(ArgoABI.Op.notify, 0, 0, 0, 0)
-        facts.append(("argo notify(NULL)", rc == 0 ? "0" : "-\(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc)).name)"))
+        facts.append(
+            ("argo notify(NULL)", rc == 0 ? "0" : "-\(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc)).name)")
+        )
         var domain: DomainID?
         let domid = cxa_local_domid()
         if domid >= 0 {
@@ -98,7 +109,10 @@ public enum XenProbe {
             case .EACCES: (.notPermitted, "Argo is denied to this domain by the XSM (Flask) policy")
             case .ENODEV: (.notPermitted, "this domain has no Argo state (Argo was refused at domain creation)")
             case .EPERM where !control && unrestricted != 1:
-                (.privcmdRestricted, "privcmd blocks hypercalls in this domU: boot its kernel with xen_privcmd.unrestricted=1 (or load xen-privcmd with unrestricted=1)")
+                (
+                    .privcmdRestricted,
+                    "privcmd blocks hypercalls in this domU: boot its kernel with xen_privcmd.unrestricted=1 (or load xen-privcmd with unrestricted=1)"
+                )
             case .EPERM: (.privcmdRestricted, "hypercalls refused with EPERM (privcmd restriction or XSM policy)")
             default: (.failed, "Argo notify failed: \(errno.name) (\(errno.meaning))")
             }

@@ -32,7 +32,9 @@ struct Flood: AsyncParsableCommand {
     var wait: Double = 0
 
     func validate() throws {
-        guard (0...Int(ArgoABI.maximumMessageSize)).contains(self.size) else { throw ValidationError("--size out of range") }
+        guard (0...Int(ArgoABI.maximumMessageSize)).contains(self.size) else {
+            throw ValidationError("--size out of range")
+        }
         guard self.count > 0, self.window > 0 else { throw ValidationError("--count and --window must be positive") }
     }
 
@@ -52,7 +54,14 @@ struct Flood: AsyncParsableCommand {
         let promise = link.eventLoop.makePromise(of: FloodResult.self)
         let (size, count, window, destination) = (self.size, self.count, self.window, self.destination)
         link.eventLoop.execute {
-            let flood = FloodSender(link: link, payload: payload, destination: destination, count: count, window: window, done: promise)
+            let flood = FloodSender(
+                link: link,
+                payload: payload,
+                destination: destination,
+                count: count,
+                window: window,
+                done: promise
+            )
             link.setEventHandler { [flood = NIOLoopBound(flood, eventLoop: link.eventLoop)] in flood.value.woken() }
             flood.pump()
         }
@@ -90,7 +99,14 @@ final class FloodSender {
     private var isWaitingForSpace = false
     private var isFinished = false
 
-    init(link: any HMXLink, payload: ByteBuffer, destination: HMXAddress, count: Int, window: Int, done: EventLoopPromise<FloodResult>) {
+    init(
+        link: any HMXLink,
+        payload: ByteBuffer,
+        destination: HMXAddress,
+        count: Int,
+        window: Int,
+        done: EventLoopPromise<FloodResult>
+    ) {
         self.link = link
         self.payload = payload
         self.destination = destination
@@ -105,7 +121,9 @@ final class FloodSender {
     }
 
     func pump() {
-        while !self.isFinished, !self.isWaitingForSpace, self.inFlight < self.window, self.toRetry > 0 || self.issued < self.count {
+        while !self.isFinished, !self.isWaitingForSpace, self.inFlight < self.window,
+            self.toRetry > 0 || self.issued < self.count
+        {
             if self.toRetry > 0 {
                 self.toRetry -= 1
             } else {

@@ -43,7 +43,12 @@ struct Listen: AsyncParsableCommand {
         var announcedWait = false
         while ring == nil {
             do {
-                ring = try await link.registerRing(port: self.port, partner: self.from.domain, length: self.ringSize, failIfExists: true).get()
+                ring = try await link.registerRing(
+                    port: self.port,
+                    partner: self.from.domain,
+                    length: self.ringSize,
+                    failIfExists: true
+                ).get()
             } catch let error as HMXError where error.errno == .ESRCH && self.from.domain != .any {
                 // A partner ring needs the partner to exist: wait for it to start.
                 if !announcedWait {
@@ -57,7 +62,9 @@ struct Listen: AsyncParsableCommand {
         }
         guard let ring else { return }
         if !self.raw && !self.discard {
-            printError("hmx-cat: domain \(link.localDomain) listening on port \(self.port) (from \(self.from.domain), ring \(self.ringSize) bytes)")
+            printError(
+                "hmx-cat: domain \(link.localDomain) listening on port \(self.port) (from \(self.from.domain), ring \(self.ringSize) bytes)"
+            )
         }
         var messages = 0
         var payloadBytes = 0
@@ -80,7 +87,9 @@ struct Listen: AsyncParsableCommand {
                     } else {
                         let text = Self.printable(message.payloadBytes())
                         output.append(
-                            contentsOf: "from \(message.source) type 0x\(String(message.header.messageType, radix: 16)) \(message.payloadLength) bytes: \(text)\n".utf8
+                            contentsOf:
+                                "from \(message.source) type 0x\(String(message.header.messageType, radix: 16)) \(message.payloadLength) bytes: \(text)\n"
+                                .utf8
                         )
                     }
                     if output.count >= 1 << 16 { Self.flush(&output) }

@@ -47,7 +47,9 @@ struct Send: AsyncParsableCommand {
     var wait: Double = 0
 
     func validate() throws {
-        guard parseInteger(self.type, as: UInt32.self) != nil else { throw ValidationError("--type must be a 32-bit number") }
+        guard parseInteger(self.type, as: UInt32.self) != nil else {
+            throw ValidationError("--type must be a 32-bit number")
+        }
         guard (1...Int(ArgoABI.maximumMessageSize)).contains(self.chunk) else {
             throw ValidationError("--chunk must be 1...\(ArgoABI.maximumMessageSize)")
         }
@@ -106,7 +108,14 @@ struct OrderedSender {
     private var wakeups: AsyncStream<Void>.Iterator
     private let continuation: AsyncStream<Void>.Continuation
 
-    init(link: any HMXLink, from: HMXPort, to: HMXAddress, type: UInt32, timeout: Double, waitForDestination: Double = 0) {
+    init(
+        link: any HMXLink,
+        from: HMXPort,
+        to: HMXAddress,
+        type: UInt32,
+        timeout: Double,
+        waitForDestination: Double = 0
+    ) {
         self.link = link
         self.from = from
         self.to = to
@@ -129,7 +138,8 @@ struct OrderedSender {
                 self.waitForDestination = 0
                 return
             } catch let error as HMXError
-                where (error.errno == .ESRCH || error.errno == .ECONNREFUSED) && monotonicSeconds() - started < self.waitForDestination
+                where (error.errno == .ESRCH || error.errno == .ECONNREFUSED)
+                && monotonicSeconds() - started < self.waitForDestination
             {
                 try await Task.sleep(nanoseconds: 100_000_000)
             } catch let error as HMXError where error.errno == .EAGAIN {

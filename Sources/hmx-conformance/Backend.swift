@@ -49,11 +49,14 @@ struct BackendOptions: ParsableArguments {
         do {
             switch self.backend {
             case .xen:
-                let link = try await XenLink.open(configuration: .init(localDomain: self.domid.map { DomainID(rawValue: $0) }))
+                let link = try await XenLink.open(
+                    configuration: .init(localDomain: self.domid.map { DomainID(rawValue: $0) })
+                )
                 return OpenLinks(
                     primary: link,
                     peer: nil,
-                    description: "xen, domain \(link.localDomain), \(link.guestType) guest, frames via \(link.frameMethod)"
+                    description:
+                        "xen, domain \(link.localDomain), \(link.guestType) guest, frames via \(link.frameMethod)"
                 )
             case .emulator:
                 let primary = try await EmulatorLink.attach(socketPath: self.socket!)

@@ -39,16 +39,24 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Sends in flight at once.")
     var window: Int = 256
 
-    @Option(help: "Argo port of the ring (self, receive); decimal or 0x hex.", transform: { text in
-        guard let port = parseInteger(text, as: UInt32.self) else { throw ValidationError("bad port '\(text)'") }
-        return port
-    })
+    @Option(
+        help: "Argo port of the ring (self, receive); decimal or 0x hex.",
+        transform: { text in
+            guard let port = parseInteger(text, as: UInt32.self) else { throw ValidationError("bad port '\(text)'") }
+            return port
+        }
+    )
     var port: UInt32 = 0x484D_4200
 
-    @Option(help: "Destination DOMID:PORT (send).", transform: { text in
-        guard let address = HMXAddress(parsing: text) else { throw ValidationError("expected DOMID:PORT, got '\(text)'") }
-        return address
-    })
+    @Option(
+        help: "Destination DOMID:PORT (send).",
+        transform: { text in
+            guard let address = HMXAddress(parsing: text) else {
+                throw ValidationError("expected DOMID:PORT, got '\(text)'")
+            }
+            return address
+        }
+    )
     var to: HMXAddress?
 
     @Option(help: "The sending domain (receive).")
@@ -58,7 +66,9 @@ struct Bench: AsyncParsableCommand {
     var timeout: Int64 = 300
 
     func validate() throws {
-        guard (0...Int(ArgoABI.maximumMessageSize)).contains(self.size) else { throw ValidationError("--size out of range") }
+        guard (0...Int(ArgoABI.maximumMessageSize)).contains(self.size) else {
+            throw ValidationError("--size out of range")
+        }
         guard self.count > 0, self.window > 0, self.timeout > 0 else {
             throw ValidationError("--count, --window and --timeout must be positive")
         }
@@ -102,14 +112,25 @@ struct Bench: AsyncParsableCommand {
         let destination: HMXAddress?
         switch self.mode {
         case .self:
-            ring = try await link.registerRing(port: self.port, partner: me, length: self.ringLength, failIfExists: false).get()
+            ring = try await link.registerRing(
+                port: self.port,
+                partner: me,
+                length: self.ringLength,
+                failIfExists: false
+            ).get()
             destination = HMXAddress(domain: me, port: self.port)
         case .receive:
             ring = try await Self.registerWhenPartnerExists(
-                link, port: self.port, partner: DomainID(self.from!), length: self.ringLength, seconds: Double(self.timeout)
+                link,
+                port: self.port,
+                partner: DomainID(self.from!),
+                length: self.ringLength,
+                seconds: Double(self.timeout)
             )
             destination = nil
-            writeLine("bench: ring \(me):\(self.port) registered for domain \(self.from!), waiting for \(self.count) messages")
+            writeLine(
+                "bench: ring \(me):\(self.port) registered for domain \(self.from!), waiting for \(self.count) messages"
+            )
         case .send:
             ring = nil
             destination = self.to!
@@ -121,8 +142,14 @@ struct Bench: AsyncParsableCommand {
         let (payload, count, window, size, timeout) = (bytes, self.count, self.window, self.size, self.timeout)
         try await link.eventLoop.submit {
             let driver = BenchDriver(
-                link: link, ring: ring, destination: destination, payload: payload, expectedSize: size,
-                count: count, window: window, done: promise
+                link: link,
+                ring: ring,
+                destination: destination,
+                payload: payload,
+                expectedSize: size,
+                count: count,
+                window: window,
+                done: promise
             )
             let bound = NIOLoopBound(driver, eventLoop: link.eventLoop)
             link.setEventHandler { bound.value.event() }
@@ -141,12 +168,17 @@ struct Bench: AsyncParsableCommand {
     /// Registers the ring, retrying while the partner domain does not exist yet (ESRCH;
     /// with the emulator a domain exists while its process is attached). Bounded.
     private static func registerWhenPartnerExists(
-        _ link: any HMXLink, port: UInt32, partner: DomainID, length: UInt32, seconds: Double
+        _ link: any HMXLink,
+        port: UInt32,
+        partner: DomainID,
+        length: UInt32,
+        seconds: Double
     ) async throws -> HMXRing {
         let deadline = monotonicSeconds() + seconds
         while true {
             do {
-                return try await link.registerRing(port: port, partner: partner, length: length, failIfExists: false).get()
+                return try await link.registerRing(port: port, partner: partner, length: length, failIfExists: false)
+                    .get()
             } catch let error as HMXError where error.errno == .ESRCH && monotonicSeconds() < deadline {
                 try await Task.sleep(nanoseconds: 50_000_000)
             }
@@ -210,8 +242,14 @@ final class BenchDriver {
     private var isFinished = false
 
     init(
-        link: any HMXLink, ring: HMXRing?, destination: HMXAddress?, payload: ByteBuffer, expectedSize: Int,
-        count: Int, window: Int, done: EventLoopPromise<BenchResult>
+        link: any HMXLink,
+        ring: HMXRing?,
+        destination: HMXAddress?,
+        payload: ByteBuffer,
+        expectedSize: Int,
+        count: Int,
+        window: Int,
+        done: EventLoopPromise<BenchResult>
     ) {
         self.link = link
         self.ring = ring
@@ -284,7 +322,9 @@ final class BenchDriver {
         self.isPumping = true
         defer { self.isPumping = false }
         let loop = self.link.eventLoop
-        while !self.isFinished, !self.isWaitingForSpace, self.inFlight < self.window, self.toRetry > 0 || self.issued < self.count {
+        while !self.isFinished, !self.isWaitingForSpace, self.inFlight < self.window,
+            self.toRetry > 0 || self.issued < self.count
+        {
             if self.toRetry > 0 {
                 self.toRetry -= 1
             } else {
@@ -328,7 +368,12 @@ final class BenchDriver {
         self.isFinished = true
         let seconds = max(monotonicSeconds() - started, 1e-9)
         self.done.succeed(
-            BenchResult(messages: self.count, bytes: self.count * self.expectedSize, seconds: seconds, retries: self.retries)
+            BenchResult(
+                messages: self.count,
+                bytes: self.count * self.expectedSize,
+                seconds: seconds,
+                retries: self.retries
+            )
         )
     }
 }

@@ -104,7 +104,8 @@ struct Check: AsyncParsableCommand {
             }
         }
         writeLine(
-            "conformance: \(counts.passed) passed, \(counts.failed) failed" + (counts.skipped > 0 ? ", \(counts.skipped) skipped" : "")
+            "conformance: \(counts.passed) passed, \(counts.failed) failed"
+                + (counts.skipped > 0 ? ", \(counts.skipped) skipped" : "")
         )
         return counts.failed == 0 && counts.passed > 0
     }

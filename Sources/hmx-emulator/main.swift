@@ -16,7 +16,8 @@ import Glibc
 struct HMXEmulatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hmx-emulator",
-        abstract: "A user-space stand-in for Xen's Argo hypervisor: each domain is a process attached over its own Unix socket.",
+        abstract:
+            "A user-space stand-in for Xen's Argo hypervisor: each domain is a process attached over its own Unix socket.",
         subcommands: [Run.self, CheckConfig.self],
         defaultSubcommand: Run.self
     )
@@ -35,7 +36,9 @@ func loadConfigOrExit(_ path: String) -> EmulatorConfig {
 }
 
 struct Run: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run the emulator (SIGHUP reloads the configuration; SIGTERM stops).")
+    static let configuration = CommandConfiguration(
+        abstract: "Run the emulator (SIGHUP reloads the configuration; SIGTERM stops)."
+    )
 
     @Option(name: .shortAndLong, help: "The emulator's YAML configuration file.")
     var config: String
@@ -61,7 +64,9 @@ struct CheckConfig: ParsableCommand {
     func run() throws {
         let config = loadConfigOrExit(self.file)
         print("configuration \(self.file) is valid")
-        print("argo: \(config.argoEnabled ? "on" : "off"), wildcard rings (mac_permissive): \(config.wildcardRingsAllowed ? "allowed" : "refused")")
+        print(
+            "argo: \(config.argoEnabled ? "on" : "off"), wildcard rings (mac_permissive): \(config.wildcardRingsAllowed ? "allowed" : "refused")"
+        )
         for domain in config.domains {
             let uid = domain.uid.map { "uid \($0)" } ?? "any uid with access to the socket"
             print(
@@ -76,7 +81,9 @@ struct CheckConfig: ParsableCommand {
                 guard let id else { return "any" }
                 return config.domains.first { $0.id == id }.map { "\($0.name)(\($0.id))" } ?? "\(id)"
             }
-            print("policy \(index + 1): \(rule.action.rawValue) \(name(rule.from)) -> \(name(rule.to)) port \(rule.port)")
+            print(
+                "policy \(index + 1): \(rule.action.rawValue) \(name(rule.from)) -> \(name(rule.to)) port \(rule.port)"
+            )
         }
         print("policy default: deny")
     }

@@ -58,7 +58,9 @@ struct Run: AsyncParsableCommand {
 }
 
 struct CheckConfig: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Validate a configuration file and print the effective mappings.")
+    static let configuration = CommandConfiguration(
+        abstract: "Validate a configuration file and print the effective mappings."
+    )
 
     @Argument(help: "The gateway's YAML configuration file.")
     var file: String

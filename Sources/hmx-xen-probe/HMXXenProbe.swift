@@ -51,11 +51,21 @@ struct HMXXenProbe: AsyncParsableCommand {
         let outcome: Swift.Result<Void, any Error>
         do {
             if let peer = self.peer {
-                try await ProbeExchange(link: link, port: self.port, ringLength: self.ringLength, timeout: .seconds(self.timeout))
-                    .exchange(with: DomainID(peer))
+                try await ProbeExchange(
+                    link: link,
+                    port: self.port,
+                    ringLength: self.ringLength,
+                    timeout: .seconds(self.timeout)
+                )
+                .exchange(with: DomainID(peer))
             } else {
-                try await ProbeExchange(link: link, port: self.port, ringLength: self.ringLength, timeout: .seconds(self.timeout))
-                    .loopback()
+                try await ProbeExchange(
+                    link: link,
+                    port: self.port,
+                    ringLength: self.ringLength,
+                    timeout: .seconds(self.timeout)
+                )
+                .loopback()
             }
             outcome = .success(())
         } catch {

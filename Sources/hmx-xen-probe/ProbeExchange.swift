@@ -27,7 +27,12 @@ struct ProbeExchange {
     /// Ring with partner = this domain, send to ourselves, read back, check the stamp.
     func loopback() async throws {
         let me = self.link.localDomain
-        let ring = try await self.link.registerRing(port: self.port, partner: me, length: self.ringLength, failIfExists: false).get()
+        let ring = try await self.link.registerRing(
+            port: self.port,
+            partner: me,
+            length: self.ringLength,
+            failIfExists: false
+        ).get()
         print("registered ring port \(hex(self.port)) partner \(me) length \(self.ringLength)")
         let inbox = Inbox(link: self.link, ring: ring)
         // Armed before sending, so the message is found through VIRQ_ARGO.
@@ -50,7 +55,12 @@ struct ProbeExchange {
     /// other's ring does not exist yet) and wait for the other's message.
     func exchange(with peer: DomainID) async throws {
         let me = self.link.localDomain
-        let ring = try await self.link.registerRing(port: self.port, partner: peer, length: self.ringLength, failIfExists: false).get()
+        let ring = try await self.link.registerRing(
+            port: self.port,
+            partner: peer,
+            length: self.ringLength,
+            failIfExists: false
+        ).get()
         print("registered ring port \(hex(self.port)) partner \(peer) length \(self.ringLength)")
         let inbox = Inbox(link: self.link, ring: ring)
         let arrival = inbox.expect(within: self.timeout)
@@ -77,19 +87,32 @@ struct ProbeExchange {
             }
         }
         let message = try await arrival.get()
-        try self.check(message, from: peer, expectedPayload: "hello from domain \(peer) to domain \(me)", expectedSourcePort: self.port)
+        try self.check(
+            message,
+            from: peer,
+            expectedPayload: "hello from domain \(peer) to domain \(me)",
+            expectedSourcePort: self.port
+        )
         try await self.link.unregisterRing(ring).get()
         print("unregistered ring")
     }
 
-    private func check(_ message: Received, from expected: DomainID, expectedPayload: String, expectedSourcePort: UInt32) throws {
+    private func check(
+        _ message: Received,
+        from expected: DomainID,
+        expectedPayload: String,
+        expectedSourcePort: UInt32
+    ) throws {
         let payload = String(decoding: message.payload, as: UTF8.self)
-        print("received: src=\(message.source.domain):\(hex(message.source.port)) type=\(hex(message.type)) len=\(message.payload.count) data='\(payload)'")
+        print(
+            "received: src=\(message.source.domain):\(hex(message.source.port)) type=\(hex(message.type)) len=\(message.payload.count) data='\(payload)'"
+        )
         guard message.source.domain == expected else {
             throw Failure(description: "source domain \(message.source.domain) stamped by Xen, expected \(expected)")
         }
         print("source check: stamped domid \(message.source.domain) == expected \(expected)")
-        guard message.type == Self.messageType, payload == expectedPayload, message.source.port == expectedSourcePort else {
+        guard message.type == Self.messageType, payload == expectedPayload, message.source.port == expectedSourcePort
+        else {
             throw Failure(description: "unexpected message (type \(hex(message.type)), payload '\(payload)')")
         }
     }
@@ -118,7 +141,11 @@ final class Inbox: Sendable {
             do {
                 var got: ProbeExchange.Received?
                 try ring.receive(limit: 1) { message in
-                    got = ProbeExchange.Received(source: message.source, type: message.header.messageType, payload: message.payloadBytes())
+                    got = ProbeExchange.Received(
+                        source: message.source,
+                        type: message.header.messageType,
+                        payload: message.payloadBytes()
+                    )
                 }
                 if let got, done.claim() {
                     print("woken by \(why)")
@@ -136,7 +163,9 @@ final class Inbox: Sendable {
         }
         let timer = loop.scheduleTask(in: timeout) {
             guard done.claim() else { return }
-            promise.fail(ProbeExchange.Failure(description: "no message within \(timeout.nanoseconds / 1_000_000_000) s"))
+            promise.fail(
+                ProbeExchange.Failure(description: "no message within \(timeout.nanoseconds / 1_000_000_000) s")
+            )
         }
         return promise.futureResult.always { _ in
             timer.cancel()

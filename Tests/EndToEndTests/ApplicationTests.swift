@@ -13,11 +13,17 @@ extension GatewayEndToEndTests {
             let redisPort = lab.port(10)
             let importPort = lab.port(11)
             let redis = try lab.spawn(
-                .beta, "redis-server",
-                ["--port", "\(redisPort)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+                .beta,
+                "redis-server",
+                [
+                    "--port", "\(redisPort)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--protected-mode", "no",
+                ]
             )
             let up = await eventually(within: 10) {
-                (try? await lab.run(.beta, "redis-cli", ["-p", "\(redisPort)", "PING"], seconds: 5).output)?.contains("PONG") == true
+                (try? await lab.run(.beta, "redis-cli", ["-p", "\(redisPort)", "PING"], seconds: 5).output)?.contains(
+                    "PONG"
+                ) == true
             }
             try #require(up, "redis-server did not start: \(redis.log)")
             try await lab.startGateways(
@@ -53,10 +59,24 @@ extension GatewayEndToEndTests {
             #expect(await big.wait(seconds: 60) == 0, "\(big.log)")
             #expect(big.output.hasSuffix("same\n"))
 
-            let benchmark = try await lab.run(.alpha, "redis-benchmark", cli + ["-t", "set,get", "-n", "20000", "-c", "10", "-q"], seconds: 120)
+            let benchmark = try await lab.run(
+                .alpha,
+                "redis-benchmark",
+                cli + ["-t", "set,get", "-n", "20000", "-c", "10", "-q"],
+                seconds: 120
+            )
             #expect(benchmark.status == 0, "\(benchmark.output)")
-            #expect(benchmark.output.contains("SET:") && benchmark.output.contains("GET:") && benchmark.output.contains("requests per second"), "\(benchmark.output)")
-            let pipelined = try await lab.run(.alpha, "redis-benchmark", cli + ["-t", "get", "-n", "50000", "-c", "10", "-P", "16", "-q"], seconds: 120)
+            #expect(
+                benchmark.output.contains("SET:") && benchmark.output.contains("GET:")
+                    && benchmark.output.contains("requests per second"),
+                "\(benchmark.output)"
+            )
+            let pipelined = try await lab.run(
+                .alpha,
+                "redis-benchmark",
+                cli + ["-t", "get", "-n", "50000", "-c", "10", "-P", "16", "-q"],
+                seconds: 120
+            )
             #expect(pipelined.status == 0 && pipelined.output.contains("GET:"), "\(pipelined.output)")
             let written = try await lab.run(.beta, "redis-cli", ["-p", "\(redisPort)", "EXISTS", "key:__rand_int__"])
             #expect(written.output == "1\n", "redis-benchmark's SETs reached beta's redis")
@@ -76,11 +96,15 @@ extension GatewayEndToEndTests {
             )
             for extra in [[], ["-R"], ["-P", "4"]] {
                 let client = try lab.spawn(
-                    .alpha, "iperf3",
+                    .alpha,
+                    "iperf3",
                     ["-c", "127.0.0.1", "-p", "\(importPort)", "-t", "3", "-J", "--connect-timeout", "5000"] + extra
                 )
                 let status = await client.wait(seconds: 30)
-                #expect(status == 0, "iperf3 \(extra): \(client.log.suffix(2000))\n\(server.log.suffix(1000))\n\(lab.gatewayLogs)")
+                #expect(
+                    status == 0,
+                    "iperf3 \(extra): \(client.log.suffix(2000))\n\(server.log.suffix(1000))\n\(lab.gatewayLogs)"
+                )
                 let report = (try? JSONSerialization.jsonObject(with: Data(client.output.utf8))) as? [String: Any]
                 let end = report?["end"] as? [String: Any]
                 let received = end?["sum_received"] as? [String: Any]

@@ -34,17 +34,32 @@ extension GatewayEndToEndTests {
             let clientEnded = await client.wait(seconds: 5)
             #expect(clientEnded == 0, "alpha's client did not see the end within 5 s: \(client.log)")
             #expect(client.output.contains("ended"), "\(client.log)")
-            #expect(await eventually(within: max(0.1, 5 - Date().timeIntervalSince(killed))) { server.output.contains("closed") }, "beta's server: \(server.log)")
+            #expect(
+                await eventually(within: max(0.1, 5 - Date().timeIntervalSince(killed))) {
+                    server.output.contains("closed")
+                },
+                "beta's server: \(server.log)"
+            )
             #expect(lab.gateways[.alpha]?.isRunning == true, "alpha's gateway survives its peer")
 
             // A restarted peer is usable again.
             let config = "\(lab.directory.path)/gateway-beta.yaml"
             let restarted = try lab.startGateway(.beta, config: config)
-            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"], seconds: 40)
-            #expect(probe.status == 0, "after the peer restarted: \(probe.output)\n\(restarted.log)\n\(lab.gatewayLogs)")
+            let probe = try await lab.runTool(
+                .alpha,
+                ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"],
+                seconds: 40
+            )
+            #expect(
+                probe.status == 0,
+                "after the peer restarted: \(probe.output)\n\(restarted.log)\n\(lab.gatewayLogs)"
+            )
         }
 
-        @Test("the emulator killed mid-stream: both applications see the end within 5 s, both gateways stop with status 1 and say why", .timeLimit(.minutes(2)))
+        @Test(
+            "the emulator killed mid-stream: both applications see the end within 5 s, both gateways stop with status 1 and say why",
+            .timeLimit(.minutes(2))
+        )
         func emulatorKilled() async throws {
             let lab = try await GatewayLab()
             let (server, client) = try await Self.streaming(lab)
@@ -55,7 +70,12 @@ extension GatewayEndToEndTests {
             let killed = Date()
             #expect(await client.wait(seconds: 5) == 0, "alpha's client did not see the end within 5 s: \(client.log)")
             #expect(client.output.contains("ended"), "\(client.log)")
-            #expect(await eventually(within: max(0.1, 5 - Date().timeIntervalSince(killed))) { server.output.contains("closed") }, "beta's server: \(server.log)")
+            #expect(
+                await eventually(within: max(0.1, 5 - Date().timeIntervalSince(killed))) {
+                    server.output.contains("closed")
+                },
+                "beta's server: \(server.log)"
+            )
             for domain in GatewayLab.Domain.allCases {
                 let gateway = try #require(lab.gateways[domain])
                 #expect(await gateway.wait(seconds: 5) == 1, "\(domain)'s gateway: \(gateway.log)")
@@ -63,7 +83,10 @@ extension GatewayEndToEndTests {
             }
         }
 
-        @Test("a peer gateway restarted while idle is reachable again (our ring for it went with its domain)", .timeLimit(.minutes(2)))
+        @Test(
+            "a peer gateway restarted while idle is reachable again (our ring for it went with its domain)",
+            .timeLimit(.minutes(2))
+        )
         func idlePeerRestart() async throws {
             let lab = try await GatewayLab()
             try await lab.startGateways()
@@ -74,12 +97,25 @@ extension GatewayEndToEndTests {
             #expect(await beta.wait(seconds: 10) != nil)
             // alpha sends nothing meanwhile, so it cannot have seen beta's domain go.
             let restarted = try lab.startGateway(.beta, config: "\(lab.directory.path)/gateway-beta.yaml")
-            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"], seconds: 40)
-            #expect(probe.status == 0, "after the peer restarted: \(probe.output)\n\(restarted.log)\n\(lab.gatewayLogs)")
-            #expect(await eventually { lab.gateways[.alpha]?.log.contains("registered it again") == true }, "\(lab.gatewayLogs)")
+            let probe = try await lab.runTool(
+                .alpha,
+                ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"],
+                seconds: 40
+            )
+            #expect(
+                probe.status == 0,
+                "after the peer restarted: \(probe.output)\n\(restarted.log)\n\(lab.gatewayLogs)"
+            )
+            #expect(
+                await eventually { lab.gateways[.alpha]?.log.contains("registered it again") == true },
+                "\(lab.gatewayLogs)"
+            )
         }
 
-        @Test("the export's allow-list refuses another domain promptly, with the reason logged", .timeLimit(.minutes(2)))
+        @Test(
+            "the export's allow-list refuses another domain promptly, with the reason logged",
+            .timeLimit(.minutes(2))
+        )
         func gatewayPolicyDenies() async throws {
             let lab = try await GatewayLab()
             let target = lab.port(80)
@@ -90,7 +126,11 @@ extension GatewayEndToEndTests {
                 imports: [.init(name: "secret", listen: "tcp://127.0.0.1:\(importPort)", port: 9007)],
                 betaPeers: ["alpha": 1, "gamma": 3]
             )
-            let result = try await lab.runTool(.alpha, ["refused", "--port", "\(importPort)", "--timeout", "10"], seconds: 20)
+            let result = try await lab.runTool(
+                .alpha,
+                ["refused", "--port", "\(importPort)", "--timeout", "10"],
+                seconds: 20
+            )
             let outcome = try #require(jsonObject(result.output), "\(result.output)")
             #expect(outcome["bytes"] as? Int == 0, "\(outcome)")
             #expect(outcome["end"] as? String != "timeout", "\(outcome)")
@@ -98,17 +138,26 @@ extension GatewayEndToEndTests {
             #expect(!server.output.contains("closed"), "the target was never connected: \(server.output)")
             #expect(await eventually { lab.gatewayLogs.lowercased().contains("denied") }, "\(lab.gatewayLogs)")
             // The allowed mapping next to it still works.
-            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(lab.echoPort)", "--timeout", "10"], seconds: 20)
+            let probe = try await lab.runTool(
+                .alpha,
+                ["probe", "--port", "\(lab.echoPort)", "--timeout", "10"],
+                seconds: 20
+            )
             #expect(probe.status == 0, "\(probe.output)")
         }
 
-        @Test("an export allowing any domain without wildcard rings: the log names it and mac-permissive; named peers still reach it", .timeLimit(.minutes(2)))
+        @Test(
+            "an export allowing any domain without wildcard rings: the log names it and mac-permissive; named peers still reach it",
+            .timeLimit(.minutes(2))
+        )
         func wildcardRingRefused() async throws {
             // The lab's emulator refuses wildcard rings (like Xen without mac-permissive=1).
             let lab = try await GatewayLab()
             let importPort = lab.port(85)
             try await lab.startGateways(
-                exports: [.init(name: "public", port: 9009, target: "tcp://127.0.0.1:\(lab.echoTarget)", allow: ["any"])],
+                exports: [
+                    .init(name: "public", port: 9009, target: "tcp://127.0.0.1:\(lab.echoTarget)", allow: ["any"])
+                ],
                 imports: [.init(name: "public", listen: "tcp://127.0.0.1:\(importPort)", port: 9009)]
             )
             let beta = try #require(lab.gateways[.beta])
@@ -119,7 +168,11 @@ extension GatewayEndToEndTests {
             #expect(beta.isRunning, "the gateway keeps running")
             // alpha has a partner ring with beta (the echo export names it), so it reaches
             // the export that allows any domain.
-            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(importPort)", "--timeout", "20"], seconds: 30)
+            let probe = try await lab.runTool(
+                .alpha,
+                ["probe", "--port", "\(importPort)", "--timeout", "20"],
+                seconds: 30
+            )
             #expect(probe.status == 0, "\(probe.output)\n\(lab.gatewayLogs)")
         }
 
@@ -128,12 +181,19 @@ extension GatewayEndToEndTests {
             let lab = try await GatewayLab(policy: "  - {action: allow, from: beta, to: alpha}")
             try await lab.startGateways(waitForEcho: false)
             // Both gateways attached (else alpha's first connection finds beta not running).
-            let ready = await eventually(within: 30) { GatewayLab.Domain.allCases.allSatisfy { lab.gateways[$0]?.log.contains("gateway ready") == true } }
+            let ready = await eventually(within: 30) {
+                GatewayLab.Domain.allCases.allSatisfy { lab.gateways[$0]?.log.contains("gateway ready") == true }
+            }
             try #require(ready, "the gateways did not start: \(lab.gatewayLogs)")
             // Wait for alpha's listener; the HMX connection behind it must be refused.
             var outcome: [String: Any] = [:]
             let listening = await eventually(within: 30) {
-                guard let result = try? await lab.runTool(.alpha, ["refused", "--port", "\(lab.echoPort)", "--timeout", "10"], seconds: 20),
+                guard
+                    let result = try? await lab.runTool(
+                        .alpha,
+                        ["refused", "--port", "\(lab.echoPort)", "--timeout", "10"],
+                        seconds: 20
+                    ),
                     let object = jsonObject(result.output)
                 else { return false }
                 outcome = object
@@ -143,7 +203,10 @@ extension GatewayEndToEndTests {
             #expect(outcome["bytes"] as? Int == 0, "\(outcome)")
             #expect(outcome["end"] as? String != "timeout", "\(outcome)")
             #expect(((outcome["seconds"] as? NSNumber)?.doubleValue ?? 99) < 5, "refused promptly: \(outcome)")
-            #expect(await eventually { lab.gateways[.alpha]?.log.lowercased().contains("denied") == true }, "\(lab.gatewayLogs)")
+            #expect(
+                await eventually { lab.gateways[.alpha]?.log.lowercased().contains("denied") == true },
+                "\(lab.gatewayLogs)"
+            )
             #expect(lab.emulator.errorOutput.contains("denied by emulator policy"))
         }
     }
@@ -178,7 +241,10 @@ extension GatewayEndToEndTests {
             #expect(await rejected.wait(seconds: 20) == 2)
             let lines = rejected.errorOutput.split(separator: "\n")
             #expect(lines.count == 1, "\(rejected.errorOutput)")
-            #expect(lines.first?.contains("\(bad):3: ") == true && lines.first?.contains("colour") == true, "\(rejected.errorOutput)")
+            #expect(
+                lines.first?.contains("\(bad):3: ") == true && lines.first?.contains("colour") == true,
+                "\(rejected.errorOutput)"
+            )
         }
     }
 }

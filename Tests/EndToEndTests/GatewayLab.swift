@@ -47,7 +47,9 @@ final class GatewayLab: @unchecked Sendable {
           - {action: allow, from: beta, to: alpha}
         """
 
-    static let toolPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Tools/e2e_tool.py").path
+    static let toolPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+        "Tools/e2e_tool.py"
+    ).path
 
     let directory: TemporaryDirectory
     let emulator: ChildProcess
@@ -78,7 +80,11 @@ final class GatewayLab: @unchecked Sendable {
                 let add = try await HMXProcessTestSupport.run("ip", ["netns", "add", name], seconds: 10)
                 try #require(add.status == 0, "ip netns add \(name): \(add.output)")
                 namespaces[domain] = name
-                let up = try await HMXProcessTestSupport.run("ip", ["netns", "exec", name, "ip", "link", "set", "lo", "up"], seconds: 10)
+                let up = try await HMXProcessTestSupport.run(
+                    "ip",
+                    ["netns", "exec", name, "ip", "link", "set", "lo", "up"],
+                    seconds: 10
+                )
                 try #require(up.status == 0, "loopback up in \(name): \(up.output)")
             }
         }
@@ -114,15 +120,30 @@ final class GatewayLab: @unchecked Sendable {
     }
 
     /// Starts `program` in `domain`; it is killed when the lab goes away.
-    func spawn(_ domain: Domain, _ program: String, _ arguments: [String], standardInput: String? = nil) throws -> ChildProcess {
+    func spawn(
+        _ domain: Domain,
+        _ program: String,
+        _ arguments: [String],
+        standardInput: String? = nil
+    ) throws -> ChildProcess {
         let (executable, fullArguments) = self.commandLine(domain, program, arguments)
-        let child = try ChildProcess(executable, fullArguments, environment: ["PATH": "\(binDirectory):/usr/bin:/bin:/usr/sbin:/sbin"], standardInput: standardInput)
+        let child = try ChildProcess(
+            executable,
+            fullArguments,
+            environment: ["PATH": "\(binDirectory):/usr/bin:/bin:/usr/sbin:/sbin"],
+            standardInput: standardInput
+        )
         self.children.append(child)
         return child
     }
 
     /// Runs `program` in `domain` to completion within `seconds`.
-    func run(_ domain: Domain, _ program: String, _ arguments: [String], seconds: Double = 30) async throws -> (status: Int32?, output: String) {
+    func run(
+        _ domain: Domain,
+        _ program: String,
+        _ arguments: [String],
+        seconds: Double = 30
+    ) async throws -> (status: Int32?, output: String) {
         let child = try self.spawn(domain, program, arguments)
         let status = await child.wait(seconds: seconds)
         return (status, child.log)
@@ -138,7 +159,11 @@ final class GatewayLab: @unchecked Sendable {
         try self.spawn(domain, "python3", ["-u", Self.toolPath] + arguments)
     }
 
-    func runTool(_ domain: Domain, _ arguments: [String], seconds: Double = 60) async throws -> (status: Int32?, output: String) {
+    func runTool(
+        _ domain: Domain,
+        _ arguments: [String],
+        seconds: Double = 60
+    ) async throws -> (status: Int32?, output: String) {
         let child = try self.tool(domain, arguments)
         let status = await child.wait(seconds: seconds)
         return (status, child.log)
@@ -183,7 +208,8 @@ final class GatewayLab: @unchecked Sendable {
         if !imports.isEmpty {
             text += "imports:\n"
             for mapping in imports {
-                text += "  - name: \(mapping.name)\n    listen: \(mapping.listen)\n    peer: \(mapping.peer)\n    port: \(mapping.port)\n"
+                text +=
+                    "  - name: \(mapping.name)\n    listen: \(mapping.listen)\n    peer: \(mapping.peer)\n    port: \(mapping.port)\n"
                 text += mapping.extra.map { "    \($0)\n" }.joined()
             }
         }
@@ -197,7 +223,11 @@ final class GatewayLab: @unchecked Sendable {
         let gateway: ChildProcess
         if let fileLimit {
             let program = executablePath("hmx-gateway") ?? "hmx-gateway"
-            gateway = try self.spawn(domain, "prlimit", ["--nofile=\(fileLimit):\(fileLimit)", "--", program, "run", "--config", config])
+            gateway = try self.spawn(
+                domain,
+                "prlimit",
+                ["--nofile=\(fileLimit):\(fileLimit)", "--", program, "run", "--config", config]
+            )
         } else {
             gateway = try self.spawn(domain, "hmx-gateway", ["run", "--config", config])
         }
@@ -221,27 +251,45 @@ final class GatewayLab: @unchecked Sendable {
         try self.startGateway(
             .beta,
             config: try self.gatewayConfig(
-                .beta, exports: [self.echoExport] + exports, imports: [], peers: betaPeers, ringSize: ringSize, extra: extra[.beta] ?? ""
+                .beta,
+                exports: [self.echoExport] + exports,
+                imports: [],
+                peers: betaPeers,
+                ringSize: ringSize,
+                extra: extra[.beta] ?? ""
             )
         )
         try self.startGateway(
             .alpha,
-            config: try self.gatewayConfig(.alpha, exports: [], imports: [self.echoImport] + imports, ringSize: ringSize, extra: extra[.alpha] ?? "")
+            config: try self.gatewayConfig(
+                .alpha,
+                exports: [],
+                imports: [self.echoImport] + imports,
+                ringSize: ringSize,
+                extra: extra[.alpha] ?? ""
+            )
         )
         guard waitForEcho else { return }
-        let probe = try await self.runTool(.alpha, ["probe", "--port", "\(self.echoPort)", "--timeout", "30"], seconds: 40)
+        let probe = try await self.runTool(
+            .alpha,
+            ["probe", "--port", "\(self.echoPort)", "--timeout", "30"],
+            seconds: 40
+        )
         try #require(probe.status == 0, "echo through the gateways: \(probe.output)\n\(self.gatewayLogs)")
     }
 
     /// A gateway's Prometheus counters and gauges (`metrics.listen` on `port` in its
     /// config), by their full name with labels, e.g. `hmx_ring_full_total`.
     func metrics(_ domain: Domain, port: Int) async throws -> [String: Double] {
-        let script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:\(port)/metrics', timeout=10).read().decode())"
+        let script =
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:\(port)/metrics', timeout=10).read().decode())"
         let scrape = try await self.run(domain, "python3", ["-c", script])
         try #require(scrape.status == 0, "metrics of \(domain): \(scrape.output)")
         var values: [String: Double] = [:]
         for line in scrape.output.split(separator: "\n") where !line.hasPrefix("#") {
-            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else {
+                continue
+            }
             values[String(line[..<space])] = value
         }
         return values
@@ -249,7 +297,9 @@ final class GatewayLab: @unchecked Sendable {
 
     /// Both gateways' output, for failure messages.
     var gatewayLogs: String {
-        Domain.allCases.compactMap { domain in self.gateways[domain].map { "--- gateway \(domain.rawValue):\n\($0.log)" } }.joined(separator: "\n")
+        Domain.allCases.compactMap { domain in
+            self.gateways[domain].map { "--- gateway \(domain.rawValue):\n\($0.log)" }
+        }.joined(separator: "\n")
     }
 
     /// SIGTERM to both gateways: each must drain and exit with status 0 within `seconds`.
@@ -261,7 +311,10 @@ final class GatewayLab: @unchecked Sendable {
             guard let gateway = self.gateways[domain] else { continue }
             let status = await gateway.wait(seconds: seconds)
             if status != 0 {
-                problems.append("gateway \(domain.rawValue) " + (status.map { "exited with status \($0)" } ?? "did not stop within \(seconds) s"))
+                problems.append(
+                    "gateway \(domain.rawValue) "
+                        + (status.map { "exited with status \($0)" } ?? "did not stop within \(seconds) s")
+                )
             }
         }
         return problems

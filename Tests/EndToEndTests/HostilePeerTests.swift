@@ -18,14 +18,22 @@ extension GatewayEndToEndTests {
         /// Attaches the test process as beta once alpha's gateway is attached (a ring's
         /// partner must exist), registers beta's ring for alpha, and waits until alpha's
         /// gateway has its ring for beta, as a real peer would.
-        static func attachAsBeta(_ lab: GatewayLab, behaviour: HostileEnd.Behaviour) async throws -> (EmulatorLink, HostileEnd) {
+        static func attachAsBeta(
+            _ lab: GatewayLab,
+            behaviour: HostileEnd.Behaviour
+        ) async throws -> (EmulatorLink, HostileEnd) {
             let link = try await EmulatorLink.attach(socketPath: "\(lab.directory.path)/beta.sock")
             let alphaRing = HMXAddress(domain: DomainID(1), port: Self.gatewayPort)
             var ring: HMXRing?
             let registered = try await eventually(within: 20) {
                 // Registered once (every registration counts towards the domain's 128).
                 if ring == nil {
-                    ring = try? await link.registerRing(port: Self.gatewayPort, partner: DomainID(1), length: 262_080, failIfExists: true).get()
+                    ring = try? await link.registerRing(
+                        port: Self.gatewayPort,
+                        partner: DomainID(1),
+                        length: 262_080,
+                        failIfExists: true
+                    ).get()
                 }
                 guard ring != nil else { return false }
                 let answer = try await link.notify([HMXNotifyQuery(ring: alphaRing, spaceRequired: 0)]).get()
@@ -42,13 +50,20 @@ extension GatewayEndToEndTests {
         /// client once a few messages wait for the peer, not buffer what the client
         /// sends until memory runs out; when the peer stops answering, the client sees
         /// the end.
-        @Test("a peer that grants 1 GiB of credit and stops draining its ring: the gateway's memory stays bounded", .timeLimit(.minutes(2)))
+        @Test(
+            "a peer that grants 1 GiB of credit and stops draining its ring: the gateway's memory stays bounded",
+            .timeLimit(.minutes(2))
+        )
         func creditWithoutDraining() async throws {
             let lab = try await GatewayLab()
             let importPort = lab.port(80)
             let alpha = try lab.startGateway(
                 .alpha,
-                config: try lab.gatewayConfig(.alpha, exports: [], imports: [.init(name: "hostile", listen: "tcp://127.0.0.1:\(importPort)", port: 9020)])
+                config: try lab.gatewayConfig(
+                    .alpha,
+                    exports: [],
+                    imports: [.init(name: "hostile", listen: "tcp://127.0.0.1:\(importPort)", port: 9020)]
+                )
             )
 
             let (link, peer) = try await Self.attachAsBeta(lab, behaviour: .acceptWithAllCredit)
@@ -91,7 +106,14 @@ extension GatewayEndToEndTests {
                 config: try lab.gatewayConfig(
                     .alpha,
                     exports: [],
-                    imports: [.init(name: "silent", listen: "tcp://127.0.0.1:\(importPort)", port: 9021, extra: ["open_timeout: 2s"])],
+                    imports: [
+                        .init(
+                            name: "silent",
+                            listen: "tcp://127.0.0.1:\(importPort)",
+                            port: 9021,
+                            extra: ["open_timeout: 2s"]
+                        )
+                    ],
                     extra: "metrics:\n  listen: tcp://127.0.0.1:\(metricsPort)\n"
                 )
             )
@@ -157,7 +179,9 @@ final class HostileEnd: @unchecked Sendable {
                     self.accepted = true
                 }
                 let credit = UInt32(StreamFlowControl.maximumCredit - 1)
-                self.send(.accept(key: .init(id: id, openedLocally: false), initialCredit: credit, instance: self.instance))
+                self.send(
+                    .accept(key: .init(id: id, openedLocally: false), initialCredit: credit, instance: self.instance)
+                )
                 return
             case (.open, .answerPingsOnly):
                 self.lock.withLock { self.opens += 1 }
@@ -172,10 +196,17 @@ final class HostileEnd: @unchecked Sendable {
     /// One message: SEQUENCE (every earlier message counts as delivered), then `frame`.
     private func send(_ frame: StreamFrame) {
         var message = ByteBuffer()
-        StreamFrame.sequence(number: self.nextNumber, base: self.nextNumber, instance: self.instance).encode(into: &message)
+        StreamFrame.sequence(number: self.nextNumber, base: self.nextNumber, instance: self.instance).encode(
+            into: &message
+        )
         self.nextNumber &+= 1
         frame.encode(into: &message)
         let port = GatewayEndToEndTests.HostilePeer.gatewayPort
-        _ = self.link.send(from: port, to: HMXAddress(domain: DomainID(1), port: port), type: StreamFrame.messageType, message)
+        _ = self.link.send(
+            from: port,
+            to: HMXAddress(domain: DomainID(1), port: port),
+            type: StreamFrame.messageType,
+            message
+        )
     }
 }

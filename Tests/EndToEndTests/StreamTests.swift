@@ -39,7 +39,8 @@ extension GatewayEndToEndTests {
                     .init(name: "download", listen: "tcp://127.0.0.1:\(self.downloadPort)", port: servicePort + 1),
                 ]
                 self.receiver = try lab.shell(
-                    .beta, "socat -u TCP-LISTEN:\(uploadTarget),bind=127.0.0.1,reuseaddr - | sha256sum > \(self.path)/upload.received"
+                    .beta,
+                    "socat -u TCP-LISTEN:\(uploadTarget),bind=127.0.0.1,reuseaddr - | sha256sum > \(self.path)/upload.received"
                 )
                 self.source = try lab.shell(
                     .beta,
@@ -68,19 +69,31 @@ extension GatewayEndToEndTests {
             }
 
             func startDownload() throws -> ChildProcess {
-                try self.lab.shell(.alpha, "socat -u TCP:127.0.0.1:\(self.downloadPort) - | sha256sum > \(self.path)/download.received")
+                try self.lab.shell(
+                    .alpha,
+                    "socat -u TCP:127.0.0.1:\(self.downloadPort) - | sha256sum > \(self.path)/download.received"
+                )
             }
 
             /// The upload's sender and receiver both ended well and saw the same bytes.
             func expectUploadExact(_ sender: ChildProcess, seconds: Double) async throws {
-                #expect(await sender.wait(seconds: seconds) == 0, "upload sender: \(sender.log)\n\(self.lab.gatewayLogs)")
-                #expect(await self.receiver.wait(seconds: 30) == 0, "upload receiver did not see the end of the stream: \(self.receiver.log)")
+                #expect(
+                    await sender.wait(seconds: seconds) == 0,
+                    "upload sender: \(sender.log)\n\(self.lab.gatewayLogs)"
+                )
+                #expect(
+                    await self.receiver.wait(seconds: 30) == 0,
+                    "upload receiver did not see the end of the stream: \(self.receiver.log)"
+                )
                 #expect(try await self.sameDigest("upload.sent", "upload.received"))
             }
 
             /// The download's receiver and source both ended well and saw the same bytes.
             func expectDownloadExact(_ downloader: ChildProcess, seconds: Double) async throws {
-                #expect(await downloader.wait(seconds: seconds) == 0, "download receiver: \(downloader.log)\n\(self.lab.gatewayLogs)")
+                #expect(
+                    await downloader.wait(seconds: seconds) == 0,
+                    "download receiver: \(downloader.log)\n\(self.lab.gatewayLogs)"
+                )
                 #expect(await self.source.wait(seconds: 30) == 0, "download sender: \(self.source.log)")
                 #expect(try await self.sameDigest("download.sent", "download.received"))
             }
@@ -100,7 +113,10 @@ extension GatewayEndToEndTests {
             }
         }
 
-        @Test("256 MiB each way with socat, sha256 equal; the sender's close ends the receiver", .timeLimit(.minutes(6)))
+        @Test(
+            "256 MiB each way with socat, sha256 equal; the sender's close ends the receiver",
+            .timeLimit(.minutes(6))
+        )
         func largeFiles() async throws {
             let lab = try await GatewayLab()
             let transfers = try BulkTransfers(lab, bytes: 256 << 20, firstPort: 30, servicePort: 9001)
@@ -110,21 +126,40 @@ extension GatewayEndToEndTests {
             try await transfers.expectDownloadExact(try transfers.startDownload(), seconds: 150)
         }
 
-        @Test("the importing gateway starts first: both still learn the other's ring size and send large messages", .timeLimit(.minutes(2)))
+        @Test(
+            "the importing gateway starts first: both still learn the other's ring size and send large messages",
+            .timeLimit(.minutes(2))
+        )
         func messageSizeLearntInEitherStartOrder() async throws {
             let lab = try await GatewayLab()
             let metricsPort = [GatewayLab.Domain.alpha: lab.port(45), .beta: lab.port(46)]
-            func metrics(_ domain: GatewayLab.Domain) -> String { "metrics:\n  listen: tcp://127.0.0.1:\(metricsPort[domain]!)\n" }
+            func metrics(_ domain: GatewayLab.Domain) -> String {
+                "metrics:\n  listen: tcp://127.0.0.1:\(metricsPort[domain]!)\n"
+            }
             // alpha (the importer) comes up while beta has no gateway, so no ring for alpha.
-            try lab.startGateway(.alpha, config: try lab.gatewayConfig(.alpha, exports: [], imports: [lab.echoImport], extra: metrics(.alpha)))
+            try lab.startGateway(
+                .alpha,
+                config: try lab.gatewayConfig(.alpha, exports: [], imports: [lab.echoImport], extra: metrics(.alpha))
+            )
             try await Task.sleep(for: .seconds(1.5))
             try await lab.startToolServer(.beta, ["echo-server", "--port", "\(lab.echoTarget)"])
-            try lab.startGateway(.beta, config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: [], extra: metrics(.beta)))
-            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"], seconds: 40)
+            try lab.startGateway(
+                .beta,
+                config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: [], extra: metrics(.beta))
+            )
+            let probe = try await lab.runTool(
+                .alpha,
+                ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"],
+                seconds: 40
+            )
             try #require(probe.status == 0, "echo through the gateways: \(probe.output)\n\(lab.gatewayLogs)")
 
             let bytes = 16 << 20
-            let client = try await lab.runTool(.alpha, ["half-close", "--port", "\(lab.echoPort)", "--bytes", "\(bytes)"], seconds: 60)
+            let client = try await lab.runTool(
+                .alpha,
+                ["half-close", "--port", "\(lab.echoPort)", "--bytes", "\(bytes)"],
+                seconds: 60
+            )
             #expect(client.status == 0, "\(client.output)\n\(lab.gatewayLogs)")
             #expect(client.output.hasPrefix("ok \(bytes) bytes after half-close"), "\(client.output)")
 
@@ -139,7 +174,10 @@ extension GatewayEndToEndTests {
             }
         }
 
-        @Test("tiny rings: many messages find the ring full and are retried, both streams stay exact", .timeLimit(.minutes(3)))
+        @Test(
+            "tiny rings: many messages find the ring full and are retried, both streams stay exact",
+            .timeLimit(.minutes(3))
+        )
         func ringFullRetriesKeepOrder() async throws {
             let lab = try await GatewayLab()
             let transfers = try BulkTransfers(lab, bytes: 24 << 20, firstPort: 50, servicePort: 9011)
@@ -165,7 +203,10 @@ extension GatewayEndToEndTests {
             #expect(!lab.gatewayLogs.contains("malformed"), "\(lab.gatewayLogs)")
         }
 
-        @Test("a window larger than the ring: at most a ring's worth on the way, so few messages find the ring full", .timeLimit(.minutes(3)))
+        @Test(
+            "a window larger than the ring: at most a ring's worth on the way, so few messages find the ring full",
+            .timeLimit(.minutes(3))
+        )
         func inFlightBoundedByRing() async throws {
             let lab = try await GatewayLab()
             let transfers = try BulkTransfers(lab, bytes: 64 << 20, firstPort: 50, servicePort: 9011)
@@ -187,12 +228,19 @@ extension GatewayEndToEndTests {
             let lab = try await GatewayLab()
             let target = lab.port(40)
             let importPort = lab.port(41)
-            let server = try await lab.startToolServer(.beta, ["echo-server", "--port", "\(target)", "--reply-after-eof", "1"])
+            let server = try await lab.startToolServer(
+                .beta,
+                ["echo-server", "--port", "\(target)", "--reply-after-eof", "1"]
+            )
             try await lab.startGateways(
                 exports: [.init(name: "late-echo", port: 9003, target: "tcp://127.0.0.1:\(target)")],
                 imports: [.init(name: "late-echo", listen: "tcp://127.0.0.1:\(importPort)", port: 9003)]
             )
-            let client = try await lab.runTool(.alpha, ["half-close", "--port", "\(importPort)", "--bytes", "\(4 << 20)"], seconds: 60)
+            let client = try await lab.runTool(
+                .alpha,
+                ["half-close", "--port", "\(importPort)", "--bytes", "\(4 << 20)"],
+                seconds: 60
+            )
             #expect(client.status == 0, "\(client.output)\n\(lab.gatewayLogs)")
             #expect(client.output.hasPrefix("ok 4194304 bytes after half-close"), "\(client.output)")
             #expect(await eventually { server.output.contains("closed eof after 4194304 bytes") }, "\(server.log)")
@@ -203,7 +251,10 @@ extension GatewayEndToEndTests {
             #expect(socat.output == "one line\n")
         }
 
-        @Test("a slow reader: the gateways' memory stays bounded and another connection keeps its speed", .timeLimit(.minutes(4)))
+        @Test(
+            "a slow reader: the gateways' memory stays bounded and another connection keeps its speed",
+            .timeLimit(.minutes(4))
+        )
         func slowReader() async throws {
             let lab = try await GatewayLab()
             let target = lab.port(50)
@@ -217,13 +268,18 @@ extension GatewayEndToEndTests {
             )
             let fast = ["sink", "--port", "\(importPort)", "--bytes", "\(128 << 20)", "--timeout", "60"]
             _ = try await lab.runTool(.alpha, fast, seconds: 90)  // warms both gateways up
-            let alone = try #require(sinkRate(try await lab.runTool(.alpha, fast, seconds: 90)), "sink alone failed\n\(lab.gatewayLogs)")
+            let alone = try #require(
+                sinkRate(try await lab.runTool(.alpha, fast, seconds: 90)),
+                "sink alone failed\n\(lab.gatewayLogs)"
+            )
             let gateways = [GatewayLab.Domain.alpha, .beta].compactMap { lab.gateways[$0] }
             let before = gateways.map { $0.residentKiB() ?? 0 }
             let sampler = Task {
                 var peak = before
                 while !Task.isCancelled {
-                    for (index, gateway) in gateways.enumerated() { peak[index] = max(peak[index], gateway.residentKiB() ?? 0) }
+                    for (index, gateway) in gateways.enumerated() {
+                        peak[index] = max(peak[index], gateway.residentKiB() ?? 0)
+                    }
                     try? await Task.sleep(nanoseconds: 50_000_000)
                 }
                 return peak
@@ -231,7 +287,10 @@ extension GatewayEndToEndTests {
 
             // 64 KiB/s against a source that sends hundreds of MB/s, for at least 15 s and
             // until the fast transfers are done.
-            let slow = try lab.tool(.alpha, ["slow-reader", "--port", "\(importPort)", "--rate", "65536", "--seconds", "200"])
+            let slow = try lab.tool(
+                .alpha,
+                ["slow-reader", "--port", "\(importPort)", "--rate", "65536", "--seconds", "200"]
+            )
             let slowStarted = Date()
             try await Task.sleep(nanoseconds: 3_000_000_000)
             var rates: [Double] = []
@@ -261,12 +320,18 @@ extension GatewayEndToEndTests {
             #expect((rates.max() ?? 0) >= alone * 0.5, "alone \(alone) MB/s, next to the slow reader \(rates) MB/s")
             for (index, gateway) in gateways.enumerated() {
                 // An unbounded buffer would hold gigabytes after 15 s of a source this fast.
-                #expect(peak[index] > 0 && peak[index] - before[index] < 192 * 1024, "gateway \(gateway.pid) grew from \(before[index]) KiB to \(peak[index]) KiB")
+                #expect(
+                    peak[index] > 0 && peak[index] - before[index] < 192 * 1024,
+                    "gateway \(gateway.pid) grew from \(before[index]) KiB to \(peak[index]) KiB"
+                )
             }
             #expect(source.isRunning)
         }
 
-        @Test("clients that close in the middle of a download: every connection ends on both sides, none lingers", .timeLimit(.minutes(2)))
+        @Test(
+            "clients that close in the middle of a download: every connection ends on both sides, none lingers",
+            .timeLimit(.minutes(2))
+        )
         func clientsCloseMidDownload() async throws {
             let lab = try await GatewayLab()
             let target = lab.port(90)
@@ -284,7 +349,11 @@ extension GatewayEndToEndTests {
             // connection must be reset rather than wait for data that cannot come.
             let rounds = 20
             for round in 0..<rounds {
-                let sink = try await lab.runTool(.alpha, ["sink", "--port", "\(importPort)", "--bytes", "\(16 << 20)", "--timeout", "30"], seconds: 40)
+                let sink = try await lab.runTool(
+                    .alpha,
+                    ["sink", "--port", "\(importPort)", "--bytes", "\(16 << 20)", "--timeout", "30"],
+                    seconds: 40
+                )
                 try #require(sink.status == 0, "round \(round): \(sink.output)\n\(lab.gatewayLogs)")
             }
             for domain in GatewayLab.Domain.allCases {
@@ -295,8 +364,13 @@ extension GatewayEndToEndTests {
                 }
                 #expect(ended, "\(domain) still has connections: \(metrics)")
             }
-            let closed = await eventually(within: 5) { source.output.components(separatedBy: "closed after").count - 1 == rounds }
-            #expect(closed, "the source saw \(source.output.components(separatedBy: "closed after").count - 1) of \(rounds) ends")
+            let closed = await eventually(within: 5) {
+                source.output.components(separatedBy: "closed after").count - 1 == rounds
+            }
+            #expect(
+                closed,
+                "the source saw \(source.output.components(separatedBy: "closed after").count - 1) of \(rounds) ends"
+            )
         }
 
         @Test("1000 concurrent connections each echo their own bytes", .timeLimit(.minutes(4)))
@@ -306,10 +380,28 @@ extension GatewayEndToEndTests {
             let importPort = lab.port(61)
             let server = try await lab.startToolServer(.beta, ["echo-server", "--port", "\(target)"])
             try await lab.startGateways(
-                exports: [.init(name: "many", port: 9005, target: "tcp://127.0.0.1:\(target)", extra: ["max_connections: 2000"])],
-                imports: [.init(name: "many", listen: "tcp://127.0.0.1:\(importPort)", port: 9005, extra: ["max_connections: 2000"])]
+                exports: [
+                    .init(
+                        name: "many",
+                        port: 9005,
+                        target: "tcp://127.0.0.1:\(target)",
+                        extra: ["max_connections: 2000"]
+                    )
+                ],
+                imports: [
+                    .init(
+                        name: "many",
+                        listen: "tcp://127.0.0.1:\(importPort)",
+                        port: 9005,
+                        extra: ["max_connections: 2000"]
+                    )
+                ]
             )
-            let client = try await lab.runTool(.alpha, ["many", "--port", "\(importPort)", "--count", "1000", "--bytes", "2000", "--timeout", "150"], seconds: 180)
+            let client = try await lab.runTool(
+                .alpha,
+                ["many", "--port", "\(importPort)", "--count", "1000", "--bytes", "2000", "--timeout", "150"],
+                seconds: 180
+            )
             #expect(client.status == 0, "\(client.output)\n\(lab.gatewayLogs.suffix(4000))")
             #expect(client.output.hasPrefix("ok 1000 concurrent connections"), "\(client.output)")
             // Every connection reached the server in beta and was closed there.

@@ -76,18 +76,32 @@ struct ABITests {
         #expect(UInt64(ArgoMessageHeader.size) == self.fact("sizeof.message_header"))
         #expect(self.fact("sizeof.gfn") == 8)
 
-        self.checkField(ArgoAddr.size, "addr.aport", 4, 0x1122_3344) { ArgoAddr(port: 0x1122_3344, domain: 0, pad: 0).store(to: $0) }
-        self.checkField(ArgoAddr.size, "addr.domain_id", 2, 0x5566) { ArgoAddr(port: 0, domain: 0x5566, pad: 0).store(to: $0) }
-        self.checkField(ArgoAddr.size, "addr.pad", 2, 0x7788) { ArgoAddr(port: 0, domain: 0, pad: 0x7788).store(to: $0) }
+        self.checkField(ArgoAddr.size, "addr.aport", 4, 0x1122_3344) {
+            ArgoAddr(port: 0x1122_3344, domain: 0, pad: 0).store(to: $0)
+        }
+        self.checkField(ArgoAddr.size, "addr.domain_id", 2, 0x5566) {
+            ArgoAddr(port: 0, domain: 0x5566, pad: 0).store(to: $0)
+        }
+        self.checkField(ArgoAddr.size, "addr.pad", 2, 0x7788) {
+            ArgoAddr(port: 0, domain: 0, pad: 0x7788).store(to: $0)
+        }
         self.checkField(ArgoSendAddr.size, "send_addr.dst", 4, 0xAABB_CCDD) {
-            ArgoSendAddr(source: ArgoAddr(port: 0, domain: 0), destination: ArgoAddr(port: 0xAABB_CCDD, domain: 0)).store(to: $0)
+            ArgoSendAddr(source: ArgoAddr(port: 0, domain: 0), destination: ArgoAddr(port: 0xAABB_CCDD, domain: 0))
+                .store(to: $0)
         }
         self.checkField(ArgoSendAddr.size, "send_addr.src", 4, 0x0102_0304) {
-            ArgoSendAddr(source: ArgoAddr(port: 0x0102_0304, domain: 0), destination: ArgoAddr(port: 0, domain: 0)).store(to: $0)
+            ArgoSendAddr(source: ArgoAddr(port: 0x0102_0304, domain: 0), destination: ArgoAddr(port: 0, domain: 0))
+                .store(to: $0)
         }
-        self.checkField(ArgoIOV.size, "iov.iov_hnd", 8, 0x0102_0304_0506_0708) { ArgoIOV(address: 0x0102_0304_0506_0708, length: 0).store(to: $0) }
-        self.checkField(ArgoIOV.size, "iov.iov_len", 4, 0x0A0B_0C0D) { ArgoIOV(address: 0, length: 0x0A0B_0C0D).store(to: $0) }
-        self.checkField(ArgoIOV.size, "iov.pad", 4, 0x1F2F_3F4F) { ArgoIOV(address: 0, length: 0, pad: 0x1F2F_3F4F).store(to: $0) }
+        self.checkField(ArgoIOV.size, "iov.iov_hnd", 8, 0x0102_0304_0506_0708) {
+            ArgoIOV(address: 0x0102_0304_0506_0708, length: 0).store(to: $0)
+        }
+        self.checkField(ArgoIOV.size, "iov.iov_len", 4, 0x0A0B_0C0D) {
+            ArgoIOV(address: 0, length: 0x0A0B_0C0D).store(to: $0)
+        }
+        self.checkField(ArgoIOV.size, "iov.pad", 4, 0x1F2F_3F4F) {
+            ArgoIOV(address: 0, length: 0, pad: 0x1F2F_3F4F).store(to: $0)
+        }
         self.checkField(ArgoRegisterRing.size, "register_ring.aport", 4, 0x1234_5678) {
             ArgoRegisterRing(port: 0x1234_5678, partner: 0, length: 0).store(to: $0)
         }
@@ -122,7 +136,9 @@ struct ABITests {
             ArgoRingDataEntry(ring: ArgoAddr(port: 0, domain: 0), spaceRequired: 0x0BAD_F00D).store(to: $0)
         }
         self.checkField(ArgoRingDataEntry.size, "ring_data_ent.max_message_size", 4, 0x00C0_FFEE) {
-            ArgoRingDataEntry(ring: ArgoAddr(port: 0, domain: 0), spaceRequired: 0, maxMessageSize: 0x00C0_FFEE).store(to: $0)
+            ArgoRingDataEntry(ring: ArgoAddr(port: 0, domain: 0), spaceRequired: 0, maxMessageSize: 0x00C0_FFEE).store(
+                to: $0
+            )
         }
         #expect(UInt64(ArgoRingDataEntry.flagsOffset) == self.fact("offsetof.ring_data_ent.flags"))
         #expect(UInt64(ArgoRingDataEntry.maxMessageSizeOffset) == self.fact("offsetof.ring_data_ent.max_message_size"))
@@ -141,7 +157,13 @@ struct ABITests {
 
     /// Encodes with `store` and checks that the only non-zero bytes are `value` at the
     /// C offset of `field`.
-    func checkField(_ size: Int, _ field: String, _ width: Int, _ value: UInt64, store: (UnsafeMutableRawPointer) -> Void) {
+    func checkField(
+        _ size: Int,
+        _ field: String,
+        _ width: Int,
+        _ value: UInt64,
+        store: (UnsafeMutableRawPointer) -> Void
+    ) {
         let offset = Int(self.fact("offsetof.\(field)"))
         var bytes = [UInt8](repeating: 0, count: size)
         bytes.withUnsafeMutableBytes { store($0.baseAddress!) }

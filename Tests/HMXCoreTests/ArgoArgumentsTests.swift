@@ -54,7 +54,9 @@ struct ArgoArgumentsTests {
             for (index, payload) in payloads.enumerated() {
                 ArgoIOV(address: Self.guestBase + UInt64(offset), length: UInt32(payload.count))
                     .store(to: pointer + ArgoSendAddr.size + index * ArgoIOV.size)
-                for (byteIndex, byte) in payload.enumerated() { pointer.storeBytes(of: byte, toByteOffset: offset + byteIndex, as: UInt8.self) }
+                for (byteIndex, byte) in payload.enumerated() {
+                    pointer.storeBytes(of: byte, toByteOffset: offset + byteIndex, as: UInt8.self)
+                }
                 offset += (payload.count + 15) & ~15
             }
         }
@@ -65,7 +67,13 @@ struct ArgoArgumentsTests {
         let size = ArgoArguments.sendvSize(iovecs: [])
         #expect(size == ArgoSendAddr.size)
         let (call, bytes) = self.stage(size: size) {
-            $0.sendv(from: 9, sourceDomain: DomainID(3), to: HMXAddress(domain: DomainID(4), port: 10), type: 0, iovecs: [])
+            $0.sendv(
+                from: 9,
+                sourceDomain: DomainID(3),
+                to: HMXAddress(domain: DomainID(4), port: 10),
+                type: 0,
+                iovecs: []
+            )
         }
         #expect(call.command == ArgoABI.Op.sendv && call.arg3 == 0)
         let want = self.expected(size: size) {
@@ -80,7 +88,13 @@ struct ArgoArgumentsTests {
         #expect(ArgoArguments.registerRingFramesOffset == 16)
         #expect(size == 16 + 3 * 8)
         let (call, bytes) = self.stage(size: size) {
-            $0.registerRing(port: 0xAABB_CCDD, partner: DomainID(0x22), length: 4032, frames: frames, failIfExists: true)
+            $0.registerRing(
+                port: 0xAABB_CCDD,
+                partner: DomainID(0x22),
+                length: 4032,
+                frames: frames,
+                failIfExists: true
+            )
         }
         #expect(call.command == ArgoABI.Op.registerRing)
         #expect(call.arg1 == Self.guestBase)
@@ -141,7 +155,9 @@ struct ArgoArgumentsTests {
     @Test func nullNotifyNeedsNoMemory() {
         #expect(ArgoArguments.notifySize(queryCount: 0) == 0)
         let call = ArgoArguments.nullNotify
-        #expect(call.command == ArgoABI.Op.notify && call.arg1 == 0 && call.arg2 == 0 && call.arg3 == 0 && call.arg4 == 0)
+        #expect(
+            call.command == ArgoABI.Op.notify && call.arg1 == 0 && call.arg2 == 0 && call.arg3 == 0 && call.arg4 == 0
+        )
         let (staged, bytes) = self.stage(size: 0) { $0.notify([]) }
         #expect(staged == call)
         #expect(bytes.isEmpty)

@@ -55,7 +55,13 @@ struct LinkWireTests {
         bytes[6] = 2
         #expect(throws: LinkWire.ParseError.nonZeroReserved) { try self.parse(bytes) }
         bytes[6] = 1
-        #expect(try self.parse(bytes) == .frame(.hypercall(tag: 0, command: 0, arg1: 0, arg2: 0, arg3: 0, arg4: 0, deferrable: true), consumed: 48))
+        #expect(
+            try self.parse(bytes)
+                == .frame(
+                    .hypercall(tag: 0, command: 0, arg1: 0, arg2: 0, arg3: 0, arg4: 0, deferrable: true),
+                    consumed: 48
+                )
+        )
     }
 
     @Test func helloAndWelcome() {

@@ -14,7 +14,11 @@ final class TestMemory {
         self.raw = UnsafeMutableRawPointer.allocate(byteCount: self.size + 2 * Self.guardSize, alignment: 4096)
         self.raw.initializeMemory(as: UInt8.self, repeating: Self.guardByte, count: Self.guardSize)
         (self.raw + Self.guardSize).initializeMemory(as: UInt8.self, repeating: 0, count: self.size)
-        (self.raw + Self.guardSize + self.size).initializeMemory(as: UInt8.self, repeating: Self.guardByte, count: Self.guardSize)
+        (self.raw + Self.guardSize + self.size).initializeMemory(
+            as: UInt8.self,
+            repeating: Self.guardByte,
+            count: Self.guardSize
+        )
     }
 
     deinit { self.raw.deallocate() }
@@ -50,7 +54,12 @@ struct Rng {
 }
 
 /// Inserts one message; nil on success, else why not.
-func insert(_ writer: inout RingWriter, _ payload: [UInt8], source: ArgoAddr = ArgoAddr(port: 9, domain: 3), type: UInt32 = 7)
+func insert(
+    _ writer: inout RingWriter,
+    _ payload: [UInt8],
+    source: ArgoAddr = ArgoAddr(port: 9, domain: 3),
+    type: UInt32 = 7
+)
     -> RingWriter.InsertError?
 {
     let result = payload.withUnsafeBytes { bytes in
@@ -203,13 +212,17 @@ struct RingTests {
             for offset in stride(from: 0, to: Int(length), by: 8) {
                 (memory.base + 64 + offset).storeBytes(of: rng.next(), as: UInt64.self)
             }
-            let tx = rng.next() % 3 == 0 ? UInt32(truncatingIfNeeded: rng.next()) : UInt32(rng.next() % UInt64(length)) & ~15
+            let tx =
+                rng.next() % 3 == 0 ? UInt32(truncatingIfNeeded: rng.next()) : UInt32(rng.next() % UInt64(length)) & ~15
             memory.setPointers(rx: 0, tx: tx)
             var reader = RingReader(base: memory.base, length: length)
             if let message = try? reader.peek() {
                 let pieces = [message.first, message.second]
                 for piece in pieces where piece.count > 0 {
-                    #expect(piece.baseAddress! >= data.baseAddress! && piece.baseAddress! + piece.count <= data.baseAddress! + data.count)
+                    #expect(
+                        piece.baseAddress! >= data.baseAddress!
+                            && piece.baseAddress! + piece.count <= data.baseAddress! + data.count
+                    )
                 }
                 #expect(message.payloadLength + 16 == Int(message.header.length))
                 reader.consume(message)

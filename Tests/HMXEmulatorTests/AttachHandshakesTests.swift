@@ -1,15 +1,23 @@
 // SPDX-License-Identifier: Apache-2.0
 import HMXCore
-@testable import HMXEmulator
 import NIOCore
 import Testing
+
+@testable import HMXEmulator
 
 /// The attach handshakes as a plain value: slots are per domain socket, every
 /// handshake has its own deadline, and the poll timeout follows the earliest one.
 @Suite("Attach handshakes")
 struct AttachHandshakesTests {
     static func domain(_ id: UInt16) -> EmulatorConfig.DomainEntry {
-        EmulatorConfig.DomainEntry(id: DomainID(id), name: "d\(id)", socketPath: "/d\(id)", uid: nil, argo: true, maximumMemory: 1 << 20)
+        EmulatorConfig.DomainEntry(
+            id: DomainID(id),
+            name: "d\(id)",
+            socketPath: "/d\(id)",
+            uid: nil,
+            argo: true,
+            maximumMemory: 1 << 20
+        )
     }
 
     let start = NIODeadline.uptimeNanoseconds(1_000_000_000)

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 import CHMXShims
 import Foundation
-import HMXProcessTestSupport
 import HMXCore
 import HMXEmulator
+import HMXProcessTestSupport
 import NIOConcurrencyHelpers
 import NIOCore
 import Testing
@@ -12,7 +12,8 @@ import Testing
 /// policy, detach cleanup, pending-sender limits and hostile clients.
 @Suite("Emulator behaviour")
 struct EmulatorBehaviourTests {
-    func send(_ link: EmulatorLink, to address: HMXAddress, _ text: String, from port: HMXPort = 0) async throws -> Int {
+    func send(_ link: EmulatorLink, to address: HMXAddress, _ text: String, from port: HMXPort = 0) async throws -> Int
+    {
         try await link.send(from: port, to: address, type: 1, ByteBuffer(string: text)).get()
     }
 
@@ -41,7 +42,10 @@ struct EmulatorBehaviourTests {
             #expect(sources == [HMXAddress(domain: DomainID(1), port: 0)])
             // Claiming to be domain 2 in the source address is refused by the hypervisor.
             let forged = await self.argoErrno {
-                _ = try await one.rawHypercallSend(source: ArgoAddr(port: 0, domain: 2), to: HMXAddress(domain: DomainID(3), port: 80))
+                _ = try await one.rawHypercallSend(
+                    source: ArgoAddr(port: 0, domain: 2),
+                    to: HMXAddress(domain: DomainID(3), port: 80)
+                )
             }
             #expect(forged == .EPERM)
         }
@@ -53,7 +57,8 @@ struct EmulatorBehaviourTests {
             let first = try await emulator.attach(1)
             await #expect(throws: HMXError.self) { _ = try await emulator.attach(1) }
             // The first one is unaffected.
-            let ring = try await first.registerRing(port: 1, partner: DomainID(1), length: 4032, failIfExists: true).get()
+            let ring = try await first.registerRing(port: 1, partner: DomainID(1), length: 4032, failIfExists: true)
+                .get()
             _ = try await self.send(first, to: HMXAddress(domain: DomainID(1), port: 1), "still here")
             #expect(try ring.receive { _ in } == 1)
         }
@@ -62,7 +67,8 @@ struct EmulatorBehaviourTests {
     @Test("a uid restriction refuses other users")
     func uidRestriction() async throws {
         let otherUID = getuid() == 0 ? 4242 : getuid() + 1
-        try await withEmulator(domains: [1, 2], domainExtra: [1: "uid: \(otherUID)", 2: "uid: \(getuid())"]) { emulator in
+        try await withEmulator(domains: [1, 2], domainExtra: [1: "uid: \(otherUID)", 2: "uid: \(getuid())"]) {
+            emulator in
             do {
                 _ = try await emulator.attach(1)
                 Issue.record("attach as a domain reserved for uid \(otherUID) succeeded")
@@ -84,10 +90,22 @@ struct EmulatorBehaviourTests {
             _ = try await one.registerRing(port: 11, partner: .any, length: 256, failIfExists: true).get()
             _ = try await two!.registerRing(port: 20, partner: DomainID(1), length: 4032, failIfExists: true).get()
             // Domain 2 fills the wildcard ring and waits for space there.
-            _ = try await self.send(two!, to: HMXAddress(domain: DomainID(1), port: 11), String(repeating: "x", count: 224))
-            #expect(await self.argoErrno { _ = try await self.send(two!, to: HMXAddress(domain: DomainID(1), port: 11), "y") } == .EAGAIN)
+            _ = try await self.send(
+                two!,
+                to: HMXAddress(domain: DomainID(1), port: 11),
+                String(repeating: "x", count: 224)
+            )
+            #expect(
+                await self.argoErrno {
+                    _ = try await self.send(two!, to: HMXAddress(domain: DomainID(1), port: 11), "y")
+                } == .EAGAIN
+            )
             #expect(try await emulator.server.withHypervisor { $0.ringCount(of: DomainID(1)) } == 2)
-            #expect(try await emulator.server.withHypervisor { $0.pendingCount(owner: DomainID(1), port: 11, partner: .any) } == 1)
+            #expect(
+                try await emulator.server.withHypervisor {
+                    $0.pendingCount(owner: DomainID(1), port: 11, partner: .any)
+                } == 1
+            )
             _ = try await two!.close().get()
             two = nil
             let gone = try await eventually {
@@ -96,12 +114,24 @@ struct EmulatorBehaviourTests {
             #expect(gone)
             // The partner ring naming domain 2 went away with it; the wildcard ring stays.
             #expect(try await emulator.server.withHypervisor { $0.ringCount(of: DomainID(1)) } == 1)
-            #expect(try await emulator.server.withHypervisor { $0.pendingCount(owner: DomainID(1), port: 11, partner: .any) } == 0)
-            #expect(await self.argoErrno { _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 20), "z") } == .ESRCH)
+            #expect(
+                try await emulator.server.withHypervisor {
+                    $0.pendingCount(owner: DomainID(1), port: 11, partner: .any)
+                } == 0
+            )
+            #expect(
+                await self.argoErrno {
+                    _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 20), "z")
+                } == .ESRCH
+            )
             // A new process may attach as domain 2 and starts from nothing.
             let again = try await emulator.attach(2)
             #expect(try await emulator.server.withHypervisor { $0.ringCount(of: DomainID(2)) } == 0)
-            #expect(await self.argoErrno { _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 20), "z") } == .ECONNREFUSED)
+            #expect(
+                await self.argoErrno {
+                    _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 20), "z")
+                } == .ECONNREFUSED
+            )
             _ = try await again.close().get()
         }
     }
@@ -111,7 +141,8 @@ struct EmulatorBehaviourTests {
         try await withEmulator(domains: [1, 2]) { emulator in
             let one = try await emulator.attach(1)
             let two = try await emulator.attach(2)
-            let ring = try await two.registerRing(port: 20, partner: DomainID(1), length: 4032, failIfExists: true).get()
+            let ring = try await two.registerRing(port: 20, partner: DomainID(1), length: 4032, failIfExists: true)
+                .get()
             let destination = HMXAddress(domain: DomainID(2), port: 20)
             func late(_ text: String) -> EventLoopFuture<Int> {
                 one.sendv(from: 1, to: destination, type: 7, iovecs: [ByteBuffer(string: text)], resultMayBeLate: true)
@@ -122,7 +153,12 @@ struct EmulatorBehaviourTests {
             let order = NIOLockedValueBox<[Int]>([])
             var futures: [EventLoopFuture<Int>] = []
             for (index, text) in ["bb", "ccc", "dddd"].enumerated() {
-                futures.append(late(text).map { value in order.withLockedValue { $0.append(index) }; return value })
+                futures.append(
+                    late(text).map { value in
+                        order.withLockedValue { $0.append(index) }
+                        return value
+                    }
+                )
             }
             futures.append(
                 one.sendv(from: 1, to: destination, type: 7, iovecs: [ByteBuffer(string: "eeeee")]).map { value in
@@ -136,10 +172,20 @@ struct EmulatorBehaviourTests {
             #expect(order.withLockedValue { $0 } == [0, 1, 2, 3])
             // The receiver got them all, in order.
             var received: [String] = []
-            _ = try ring.receive { message in received.append(String(decoding: message.first, as: UTF8.self) + String(decoding: message.second, as: UTF8.self)) }
+            _ = try ring.receive { message in
+                received.append(
+                    String(decoding: message.first, as: UTF8.self) + String(decoding: message.second, as: UTF8.self)
+                )
+            }
             #expect(received == ["a", "bb", "ccc", "dddd", "eeeee"])
             // A failure is reported at once even when the send was marked deferrable.
-            let failure = one.sendv(from: 1, to: HMXAddress(domain: DomainID(2), port: 99), type: 7, iovecs: [ByteBuffer(string: "x")], resultMayBeLate: true)
+            let failure = one.sendv(
+                from: 1,
+                to: HMXAddress(domain: DomainID(2), port: 99),
+                type: 7,
+                iovecs: [ByteBuffer(string: "x")],
+                resultMayBeLate: true
+            )
             #expect(await self.argoErrno { _ = try await failure.get() } == .ECONNREFUSED)
             _ = try await one.close().get()
             _ = try await two.close().get()
@@ -157,15 +203,27 @@ struct EmulatorBehaviourTests {
                 links.append(try await emulator.attach(id))
             }
             // 48-byte ring: one 16-byte payload fills it.
-            _ = try await self.send(links[0], to: HMXAddress(domain: DomainID(1), port: 5), String(repeating: "a", count: 16))
+            _ = try await self.send(
+                links[0],
+                to: HMXAddress(domain: DomainID(1), port: 5),
+                String(repeating: "a", count: 16)
+            )
             var outcomes: [ArgoErrno?] = []
             for link in links {
-                outcomes.append(await self.argoErrno { _ = try await self.send(link, to: HMXAddress(domain: DomainID(1), port: 5), "b") })
+                outcomes.append(
+                    await self.argoErrno {
+                        _ = try await self.send(link, to: HMXAddress(domain: DomainID(1), port: 5), "b")
+                    }
+                )
             }
             #expect(outcomes.prefix(32).allSatisfy { $0 == .EAGAIN })
             #expect(outcomes[32] == .EBUSY)
             // The same domain waiting again does not take a second place.
-            #expect(await self.argoErrno { _ = try await self.send(links[0], to: HMXAddress(domain: DomainID(1), port: 5), "c") } == .EAGAIN)
+            #expect(
+                await self.argoErrno {
+                    _ = try await self.send(links[0], to: HMXAddress(domain: DomainID(1), port: 5), "c")
+                } == .EAGAIN
+            )
             let (_, entries) = try await owner.notifyRaw(HMXAddress(domain: DomainID(1), port: 5), spaceRequired: 1)
             #expect(ArgoABI.RingFlags(rawValue: entries.flags).contains(.busy))
         }
@@ -180,18 +238,40 @@ struct EmulatorBehaviourTests {
         try await withEmulator(domains: [1, 2], policy: policy) { emulator in
             let one = try await emulator.attach(1)
             let two = try await emulator.attach(2)
-            let ring22 = try await two.registerRing(port: 22, partner: DomainID(1), length: 4032, failIfExists: true).get()
-            let ring80 = try await two.registerRing(port: 80, partner: DomainID(1), length: 4032, failIfExists: true).get()
-            let ring500 = try await two.registerRing(port: 500, partner: DomainID(1), length: 4032, failIfExists: true).get()
-            #expect(await self.argoErrno { _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 22), "ssh") } == .EACCES)
+            let ring22 = try await two.registerRing(port: 22, partner: DomainID(1), length: 4032, failIfExists: true)
+                .get()
+            let ring80 = try await two.registerRing(port: 80, partner: DomainID(1), length: 4032, failIfExists: true)
+                .get()
+            let ring500 = try await two.registerRing(port: 500, partner: DomainID(1), length: 4032, failIfExists: true)
+                .get()
+            #expect(
+                await self.argoErrno {
+                    _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 22), "ssh")
+                } == .EACCES
+            )
             #expect(try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 80), "http") == 4)
-            #expect(await self.argoErrno { _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 500), "x") } == .EACCES)
+            #expect(
+                await self.argoErrno {
+                    _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 500), "x")
+                } == .EACCES
+            )
             // No rule lets domain 2 send back: default deny.
             let back = try await one.registerRing(port: 9, partner: DomainID(2), length: 4032, failIfExists: true).get()
-            #expect(await self.argoErrno { _ = try await self.send(two, to: HMXAddress(domain: DomainID(1), port: 9), "x") } == .EACCES)
+            #expect(
+                await self.argoErrno { _ = try await self.send(two, to: HMXAddress(domain: DomainID(1), port: 9), "x") }
+                    == .EACCES
+            )
             // notify does not describe a ring the caller may not send to.
-            #expect(await self.argoErrno { _ = try await one.notify([HMXNotifyQuery(ring: HMXAddress(domain: DomainID(2), port: 22), spaceRequired: 0)]).get() } == .EACCES)
-            let allowed = try await one.notify([HMXNotifyQuery(ring: HMXAddress(domain: DomainID(2), port: 80), spaceRequired: 0)]).get()
+            #expect(
+                await self.argoErrno {
+                    _ = try await one.notify([
+                        HMXNotifyQuery(ring: HMXAddress(domain: DomainID(2), port: 22), spaceRequired: 0)
+                    ]).get()
+                } == .EACCES
+            )
+            let allowed = try await one.notify([
+                HMXNotifyQuery(ring: HMXAddress(domain: DomainID(2), port: 80), spaceRequired: 0)
+            ]).get()
             #expect(allowed.first?.flags.contains(.exists) == true)
 
             // Reload: now allow everything from 2 to 1 and port 500; rings survive.
@@ -204,7 +284,11 @@ struct EmulatorBehaviourTests {
             try emulator.server.reload(try EmulatorConfig.parse(text, file: "reload.yaml"))
             #expect(try await self.send(two, to: HMXAddress(domain: DomainID(1), port: 9), "back") == 4)
             #expect(try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 500), "five") == 4)
-            #expect(await self.argoErrno { _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 80), "x") } == .EACCES)
+            #expect(
+                await self.argoErrno {
+                    _ = try await self.send(one, to: HMXAddress(domain: DomainID(2), port: 80), "x")
+                } == .EACCES
+            )
             var payloads: [[UInt8]] = []
             #expect(try back.receive { payloads.append($0.payloadBytes()) } == 1)
             #expect(payloads == [Array("back".utf8)])
@@ -218,7 +302,8 @@ struct EmulatorBehaviourTests {
     func hostileClients() async throws {
         try await withEmulator(domains: [1, 2, 3]) { emulator in
             let healthy = try await emulator.attach(1)
-            let ring = try await healthy.registerRing(port: 1, partner: DomainID(1), length: 4032, failIfExists: true).get()
+            let ring = try await healthy.registerRing(port: 1, partner: DomainID(1), length: 4032, failIfExists: true)
+                .get()
             // Garbage instead of a hello.
             let garbage = try RawClient(path: emulator.socket(2))
             garbage.write(Array(repeating: 0xFF, count: 64))
@@ -249,7 +334,13 @@ extension EmulatorLink {
         let scratch = try await self.allocateScratch(pages: 1).get()
         defer { self.releaseScratch(scratch) }
         ArgoSendAddr(source: source, destination: ArgoAddr(destination)).store(to: scratch.pointer)
-        let result = try await self.rawHypercall(command: ArgoABI.Op.sendv, arg1: scratch.guestAddress, arg2: 0, arg3: 0, arg4: 1).get()
+        let result = try await self.rawHypercall(
+            command: ArgoABI.Op.sendv,
+            arg1: scratch.guestAddress,
+            arg2: 0,
+            arg3: 0,
+            arg4: 1
+        ).get()
         if result < 0 { throw HMXError.argo(ArgoErrno(rawValue: Int32(-result))) }
         return result
     }
@@ -260,7 +351,13 @@ extension EmulatorLink {
         defer { self.releaseScratch(scratch) }
         storeLE(scratch.pointer, 0, UInt32(1))
         ArgoRingDataEntry(ring: ArgoAddr(ring), spaceRequired: spaceRequired).store(to: scratch.pointer + 8)
-        let result = try await self.rawHypercall(command: ArgoABI.Op.notify, arg1: scratch.guestAddress, arg2: 0, arg3: 0, arg4: 0).get()
+        let result = try await self.rawHypercall(
+            command: ArgoABI.Op.notify,
+            arg1: scratch.guestAddress,
+            arg2: 0,
+            arg3: 0,
+            arg4: 0
+        ).get()
         return (result, ArgoRingDataEntry(loadingFrom: scratch.pointer + 8))
     }
 }
@@ -276,7 +373,9 @@ final class RawClient {
         let bytes = Array(path.utf8)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
         let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard result == 0 else { throw HMXError(code: .unavailable, message: "connect failed") }
         if hello {
@@ -314,7 +413,8 @@ struct RingAccountingTests {
     func reRegistrationCounts() async throws {
         try await withEmulator(domains: [1]) { emulator in
             let link = try await emulator.attach(1)
-            let first = try await link.registerRing(port: 1, partner: DomainID(1), length: 4032, failIfExists: false).get()
+            let first = try await link.registerRing(port: 1, partner: DomainID(1), length: 4032, failIfExists: false)
+                .get()
             _ = first
             // Same ring again, in place: Xen counts it a second time.
             _ = try await link.registerRing(port: 1, partner: DomainID(1), length: 4032, failIfExists: false).get()
@@ -323,7 +423,12 @@ struct RingAccountingTests {
             var registered = 0
             while registered < 200 {
                 do {
-                    _ = try await link.registerRing(port: UInt32(100 + registered), partner: DomainID(1), length: 48, failIfExists: true).get()
+                    _ = try await link.registerRing(
+                        port: UInt32(100 + registered),
+                        partner: DomainID(1),
+                        length: 48,
+                        failIfExists: true
+                    ).get()
                     registered += 1
                 } catch let error as HMXError {
                     #expect(error.errno == .ENOSPC)

@@ -47,8 +47,14 @@ struct EmulatorConfigTests {
             ("domains:\n  - {id: 1, name: a, socket: /a}\nbogus: 1\n", "emu.yaml:3: bogus: unknown key"),
             ("domains:\n  - {id: 1, name: a, socket: /a, colour: red}\n", "emu.yaml:2: domains[0].colour: unknown key"),
             ("domains:\n  - {id: 1, socket: /a}\n", "emu.yaml:2: domains[0].name: required key is missing"),
-            ("domains:\n  - {id: 40000, name: a, socket: /a}\n", "emu.yaml:2: domains[0].id: 40000 is out of range 0...32751"),
-            ("domains:\n  - {id: x, name: a, socket: /a}\n", "emu.yaml:2: domains[0].id: expected an integer, found 'x'"),
+            (
+                "domains:\n  - {id: 40000, name: a, socket: /a}\n",
+                "emu.yaml:2: domains[0].id: 40000 is out of range 0...32751"
+            ),
+            (
+                "domains:\n  - {id: x, name: a, socket: /a}\n",
+                "emu.yaml:2: domains[0].id: expected an integer, found 'x'"
+            ),
             (
                 "domains:\n  - {id: 1, name: a, socket: /a}\n  - {id: 1, name: b, socket: /b}\n",
                 "emu.yaml:3: domains[1].id: domain id 1 is used twice"
@@ -65,14 +71,20 @@ struct EmulatorConfigTests {
                 "domains:\n  - {id: 1, name: a, socket: /a}\npolicy:\n  - {action: allow, port: 9-3}\n",
                 "emu.yaml:4: policy[0].port: expected a port, a range LOW-HIGH, or any; found '9-3'"
             ),
-            ("mac_permissive: sometimes\ndomains:\n  - {id: 1, name: a, socket: /a}\n", "emu.yaml:1: mac_permissive: expected true or false"),
+            (
+                "mac_permissive: sometimes\ndomains:\n  - {id: 1, name: a, socket: /a}\n",
+                "emu.yaml:1: mac_permissive: expected true or false"
+            ),
             ("domains: [\n", "emu.yaml:2: not valid YAML"),
             ("- just\n- a list\n", "emu.yaml:1: the top level must be a mapping of keys"),
         ]
         for (text, expected) in cases {
             let error = self.error(text)
             #expect(error != nil, "accepted: \(text)")
-            #expect(error?.description.hasPrefix(expected) == true, "\(error?.description ?? "nil") does not start with \(expected)")
+            #expect(
+                error?.description.hasPrefix(expected) == true,
+                "\(error?.description ?? "nil") does not start with \(expected)"
+            )
         }
     }
 

@@ -11,7 +11,9 @@ struct GuestAllocatorTests {
         var live: [(offset: Int, end: Int)] = []
         var rng = SystemRandomNumberGenerator()
         for _ in 0..<10_000 {
-            if live.count < 8, Bool.random(using: &rng), let allocation = arena.allocate(Int.random(in: 1...300, using: &rng)) {
+            if live.count < 8, Bool.random(using: &rng),
+                let allocation = arena.allocate(Int.random(in: 1...300, using: &rng))
+            {
                 for other in live {
                     #expect(allocation.end <= other.offset || allocation.offset >= other.end, "overlap")
                 }

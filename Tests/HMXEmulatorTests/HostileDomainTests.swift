@@ -10,7 +10,9 @@ import Testing
 /// process speaks the attach protocol by hand): each costs only its own domain.
 @Suite("hmx-emulator against hostile domain processes", .serialized)
 struct HostileDomainTests {
-    @Test("a domain that floods hypercalls and never reads: the emulator's memory stays bounded, other domains keep working")
+    @Test(
+        "a domain that floods hypercalls and never reads: the emulator's memory stays bounded, other domains keep working"
+    )
     func floodWithoutReading() async throws {
         let directory = try TemporaryDirectory()
         let (emulator, _) = try await startEmulator(in: directory, domains: [(1, "a"), (2, "b"), (3, "c")])
@@ -51,7 +53,9 @@ struct HostileDomainTests {
             }
         }
         let growthMiB = Double(peak - baseline) / 1024
-        print("flooding domain: \(sent) bytes of hypercalls taken in 5 s; emulator RSS \(baseline) KiB, peak +\(String(format: "%.1f", growthMiB)) MiB")
+        print(
+            "flooding domain: \(sent) bytes of hypercalls taken in 5 s; emulator RSS \(baseline) KiB, peak +\(String(format: "%.1f", growthMiB)) MiB"
+        )
         #expect(growthMiB < 16, "emulator RSS grew by \(growthMiB) MiB")
         // The emulator stopped reading: what it took is bounded by its queue and the socket buffers.
         #expect(sent < 8 << 20, "the emulator took \(sent) bytes of hypercalls from a domain that reads nothing")
@@ -60,14 +64,20 @@ struct HostileDomainTests {
         #expect(exchange.output.contains("from 2:"), "\(exchange.log)")
         let exchangeTime = exchangeSeconds ?? Date().timeIntervalSince(exchangeStart)
         print("domain b to domain c during the flood: \(String(format: "%.2f", exchangeTime)) s")
-        #expect(emulator.errorOutput.contains("dropping domain") == false, "the flood was malformed: \(emulator.errorOutput)")
+        #expect(
+            emulator.errorOutput.contains("dropping domain") == false,
+            "the flood was malformed: \(emulator.errorOutput)"
+        )
 
         // Once the attacker leaves, its domain is free again and its buffers are gone.
         _ = consume attacker
         let link = try await attachWithin(seconds: 5, "\(directory.path)/a.sock")
         try await link.close().get()
         let after = try #require(emulator.residentKiB())
-        #expect(Double(after - baseline) / 1024 < 16, "emulator RSS after the attacker left: \(after) KiB (baseline \(baseline) KiB)")
+        #expect(
+            Double(after - baseline) / 1024 < 16,
+            "emulator RSS after the attacker left: \(after) KiB (baseline \(baseline) KiB)"
+        )
         emulator.signal(SIGTERM)
         #expect(await emulator.wait(seconds: 10) == 0)
     }
@@ -122,7 +132,10 @@ struct HostileDomainTests {
         defer { emulator.signal(SIGKILL) }
         #expect(await eventually(within: 10) { FileManager.default.fileExists(atPath: "\(directory.path)/b.sock") })
         let silent = try (0..<10).flatMap { _ in
-            [try RawDomainSocket(path: "\(directory.path)/a.sock"), try RawDomainSocket(path: "\(directory.path)/b.sock")]
+            [
+                try RawDomainSocket(path: "\(directory.path)/a.sock"),
+                try RawDomainSocket(path: "\(directory.path)/b.sock"),
+            ]
         }
         try await Task.sleep(nanoseconds: 300_000_000)
         let before = try #require(Self.cpuTicks(emulator.pid))
@@ -130,7 +143,10 @@ struct HostileDomainTests {
         let used = try #require(Self.cpuTicks(emulator.pid)) - before
         print("emulator out of descriptors with \(silent.count) connections waiting: \(used) CPU ticks in 1.5 s")
         #expect(used < 30, "the emulator used \(used) ticks of 150 spinning on accept")
-        #expect(emulator.errorOutput.components(separatedBy: "out of file descriptors").count == 2, "\(emulator.errorOutput)")
+        #expect(
+            emulator.errorOutput.components(separatedBy: "out of file descriptors").count == 2,
+            "\(emulator.errorOutput)"
+        )
         // Once the silent connections are gone, a domain attaches.
         _ = consume silent
         let link = try await attachWithin(seconds: 10, "\(directory.path)/b.sock")

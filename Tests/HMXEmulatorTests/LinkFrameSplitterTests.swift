@@ -22,7 +22,10 @@ struct LinkFrameSplitterTests {
         return buffer
     }
 
-    @Test("frames come out whole and in order however the reads cut them", arguments: [1, 5, 7, 24, 47, 48, 49, 100, 4096])
+    @Test(
+        "frames come out whole and in order however the reads cut them",
+        arguments: [1, 5, 7, 24, 47, 48, 49, 100, 4096]
+    )
     func anyCut(readSize: Int) throws {
         var input = Self.stream
         var splitter = LinkFrameSplitter()

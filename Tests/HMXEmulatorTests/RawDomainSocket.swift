@@ -20,7 +20,9 @@ final class RawDomainSocket {
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { raw in raw.copyBytes(from: Array(path.utf8)) }
         let result = withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard result == 0 else {
             let error = errno
@@ -44,7 +46,8 @@ final class RawDomainSocket {
     func readWelcome(seconds: Int32 = 5) -> LinkWire.Welcome? {
         _ = chmx_set_socket_timeouts(self.fd, seconds * 1000)
         var bytes = [UInt8](repeating: 0, count: LinkWire.Welcome.size)
-        let count = bytes.withUnsafeMutableBytes { raw in recv(self.fd, raw.baseAddress, raw.count, Int32(MSG_WAITALL)) }
+        let count = bytes.withUnsafeMutableBytes { raw in recv(self.fd, raw.baseAddress, raw.count, Int32(MSG_WAITALL))
+        }
         guard count == LinkWire.Welcome.size else { return nil }
         return bytes.withUnsafeBytes { LinkWire.Welcome(parsing: $0) }
     }
@@ -65,8 +68,18 @@ final class RawDomainSocket {
         var bytes = [UInt8](repeating: 0, count: count * length)
         bytes.withUnsafeMutableBytes { raw in
             for index in 0..<count {
-                let frame = LinkWire.Frame.hypercall(tag: UInt32(index), command: 0xFFFF, arg1: 0, arg2: 0, arg3: 0, arg4: 0)
-                LinkWire.encode(frame, into: UnsafeMutableRawBufferPointer(rebasing: raw[index * length..<(index + 1) * length]))
+                let frame = LinkWire.Frame.hypercall(
+                    tag: UInt32(index),
+                    command: 0xFFFF,
+                    arg1: 0,
+                    arg2: 0,
+                    arg3: 0,
+                    arg4: 0
+                )
+                LinkWire.encode(
+                    frame,
+                    into: UnsafeMutableRawBufferPointer(rebasing: raw[index * length..<(index + 1) * length])
+                )
             }
         }
         return bytes

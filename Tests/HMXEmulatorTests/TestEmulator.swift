@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 import Foundation
-import HMXProcessTestSupport
 import HMXCore
 import HMXEmulator
+import HMXProcessTestSupport
 import Logging
 import NIOCore
 import NIOPosix
@@ -25,7 +25,14 @@ final class TestEmulator: Sendable {
     ) throws {
         self.directory = NSTemporaryDirectory() + "hmx-test-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
-        let text = Self.yaml(directory: self.directory, domains: domains, macPermissive: macPermissive, policy: policy, extra: extra, domainExtra: domainExtra)
+        let text = Self.yaml(
+            directory: self.directory,
+            domains: domains,
+            macPermissive: macPermissive,
+            policy: policy,
+            extra: extra,
+            domainExtra: domainExtra
+        )
         self.config = try EmulatorConfig.parse(text, file: "test.yaml")
         var logger = Logger(label: "test-emulator")
         logger.logLevel = .critical
@@ -33,10 +40,18 @@ final class TestEmulator: Sendable {
         try self.server.start()
     }
 
-    static func yaml(directory: String, domains: [UInt16], macPermissive: Bool, policy: String, extra: String = "", domainExtra: [UInt16: String] = [:]) -> String {
+    static func yaml(
+        directory: String,
+        domains: [UInt16],
+        macPermissive: Bool,
+        policy: String,
+        extra: String = "",
+        domainExtra: [UInt16: String] = [:]
+    ) -> String {
         var text = "mac_permissive: \(macPermissive)\n\(extra)domains:\n"
         for id in domains {
-            text += "  - {id: \(id), name: d\(id), socket: \(directory)/d\(id).sock\(domainExtra[id].map { ", " + $0 } ?? "")}\n"
+            text +=
+                "  - {id: \(id), name: d\(id), socket: \(directory)/d\(id).sock\(domainExtra[id].map { ", " + $0 } ?? "")}\n"
         }
         text += "policy:\n\(policy)\n"
         return text
@@ -63,7 +78,13 @@ func withEmulator<T>(
     domainExtra: [UInt16: String] = [:],
     _ body: (TestEmulator) async throws -> T
 ) async throws -> T {
-    let emulator = try TestEmulator(domains: domains, macPermissive: macPermissive, policy: policy, extra: extra, domainExtra: domainExtra)
+    let emulator = try TestEmulator(
+        domains: domains,
+        macPermissive: macPermissive,
+        policy: policy,
+        extra: extra,
+        domainExtra: domainExtra
+    )
     do {
         let result = try await body(emulator)
         await emulator.stop()

@@ -26,7 +26,9 @@ struct AdmissionTests {
             let decision = config.admission(of: peer, to: port) { mapping, peer in
                 (open[mapping, default: [:]].values.reduce(0, +), open[mapping, default: [:]][peer, default: 0])
             }
-            if case .admitted(let export) = decision { open["export:\(export.name)", default: [:]][peer, default: 0] += 1 }
+            if case .admitted(let export) = decision {
+                open["export:\(export.name)", default: [:]][peer, default: 0] += 1
+            }
             return decision
         }
         // A flooding domain takes five of the ten, no more...
@@ -44,19 +46,28 @@ struct AdmissionTests {
 
     @Test("max_connections_per_peer above max_connections is an error with file, line and key")
     func perPeerAboveTotal() {
-        let text = "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"tcp://h:1\", allow: [any], max_connections: 4, max_connections_per_peer: 5}\n"
+        let text =
+            "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"tcp://h:1\", allow: [any], max_connections: 4, max_connections_per_peer: 5}\n"
         #expect(throws: (any Error).self) { try GatewayConfig.parse(text, file: "gw.yaml") }
         do {
             _ = try GatewayConfig.parse(text, file: "gw.yaml")
         } catch {
-            #expect(error.description == "gw.yaml:3: exports[0].max_connections_per_peer: must be at most max_connections (4)")
+            #expect(
+                error.description
+                    == "gw.yaml:3: exports[0].max_connections_per_peer: must be at most max_connections (4)"
+            )
         }
     }
 
     @Test("check-config prints the shares and timeouts")
     func summary() throws {
         let config = try GatewayConfig.parse(Self.config, file: "gw.yaml")
-        #expect(config.summary.contains { $0.hasPrefix("export two:") && $0.contains("max 10 connections, 3 per peer") && $0.contains("idle timeout 30000 ms") })
+        #expect(
+            config.summary.contains {
+                $0.hasPrefix("export two:") && $0.contains("max 10 connections, 3 per peer")
+                    && $0.contains("idle timeout 30000 ms")
+            }
+        )
         #expect(config.summary.contains { $0.hasPrefix("export own:") && !$0.contains("per peer") })
     }
 }

@@ -58,9 +58,15 @@ struct ConfigErrorLineTests {
                 "link: {emulator: /a}\nexports:\n  - name: a\n    port: 1\n    name: b\n",
                 "gw.yaml:5: exports[0].name: duplicate key (first at line 3)"
             ),
-            (.gateway, "link: {emulator: /a}\npeers: {a: 1, b: 2, a: 3}\n", "gw.yaml:2: peers.a: duplicate key (first at line 2)"),
+            (
+                .gateway, "link: {emulator: /a}\npeers: {a: 1, b: 2, a: 3}\n",
+                "gw.yaml:2: peers.a: duplicate key (first at line 2)"
+            ),
             // Unquoted and quoted: the same key (plain scalars are strings here).
-            (.gateway, "link: {emulator: /a}\npeers:\n  7: 1\n  \"7\": 2\n", "gw.yaml:4: peers.7: duplicate key (first at line 3)"),
+            (
+                .gateway, "link: {emulator: /a}\npeers:\n  7: 1\n  \"7\": 2\n",
+                "gw.yaml:4: peers.7: duplicate key (first at line 3)"
+            ),
             (
                 .emulator,
                 "domains:\n  - {id: 1, name: a, socket: /a}\n  - {id: 2, name: b,\n     socket: /b, name: c}\n",
@@ -91,7 +97,10 @@ struct ConfigErrorLineTests {
     @Test("what YAML refuses, an empty file, bytes that are not UTF-8", arguments: Tool.allCases)
     func parserErrors(_ tool: Tool) throws {
         let file = tool.rawValue
-        #expect(tool.error(tool.start + "x: \u{1}\n")?.description == "\(file):2: not valid YAML: control characters are not allowed")
+        #expect(
+            tool.error(tool.start + "x: \u{1}\n")?.description
+                == "\(file):2: not valid YAML: control characters are not allowed"
+        )
         #expect(tool.error(tool.start + "a: 1\r\n\r\nx: \u{7}\n")?.line == 4)
         // Unterminated at the end of a last line without a line break: that line.
         #expect(tool.error(tool.start + "x: {a: 'b")?.line == 2)
@@ -99,7 +108,9 @@ struct ConfigErrorLineTests {
         #expect(tool.error("# nothing\n")?.description == "\(file):1: the file is empty")
         let path = NSTemporaryDirectory() + "hmx-config-\(UUID().uuidString.prefix(8)).yaml"
         defer { try? FileManager.default.removeItem(atPath: path) }
-        try Data(Array(tool.start.utf8) + [0x23, 0x0A, 0x78, 0x3A, 0x20, 0xFF, 0x0A]).write(to: URL(fileURLWithPath: path))
+        try Data(Array(tool.start.utf8) + [0x23, 0x0A, 0x78, 0x3A, 0x20, 0xFF, 0x0A]).write(
+            to: URL(fileURLWithPath: path)
+        )
         #expect(tool.loadError(path)?.description == "\(path):3: not UTF-8 text")
     }
 }

@@ -15,9 +15,10 @@ struct ConfigLoadTimeTests {
     /// Keys in each file: 4 times the keys should take about 4 times as long (16 times
     /// when quadratic); twice that leaves room for a noisy, shared machine.
     /// `HMX_CONFIG_LOAD_KEYS` (comma-separated, ascending) measures other sizes.
-    static let sizes: [Int] = ProcessInfo.processInfo.environment["HMX_CONFIG_LOAD_KEYS"].map {
-        $0.split(separator: ",").compactMap { Int($0) }
-    } ?? [25_000, 50_000, 100_000]
+    static let sizes: [Int] =
+        ProcessInfo.processInfo.environment["HMX_CONFIG_LOAD_KEYS"].map {
+            $0.split(separator: ",").compactMap { Int($0) }
+        } ?? [25_000, 50_000, 100_000]
     /// Generous: the debug build on a loaded machine loads 100,000 keys in a few seconds.
     static let largestSeconds = 60.0
 
@@ -38,21 +39,27 @@ struct ConfigLoadTimeTests {
             description: "hmx-gateway, exports of 4 keys each (valid)",
             text: { keys in
                 "link: {emulator: /a}\nexports:\n"
-                    + (0..<keys / 4).map { "  - {name: e\($0), port: \($0), target: \"tcp://127.0.0.1:1\", allow: [any]}\n" }.joined()
+                    + (0..<keys / 4).map {
+                        "  - {name: e\($0), port: \($0), target: \"tcp://127.0.0.1:1\", allow: [any]}\n"
+                    }.joined()
             },
             load: { text in _ = try! GatewayConfig.parse(text, file: "gw.yaml") }
         ),
         Shape(
             description: "hmx-emulator, top-level keys (refused: unknown key)",
-            text: { keys in "domains: [{id: 1, name: a, socket: /a}]\n" + (1..<keys).map { "k\($0): \($0)\n" }.joined() },
+            text: { keys in "domains: [{id: 1, name: a, socket: /a}]\n" + (1..<keys).map { "k\($0): \($0)\n" }.joined()
+            },
             load: { text in _ = try? EmulatorConfig.parse(text, file: "emu.yaml") }
         ),
         Shape(
             description: "hmx-emulator, domains of 3 keys (3/8 of the keys) and policy rules of 4 naming them (valid)",
             text: { keys in
                 let domains = keys / 8
-                return "domains:\n" + (1...domains).map { "  - {id: \($0), name: d\($0), socket: /s\($0)}\n" }.joined() + "policy:\n"
-                    + (0..<(keys - 3 * domains) / 4).map { "  - {action: allow, from: d\($0 % domains + 1), to: \(($0 * 7) % domains + 1), port: \($0)}\n" }
+                return "domains:\n" + (1...domains).map { "  - {id: \($0), name: d\($0), socket: /s\($0)}\n" }.joined()
+                    + "policy:\n"
+                    + (0..<(keys - 3 * domains) / 4).map {
+                        "  - {action: allow, from: d\($0 % domains + 1), to: \(($0 * 7) % domains + 1), port: \($0)}\n"
+                    }
                     .joined()
             },
             load: { text in _ = try! EmulatorConfig.parse(text, file: "emu.yaml") }

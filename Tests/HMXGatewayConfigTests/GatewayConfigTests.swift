@@ -74,7 +74,10 @@ struct GatewayConfigTests {
         let cases: [(String, String)] = [
             ("peers: {}\n", "gw.yaml:1: link: required key is missing"),
             ("link: {port: 1}\n", "gw.yaml:1: link: say which hypervisor"),
-            ("link: {emulator: /a, xen: true}\n", "gw.yaml:1: link: give either emulator: SOCKET or xen: true, not both"),
+            (
+                "link: {emulator: /a, xen: true}\n",
+                "gw.yaml:1: link: give either emulator: SOCKET or xen: true, not both"
+            ),
             ("link: {emulator: /a, colour: red}\n", "gw.yaml:1: link.colour: unknown key"),
             ("link: {emulator: /a, ring_size: 4040}\n", "gw.yaml:1: link.ring_size: must be a multiple of 16"),
             (

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 import HMXCore
-@testable import HMXGateway
 import HMXStream
 import HMXTestSupport
 import Logging
 import NIOCore
 import NIOEmbedded
 import Testing
+
+@testable import HMXGateway
 
 /// The socket glue on `EmbeddedChannel`s: alpha is the real ``Gateway`` on an
 /// in-process link (its import's client is an `EmbeddedChannel`), beta a bare
@@ -105,7 +106,11 @@ struct StreamGlueHandlerTests {
         let alphaLink = try hypervisor.attach(DomainID(1), name: "alpha")
         let betaLink = try hypervisor.attach(DomainID(2), name: "beta")
         let config = try GatewayConfig.parse(Self.config, file: "alpha.yaml")
-        let gateway = Gateway(config: config, link: alphaLink, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let gateway = Gateway(
+            config: config,
+            link: alphaLink,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        )
         let target = Target()
         target.driver = StreamDriver(
             link: betaLink,
@@ -120,7 +125,14 @@ struct StreamGlueHandlerTests {
         let channel = EmbeddedChannel(loop: loop)
         try channel.pipeline.syncOperations.addHandler(recorder)
         try channel.pipeline.syncOperations.addHandler(glue)
-        let setup = Setup(loop: loop, hypervisor: hypervisor, gateway: gateway, target: target, channel: channel, recorder: recorder)
+        let setup = Setup(
+            loop: loop,
+            hypervisor: hypervisor,
+            gateway: gateway,
+            target: target,
+            channel: channel,
+            recorder: recorder
+        )
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         setup.settle()
         return setup

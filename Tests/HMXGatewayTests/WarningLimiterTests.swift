@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 import HMXCore
-@testable import HMXGateway
 import NIOCore
 import Testing
+
+@testable import HMXGateway
 
 @Suite("Warning limiter")
 struct WarningLimiterTests {
@@ -38,14 +39,19 @@ struct WarningLimiterTests {
     func nextInterval() {
         var limiter = WarningLimiter()
         for _ in 0..<8 { _ = limiter.admit(.violation, from: Self.mallory, now: Self.start) }
-        #expect(limiter.admit(.violation, from: Self.mallory, now: Self.start + WarningLimiter.interval) == .log(suppressed: 3))
+        #expect(
+            limiter.admit(.violation, from: Self.mallory, now: Self.start + WarningLimiter.interval)
+                == .log(suppressed: 3)
+        )
         #expect(limiter.expired(now: Self.start + .seconds(60)).isEmpty)
     }
 
     @Test("memory is bounded: beyond the tracked keys, warnings are counted, not kept")
     func boundedKeys() {
         var limiter = WarningLimiter()
-        for domain in 0..<UInt16(WarningLimiter.maximumKeys) { _ = limiter.admit(.reset, from: DomainID(domain), now: Self.start) }
+        for domain in 0..<UInt16(WarningLimiter.maximumKeys) {
+            _ = limiter.admit(.reset, from: DomainID(domain), now: Self.start)
+        }
         #expect(limiter.admit(.reset, from: DomainID(30_000), now: Self.start) == .suppress)
         #expect(limiter.untracked == 1)
         // Once the windows are over they make room.

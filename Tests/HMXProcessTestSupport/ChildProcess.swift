@@ -7,10 +7,13 @@ public let binDirectory: String = {
     if let explicit = ProcessInfo.processInfo.environment["HMX_BIN_DIR"] { return explicit }
     var url = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     while url.path != "/" {
-        if FileManager.default.isExecutableFile(atPath: url.appendingPathComponent("hmx-emulator").path) { return url.path }
+        if FileManager.default.isExecutableFile(atPath: url.appendingPathComponent("hmx-emulator").path) {
+            return url.path
+        }
         url = url.deletingLastPathComponent()
     }
-    return URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build/debug").standardized.path
+    return URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.build/debug")
+        .standardized.path
 }()
 
 /// The full path of a program: one of the package's executables if built, otherwise the
@@ -34,13 +37,19 @@ public final class ChildProcess: @unchecked Sendable {
     /// Starts `executable` (a package executable's name, a system program's name, or a
     /// path) with `arguments`; `environment` is merged over the test's own; standard
     /// input is the file at `standardInput`, or empty.
-    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], standardInput: String? = nil) throws {
+    public init(
+        _ executable: String,
+        _ arguments: [String],
+        environment: [String: String] = [:],
+        standardInput: String? = nil
+    ) throws {
         let directory = FileManager.default.temporaryDirectory
         self.outputURL = directory.appendingPathComponent("out-\(UUID().uuidString)")
         self.errorURL = directory.appendingPathComponent("err-\(UUID().uuidString)")
         _ = FileManager.default.createFile(atPath: self.outputURL.path, contents: nil)
         _ = FileManager.default.createFile(atPath: self.errorURL.path, contents: nil)
-        let path = executablePath(executable) ?? (executable.hasPrefix("/") ? executable : "\(binDirectory)/\(executable)")
+        let path =
+            executablePath(executable) ?? (executable.hasPrefix("/") ? executable : "\(binDirectory)/\(executable)")
         self.process.executableURL = URL(fileURLWithPath: path)
         self.process.arguments = arguments
         self.process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
@@ -69,7 +78,11 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// A shell pipeline (bash), for tests that need pipes between real programs.
     public static func shell(_ script: String) throws -> ChildProcess {
-        try ChildProcess("/bin/bash", ["-c", script], environment: ["PATH": "\(binDirectory):/usr/bin:/bin:/usr/sbin:/sbin"])
+        try ChildProcess(
+            "/bin/bash",
+            ["-c", script],
+            environment: ["PATH": "\(binDirectory):/usr/bin:/bin:/usr/sbin:/sbin"]
+        )
     }
 
     public var output: String { (try? String(contentsOf: self.outputURL, encoding: .utf8)) ?? "" }
@@ -189,7 +202,10 @@ public func startEmulator(
         domains.allSatisfy { FileManager.default.fileExists(atPath: "\(directory.path)/\($0.name).sock") }
     }
     if !ready {
-        throw CocoaError(.fileNoSuchFile, userInfo: [NSLocalizedDescriptionKey: "emulator did not start: \(emulator.errorOutput)"])
+        throw CocoaError(
+            .fileNoSuchFile,
+            userInfo: [NSLocalizedDescriptionKey: "emulator did not start: \(emulator.errorOutput)"]
+        )
     }
     return (emulator, config)
 }

@@ -10,7 +10,10 @@ import Testing
 @Suite(
     "HAProxy accepts the headers",
     .serialized,
-    .enabled(if: executablePath("haproxy") != nil && executablePath("socat") != nil, "needs haproxy and socat from Debian")
+    .enabled(
+        if: executablePath("haproxy") != nil && executablePath("socat") != nil,
+        "needs haproxy and socat from Debian"
+    )
 )
 struct HAProxyInteropTests {
     /// Runs haproxy with a frontend that answers each request with what it learnt from
@@ -44,7 +47,11 @@ struct HAProxyInteropTests {
             (try? await run("socat", ["-u", "OPEN:/dev/null", "TCP:127.0.0.1:\(port)"], seconds: 2).status) == 0
         }
         try #require(listening, "haproxy did not start: \(haproxy.log)")
-        let client = try await run("socat", ["-t", "2", "-", "TCP:127.0.0.1:\(port),connect-timeout=2"], standardInput: request)
+        let client = try await run(
+            "socat",
+            ["-t", "2", "-", "TCP:127.0.0.1:\(port),connect-timeout=2"],
+            standardInput: request
+        )
         try? await Task.sleep(nanoseconds: 100_000_000)
         return (client.output, haproxy.log)
     }
@@ -65,7 +72,11 @@ struct HAProxyInteropTests {
 
     @Test("an HMX header towards an IPv6 target")
     func hmxIPv6() async throws {
-        let header = ProxyHeader.hmx(domainID: 300, connectionID: 5, destination: try SocketAddress(ipAddress: "::1", port: 443))
+        let header = ProxyHeader.hmx(
+            domainID: 300,
+            connectionID: 5,
+            destination: try SocketAddress(ipAddress: "::1", port: 443)
+        )
         let (answer, log) = try await self.exchange(try header.encoded().allBytes)
         #expect(answer.contains("src=::ffff:100.64.1.44:5 dst=::1:443"), "\(answer)\n\(log)")
     }

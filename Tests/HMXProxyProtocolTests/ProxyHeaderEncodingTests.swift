@@ -1,7 +1,8 @@
-// SPDX-License-Identifier: Apache-2.0
-@testable import HMXProxyProtocol
 import NIOCore
 import Testing
+
+// SPDX-License-Identifier: Apache-2.0
+@testable import HMXProxyProtocol
 
 @Suite("PROXY v2 encoding, byte for byte")
 struct ProxyHeaderEncodingTests {
@@ -80,10 +81,21 @@ struct ProxyHeaderEncodingTests {
     @Test("UDP families use their own transport nibble")
     func udp() throws {
         let v4 = ProxyEndpoints(
-            source: ProxyIPv4Address(10, 0, 0, 1), sourcePort: 53, destination: ProxyIPv4Address(10, 0, 0, 2), destinationPort: 5353
+            source: ProxyIPv4Address(10, 0, 0, 1),
+            sourcePort: 53,
+            destination: ProxyIPv4Address(10, 0, 0, 2),
+            destinationPort: 5353
         )
-        #expect(try ProxyHeader(addresses: .udp4(v4)).encoded().allBytes == hex("\(signatureHex) 21 12 000C 0A000001 0A000002 0035 14E9"))
-        let v6 = ProxyEndpoints(source: ProxyIPv6Address.loopback, sourcePort: 1, destination: ProxyIPv6Address.loopback, destinationPort: 2)
+        #expect(
+            try ProxyHeader(addresses: .udp4(v4)).encoded().allBytes
+                == hex("\(signatureHex) 21 12 000C 0A000001 0A000002 0035 14E9")
+        )
+        let v6 = ProxyEndpoints(
+            source: ProxyIPv6Address.loopback,
+            sourcePort: 1,
+            destination: ProxyIPv6Address.loopback,
+            destinationPort: 2
+        )
         let bytes = try ProxyHeader(addresses: .udp6(v6)).encoded().allBytes
         #expect(Array(bytes[12..<16]) == [0x21, 0x22, 0x00, 0x24] && bytes.count == 52)
     }
@@ -93,8 +105,10 @@ struct ProxyHeaderEncodingTests {
         let header = ProxyHeader(
             addresses: .tcp4(
                 ProxyEndpoints(
-                    source: ProxyIPv4Address(192, 0, 2, 1), sourcePort: 56324,
-                    destination: ProxyIPv4Address(198, 51, 100, 7), destinationPort: 80
+                    source: ProxyIPv4Address(192, 0, 2, 1),
+                    sourcePort: 56324,
+                    destination: ProxyIPv4Address(198, 51, 100, 7),
+                    destinationPort: 80
                 )
             ),
             tlvs: [.authority("example.org"), .crc32c, .uniqueID([1, 2, 3, 4])]
@@ -137,9 +151,13 @@ struct ProxyHeaderEncodingTests {
         #expect(try fits.encoded().readableBytes == ProxyHeader.maximumEncodedLength)
         let tooLong = ProxyHeader.local(tlvs: [ProxyTLV(type: .noop, value: [UInt8](repeating: 0, count: 65533))])
         var buffer = ByteBuffer()
-        #expect(throws: ProxyProtocolError.headerTooLong(length: 65552, limit: 65551)) { try tooLong.encode(into: &buffer) }
+        #expect(throws: ProxyProtocolError.headerTooLong(length: 65552, limit: 65551)) {
+            try tooLong.encode(into: &buffer)
+        }
         #expect(buffer.readableBytes == 0)
-        #expect(throws: ProxyProtocolError.invalidChecksumTLV) { try ProxyHeader.local(tlvs: [.crc32c, .crc32c]).encoded() }
+        #expect(throws: ProxyProtocolError.invalidChecksumTLV) {
+            try ProxyHeader.local(tlvs: [.crc32c, .crc32c]).encoded()
+        }
         #expect(throws: ProxyProtocolError.invalidChecksumTLV) {
             try ProxyHeader.local(tlvs: [ProxyTLV(type: .crc32c, value: [1])]).encoded()
         }
@@ -156,7 +174,9 @@ struct ProxyHeaderEncodingTests {
 
     @Test("IPv6 text follows RFC 5952")
     func ipv6Text() throws {
-        func text(_ hexText: String) throws -> String { try #require(ProxyIPv6Address(bytes: hex(hexText))).description }
+        func text(_ hexText: String) throws -> String {
+            try #require(ProxyIPv6Address(bytes: hex(hexText))).description
+        }
         #expect(try text("00000000000000000000000000000001") == "::1")
         #expect(try text("20010DB8000000000000000000000001") == "2001:db8::1")
         #expect(try text("20010DB8000000010000000000000000") == "2001:db8:0:1::")

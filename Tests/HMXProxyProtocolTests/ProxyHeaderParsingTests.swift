@@ -1,15 +1,27 @@
-// SPDX-License-Identifier: Apache-2.0
-@testable import HMXProxyProtocol
 import NIOCore
 import Testing
+
+// SPDX-License-Identifier: Apache-2.0
+@testable import HMXProxyProtocol
 
 @Suite("PROXY v2 parsing: bounded, incremental, strict")
 struct ProxyHeaderParsingTests {
     static let samples: [ProxyHeader] = [
         .local(),
-        .hmx(domainID: 2, domainName: "beta", connectionID: 7, destination: try? SocketAddress(ipAddress: "127.0.0.1", port: 6379)),
-        .hmx(domainID: 300, destination: try? SocketAddress(ipAddress: "::1", port: 443), extraTLVs: [.crc32c, .uniqueID([9])]),
-        ProxyHeader(addresses: .unixDatagram(source: ProxyUnixAddress(path: "/x")!, destination: ProxyUnixAddress(path: "")!)),
+        .hmx(
+            domainID: 2,
+            domainName: "beta",
+            connectionID: 7,
+            destination: try? SocketAddress(ipAddress: "127.0.0.1", port: 6379)
+        ),
+        .hmx(
+            domainID: 300,
+            destination: try? SocketAddress(ipAddress: "::1", port: 443),
+            extraTLVs: [.crc32c, .uniqueID([9])]
+        ),
+        ProxyHeader(
+            addresses: .unixDatagram(source: ProxyUnixAddress(path: "/x")!, destination: ProxyUnixAddress(path: "")!)
+        ),
         ProxyHeader(command: .local, addresses: .unspecified, tlvs: [.authority("a"), .noop(count: 0)]),
     ]
 
@@ -71,7 +83,9 @@ struct ProxyHeaderParsingTests {
         #expect(throws: ProxyProtocolError.unsupportedVersion(3)) { try parse("31 11 000C") }
         #expect(throws: ProxyProtocolError.invalidCommand(2)) { try parse("22 11 000C") }
         for family: UInt8 in [0x01, 0x10, 0x13, 0x23, 0x30, 0x33, 0x41, 0xFF] {
-            #expect(throws: ProxyProtocolError.invalidFamily(family)) { try parse("21 \(String(family, radix: 16).leftPadded(to: 2)) 000C") }
+            #expect(throws: ProxyProtocolError.invalidFamily(family)) {
+                try parse("21 \(String(family, radix: 16).leftPadded(to: 2)) 000C")
+            }
         }
         #expect(throws: ProxyProtocolError.truncatedAddressBlock(length: 11, required: 12)) { try parse("21 11 000B") }
         #expect(throws: ProxyProtocolError.truncatedAddressBlock(length: 35, required: 36)) { try parse("21 21 0023") }
@@ -81,9 +95,13 @@ struct ProxyHeaderParsingTests {
     @Test("the length limit is enforced from the first 16 bytes, before waiting for the rest")
     func limit() throws {
         var buffer = ByteBuffer(bytes: hex("\(signatureHex) 21 11 0FF1"))
-        #expect(throws: ProxyProtocolError.headerTooLong(length: 4097, limit: 4096)) { try ProxyHeader.parse(from: &buffer) }
+        #expect(throws: ProxyProtocolError.headerTooLong(length: 4097, limit: 4096)) {
+            try ProxyHeader.parse(from: &buffer)
+        }
         #expect(try ProxyHeader.parse(from: &buffer, maximumLength: 4097) == nil)
-        #expect(throws: ProxyProtocolError.headerTooLong(length: 4097, limit: 16)) { try ProxyHeader.parse(from: &buffer, maximumLength: 0) }
+        #expect(throws: ProxyProtocolError.headerTooLong(length: 4097, limit: 16)) {
+            try ProxyHeader.parse(from: &buffer, maximumLength: 0)
+        }
         var huge = ByteBuffer(bytes: hex("\(signatureHex) 21 11 FFFF"))
         #expect(try ProxyHeader.parse(from: &huge, maximumLength: .max) == nil)
     }
@@ -126,7 +144,10 @@ struct ProxyHeaderParsingTests {
     @Test("errors describe themselves")
     func descriptions() {
         #expect(ProxyProtocolError.invalidFamily(0x13).description == "invalid PROXY v2 family/transport byte 0x13")
-        #expect(ProxyProtocolError.headerTooLong(length: 5000, limit: 4096).description == "PROXY v2 header of 5000 bytes exceeds the limit of 4096")
+        #expect(
+            ProxyProtocolError.headerTooLong(length: 5000, limit: 4096).description
+                == "PROXY v2 header of 5000 bytes exceeds the limit of 4096"
+        )
     }
 }
 

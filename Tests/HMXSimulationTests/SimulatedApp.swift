@@ -142,7 +142,9 @@ final class SimulatedApp {
         if self.role == .server, self.plan == nil, !self.isUntracked {
             while self.header.count < 8, let byte = bytes.readInteger(as: UInt8.self) { self.header.append(byte) }
             guard self.header.count == 8 else { return }
-            let serial = self.header.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+            let serial = self.header.enumerated().reduce(UInt64(0)) {
+                $0 | UInt64($1.element) << (8 * UInt64($1.offset))
+            }
             if let plan = plans[serial] {
                 self.plan = plan
                 self.outgoing = plan.bytes(toServer: false)
@@ -186,7 +188,9 @@ final class SimulatedApp {
         guard self.isEOFPending, self.pendingWrites.isEmpty, !self.sawEOF else { return }
         self.sawEOF = true
         if let expected = self.totalToReceive, !self.isUntracked, self.receivedCount != expected {
-            self.violations.append("stream \(self.plan!.serial) \(self.role): EOF after \(self.receivedCount) of \(expected) bytes")
+            self.violations.append(
+                "stream \(self.plan!.serial) \(self.role): EOF after \(self.receivedCount) of \(expected) bytes"
+            )
         }
     }
 

@@ -46,7 +46,11 @@ final class SimulatedGateway: StreamDriverDelegate {
         self.link = link
         self.exportedPorts = exportedPorts
         self.plans = plans
-        self.driver = StreamDriver(link: link, configuration: configuration, instance: UInt64(domain.rawValue) << 32 | 1)
+        self.driver = StreamDriver(
+            link: link,
+            configuration: configuration,
+            instance: UInt64(domain.rawValue) << 32 | 1
+        )
         self.driver.delegate = self
     }
 
@@ -62,14 +66,22 @@ final class SimulatedGateway: StreamDriverDelegate {
         self.pendingDials.removeAll()
         self.link = link
         self.isReady = false
-        self.driver = StreamDriver(link: link, configuration: configuration, instance: UInt64(self.domain.rawValue) << 32 | UInt64(generation + 1))
+        self.driver = StreamDriver(
+            link: link,
+            configuration: configuration,
+            instance: UInt64(self.domain.rawValue) << 32 | UInt64(generation + 1)
+        )
         self.driver.delegate = self
     }
 
     /// The applications in a fixed order (a dictionary's order changes between runs).
     var sortedApps: [(ConnectionID, SimulatedApp)] {
-        self.apps.sorted { ($0.key.key.id, $0.key.key.openedLocally ? 1 : 0, $0.key.peer.rawValue) < ($1.key.key.id, $1.key.key.openedLocally ? 1 : 0, $1.key.peer.rawValue) }
-            .map { ($0.key, $0.value) }
+        self.apps.sorted {
+            ($0.key.key.id, $0.key.key.openedLocally ? 1 : 0, $0.key.peer.rawValue) < (
+                $1.key.key.id, $1.key.key.openedLocally ? 1 : 0, $1.key.peer.rawValue
+            )
+        }
+        .map { ($0.key, $0.value) }
     }
 
     // MARK: - StreamDriverDelegate
@@ -89,7 +101,9 @@ final class SimulatedGateway: StreamDriverDelegate {
         }
         switch action {
         case .write(let id, let bytes):
-            guard let app = self.apps[id] else { return self.violations.append("\(self.name): write for \(id) without a socket") }
+            guard let app = self.apps[id] else {
+                return self.violations.append("\(self.name): write for \(id) without a socket")
+            }
             app.write(bytes, plans: self.plans())
         case .read(let id):
             self.apps[id]?.isReadRequested = true
@@ -110,7 +124,8 @@ final class SimulatedGateway: StreamDriverDelegate {
                 self.violations.append("\(self.name): \(id) removed while its application waits")
             }
             self.detached.append(app)
-        case .opened, .openRefused, .notice, .incomingOpen, .registerRing, .registerRingLater, .queryMessageSize, .ringLost:
+        case .opened, .openRefused, .notice, .incomingOpen, .registerRing, .registerRingLater, .queryMessageSize,
+            .ringLost:
             break
         }
     }

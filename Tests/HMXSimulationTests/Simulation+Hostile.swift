@@ -15,7 +15,9 @@ extension Simulation {
         var type = StreamFrame.messageType
         switch self.random.int(0...9) {
         case 0:
-            for _ in 0..<self.random.int(1...200) { buffer.writeInteger(UInt8.random(in: 0...255, using: &self.random)) }
+            for _ in 0..<self.random.int(1...200) {
+                buffer.writeInteger(UInt8.random(in: 0...255, using: &self.random))
+            }
         case 1:
             type = UInt32.random(in: 0...UInt32.max, using: &self.random)
             buffer.writeInteger(UInt64(1))
@@ -26,7 +28,12 @@ extension Simulation {
             for _ in 0..<self.random.int(1...12) { self.hostileFrame().encode(into: &buffer) }
         }
         self.record("mallory sends \(buffer.readableBytes) bytes")
-        _ = link.sendv(from: Self.port, to: HMXAddress(domain: DomainID(2), port: Self.port), type: type, iovecs: [buffer])
+        _ = link.sendv(
+            from: Self.port,
+            to: HMXAddress(domain: DomainID(2), port: Self.port),
+            type: type,
+            iovecs: [buffer]
+        )
     }
 
     private func hostileFrame() -> StreamFrame {
@@ -35,10 +42,17 @@ extension Simulation {
         switch self.random.int(0...8) {
         case 0, 1:
             let port = self.random.chance(70) ? Self.servicePort : UInt32(self.random.int(0...20))
-            return .open(id: id, servicePort: port, initialCredit: UInt32(self.random.int(0...1 << 20)), instance: 0xBAD)
+            return .open(
+                id: id,
+                servicePort: port,
+                initialCredit: UInt32(self.random.int(0...1 << 20)),
+                instance: 0xBAD
+            )
         case 2:
             var payload = ByteBufferAllocator().buffer(capacity: 64)
-            for _ in 0..<self.random.int(1...64) { payload.writeInteger(UInt8.random(in: 0...255, using: &self.random)) }
+            for _ in 0..<self.random.int(1...64) {
+                payload.writeInteger(UInt8.random(in: 0...255, using: &self.random))
+            }
             return .data(key: key, payload: payload)
         case 3:
             return .credit(key: key, increment: UInt32.random(in: 0...UInt32.max, using: &self.random))

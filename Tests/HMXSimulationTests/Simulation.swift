@@ -77,7 +77,12 @@ final class Simulation {
             self.gateways.append(gateway)
         }
         if options.hostile {
-            self.hostileLink = try self.hypervisor.attach(Self.hostileDomain, name: "mallory", ringMemoryBytes: 1 << 20, mode: .immediate)
+            self.hostileLink = try self.hypervisor.attach(
+                Self.hostileDomain,
+                name: "mallory",
+                ringMemoryBytes: 1 << 20,
+                mode: .immediate
+            )
         }
         for gateway in self.gateways { self.start(gateway) }
     }
@@ -107,7 +112,8 @@ final class Simulation {
         let other = DomainID(gateway.domain.rawValue == 1 ? 2 : 1)
         // beta also takes any domain (the hostile one reaches it through its wildcard ring).
         let driver = gateway.driver
-        gateway.driver.start(partners: [other], wildcard: gateway.domain == DomainID(2)).assumeIsolated().whenSuccess { [weak gateway] in
+        gateway.driver.start(partners: [other], wildcard: gateway.domain == DomainID(2)).assumeIsolated().whenSuccess {
+            [weak gateway] in
             if gateway?.driver === driver { gateway?.isReady = true }
         }
     }
@@ -139,7 +145,12 @@ final class Simulation {
         self.markLiveStreamsFaulted()
         self.hypervisor.destroy(gateway.domain)
         self.generations[index] += 1
-        let link = try self.hypervisor.attach(gateway.domain, name: gateway.name, ringMemoryBytes: 1 << 20, mode: self.linkMode)
+        let link = try self.hypervisor.attach(
+            gateway.domain,
+            name: gateway.name,
+            ringMemoryBytes: 1 << 20,
+            mode: self.linkMode
+        )
         gateway.restart(link: link, configuration: self.driverConfiguration, generation: self.generations[index])
         self.start(gateway)
     }
@@ -151,9 +162,12 @@ final class Simulation {
         // After a restart, the other gateway's ring for the restarted one is gone (Argo
         // destroys rings naming a destroyed domain) until it notices: OPENs meanwhile
         // are refused too. A client would retry; the simulation waits.
-        let ringsExist = self.hypervisor.hypervisor.ringExists(owner: DomainID(1), port: Self.port, partner: DomainID(2))
+        let ringsExist =
+            self.hypervisor.hypervisor.ringExists(owner: DomainID(1), port: Self.port, partner: DomainID(2))
             && self.hypervisor.hypervisor.ringExists(owner: DomainID(2), port: Self.port, partner: DomainID(1))
-        guard ringsExist, self.gateways.allSatisfy(\.isReady), let gateway = self.random.pick(self.gateways) else { return }
+        guard ringsExist, self.gateways.allSatisfy(\.isReady), let gateway = self.random.pick(self.gateways) else {
+            return
+        }
         let serial = self.nextSerial
         self.nextSerial += 1
         let plan = StreamPlan(
@@ -165,7 +179,12 @@ final class Simulation {
         let app = SimulatedApp(client: plan)
         self.clients[serial] = app
         let peer = DomainID(gateway.domain.rawValue == 1 ? 2 : 1)
-        let id = gateway.driver.open(to: peer, servicePort: Self.servicePort, idleTimeout: nil, openTimeout: .seconds(30))
+        let id = gateway.driver.open(
+            to: peer,
+            servicePort: Self.servicePort,
+            idleTimeout: nil,
+            openTimeout: .seconds(30)
+        )
         gateway.apps[id] = app
         // An import's socket is readable at once; the driver asks once accepted.
         self.record("open \(serial) on \(gateway.name) as \(id): \(plan.clientBytes)/\(plan.serverBytes) bytes")
@@ -176,7 +195,8 @@ final class Simulation {
         let ends = self.clients.values.map { "\($0.end.map { "\($0)" } ?? "open")" }
         let counts = Dictionary(grouping: ends, by: { $0 }).mapValues(\.count)
         let bytes = self.allApps.reduce(0) { $0 + $1.receivedCount }
-        return "seed \(self.seed): \(self.clients.count) streams \(counts), \(bytes) bytes checked, \(self.faulted.count) faulted, "
+        return
+            "seed \(self.seed): \(self.clients.count) streams \(counts), \(bytes) bytes checked, \(self.faulted.count) faulted, "
             + "virtual time \(self.loop.now.uptimeNanoseconds / 1_000_000) ms"
     }
 
@@ -191,7 +211,9 @@ final class Simulation {
                     self.violations.append("\(gateway.name) \(id): negative credit \(state.flow)")
                 }
                 if state.undeliveredBytes < 0 || state.undeliveredBytes > state.flow.window {
-                    self.violations.append("\(gateway.name) \(id): \(state.undeliveredBytes) bytes undelivered, window \(state.flow.window)")
+                    self.violations.append(
+                        "\(gateway.name) \(id): \(state.undeliveredBytes) bytes undelivered, window \(state.flow.window)"
+                    )
                 }
                 if state.heldBytes > 2 * 65_536 {
                     self.violations.append("\(gateway.name) \(id): holds \(state.heldBytes) bytes")
@@ -208,24 +230,33 @@ final class Simulation {
     }
 
     var allApps: [SimulatedApp] {
-        Array(self.clients.values) + self.gateways.flatMap { gateway in gateway.apps.values.filter { $0.role == .server } + gateway.detached.filter { $0.role == .server } }
+        Array(self.clients.values)
+            + self.gateways.flatMap { gateway in
+                gateway.apps.values.filter { $0.role == .server } + gateway.detached.filter { $0.role == .server }
+            }
     }
 
     /// What must hold once everything settled.
     func checkSettled() {
         for gateway in self.gateways where gateway.driver.activeConnectionCount > 0 {
             let states = gateway.driver.connections.map { "\($0.key): \($0.value.phase)" }.sorted()
-            self.violations.append("\(gateway.name): \(gateway.driver.activeConnectionCount) connections linger: \(states.prefix(4))")
+            self.violations.append(
+                "\(gateway.name): \(gateway.driver.activeConnectionCount) connections linger: \(states.prefix(4))"
+            )
         }
         for (serial, client) in self.clients.sorted(by: { $0.key < $1.key }) {
             if client.end == nil { self.violations.append("stream \(serial): the client never ended") }
             if !self.faulted.contains(serial), client.end != .closed {
-                self.violations.append("stream \(serial): no fault, but the client ended with \(String(describing: client.end))")
+                self.violations.append(
+                    "stream \(serial): no fault, but the client ended with \(String(describing: client.end))"
+                )
             }
         }
         for gateway in self.gateways {
             for app in gateway.apps.values + gateway.detached where app.end == nil {
-                self.violations.append("\(gateway.name): a \(app.role) application never ended (stream \(app.plan?.serial ?? 0))")
+                self.violations.append(
+                    "\(gateway.name): a \(app.role) application never ended (stream \(app.plan?.serial ?? 0))"
+                )
             }
         }
         self.violations = Array(Set(self.violations)).sorted()

@@ -43,9 +43,16 @@ struct SimulationTests {
             }
         }
         if Self.environment["SWIFT_DETERMINISTIC_HASHING"] == nil {
-            print("simulation: SWIFT_DETERMINISTIC_HASHING is not set: a failing seed may not replay the same way in another process")
+            print(
+                "simulation: SWIFT_DETERMINISTIC_HASHING is not set: a failing seed may not replay the same way in another process"
+            )
         }
-        print("simulation: \(seeds.count) seeds in \(String(format: "%.1f", Date().timeIntervalSince(started))) s, \(failures.count) failed")
-        #expect(failures.isEmpty, "\(failures.joined(separator: "\n")) (replay: SWIFT_DETERMINISTIC_HASHING=1 HMX_SIM_SEED=<seed> swift test --filter HMXSimulationTests)")
+        print(
+            "simulation: \(seeds.count) seeds in \(String(format: "%.1f", Date().timeIntervalSince(started))) s, \(failures.count) failed"
+        )
+        #expect(
+            failures.isEmpty,
+            "\(failures.joined(separator: "\n")) (replay: SWIFT_DETERMINISTIC_HASHING=1 HMX_SIM_SEED=<seed> swift test --filter HMXSimulationTests)"
+        )
     }
 }

@@ -13,7 +13,12 @@ struct MessageOrderTests {
         base: UInt32? = nil,
         instance: UInt64 = 1
     ) throws(MessageOrder.Violation) -> [String] {
-        let delivery = try order.receive(number: number, base: base ?? number, instance: instance, message: ByteBuffer(string: "\(number)"))
+        let delivery = try order.receive(
+            number: number,
+            base: base ?? number,
+            instance: instance,
+            message: ByteBuffer(string: "\(number)")
+        )
         return delivery.messages.map { String(buffer: $0) }
     }
 
@@ -62,10 +67,14 @@ struct MessageOrderTests {
         _ = try self.receive(&order, 0)
         _ = try self.receive(&order, 2, base: 1)
         #expect(throws: MessageOrder.Violation.duplicate(2)) { try self.receive(&order, 2, base: 1) }
-        #expect(throws: MessageOrder.Violation.outsideWindow(number: 0, expected: 1)) { try self.receive(&order, 0, base: 0) }
+        #expect(throws: MessageOrder.Violation.outsideWindow(number: 0, expected: 1)) {
+            try self.receive(&order, 0, base: 0)
+        }
         let far = 1 + MessageOrder.window
         #expect(throws: MessageOrder.Violation.badBase(number: far, base: 1)) { try self.receive(&order, far, base: 1) }
-        #expect(throws: MessageOrder.Violation.outsideWindow(number: far + 1, expected: 1)) { try self.receive(&order, far + 1, base: far + 1) }
+        #expect(throws: MessageOrder.Violation.outsideWindow(number: far + 1, expected: 1)) {
+            try self.receive(&order, far + 1, base: far + 1)
+        }
         #expect(throws: MessageOrder.Violation.badBase(number: 5, base: 6)) { try self.receive(&order, 5, base: 6) }
         // Held messages never exceed the window.
         #expect(order.heldCount < Int(MessageOrder.window))
@@ -100,7 +109,11 @@ struct MessageOrderTests {
         #expect(try self.receive(&order, 9, base: 8) == ["8", "9"])
         #expect(order.expected == 10)
         // A sender that dropped a whole window of messages (its sends failed for good).
-        #expect(try self.receive(&order, 10 + MessageOrder.window, base: 10 + MessageOrder.window) == ["\(10 + MessageOrder.window)"])
+        #expect(
+            try self.receive(&order, 10 + MessageOrder.window, base: 10 + MessageOrder.window) == [
+                "\(10 + MessageOrder.window)"
+            ]
+        )
         // But never further: that is a violation.
         let next = order.expected
         #expect(throws: MessageOrder.Violation.outsideWindow(number: next + MessageOrder.window + 1, expected: next)) {

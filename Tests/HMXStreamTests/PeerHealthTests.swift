@@ -16,7 +16,9 @@ struct PeerHealthTests {
         health.registerIfNeeded(into: &actions)
         #expect(actions == [.registerRing(attempt: 0, check: false)])
         actions = []
-        for attempt in 0..<4 { health.ringRegistrationFailed(errno: .ESRCH, attempt: attempt, check: false, into: &actions) }
+        for attempt in 0..<4 {
+            health.ringRegistrationFailed(errno: .ESRCH, attempt: attempt, check: false, into: &actions)
+        }
         #expect(actions.count == 4)
         #expect(actions.last == .registerRingLater(attempt: 4, delay: .milliseconds(800)))
         actions = []

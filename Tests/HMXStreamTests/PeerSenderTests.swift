@@ -33,10 +33,12 @@ struct PeerSenderTests {
         let result1 = sender.nextMessage()
         let message = try #require(result1)
         #expect(message.number == 0)
-        #expect(try Self.frames(of: message) == [
-            .sequence(number: 0, base: 0, instance: 99), .credit(key: Self.received, increment: 10),
-            .data(key: Self.received, payload: ByteBuffer(repeating: 1, count: 2000)), .fin(key: Self.received),
-        ])
+        #expect(
+            try Self.frames(of: message) == [
+                .sequence(number: 0, base: 0, instance: 99), .credit(key: Self.received, increment: 10),
+                .data(key: Self.received, payload: ByteBuffer(repeating: 1, count: 2000)), .fin(key: Self.received),
+            ]
+        )
         // The large payload is its own iovec (not copied).
         #expect(message.iovecs.count == 3)
         let result2 = sender.nextMessage()

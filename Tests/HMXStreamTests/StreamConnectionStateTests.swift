@@ -29,7 +29,9 @@ struct StreamConnectionStateTests {
     /// A connection we opened, accepted with `credit`.
     static func open(window: Int = 1000, credit: UInt32 = 1000) -> State {
         var state = Self.opening(window: window)
-        _ = Self.on(&state) { $0.peerAccepted(credit: credit, instance: 7, maximumData: 65536, queueHasRoom: true, into: &$1) }
+        _ = Self.on(&state) {
+            $0.peerAccepted(credit: credit, instance: 7, maximumData: 65536, queueHasRoom: true, into: &$1)
+        }
         return state
     }
 
@@ -38,7 +40,9 @@ struct StreamConnectionStateTests {
         var state = Self.opening()
         #expect(Self.on(&state) { $0.localRead(Self.bytes(300), maximumData: 65536, now: Self.start, into: &$1) } == [])
         #expect(state.heldBytes == 300)
-        let accepted = Self.on(&state) { $0.peerAccepted(credit: 200, instance: 7, maximumData: 65536, queueHasRoom: true, into: &$1) }
+        let accepted = Self.on(&state) {
+            $0.peerAccepted(credit: 200, instance: 7, maximumData: 65536, queueHasRoom: true, into: &$1)
+        }
         #expect(accepted == [.opened, .send(.data(key: Self.key, payload: Self.bytes(200)))])
         // The rest waits for credit; no read while bytes are held.
         let credited = Self.on(&state) { $0.peerCredit(200, maximumData: 65536, queueHasRoom: true, into: &$1) }
@@ -69,15 +73,27 @@ struct StreamConnectionStateTests {
         #expect(dialled == [.send(.accept(key: remote, initialCredit: 1000, instance: 42)), .opened, .read])
         var refused = State.dialing(key: remote, window: 1000, peerCredit: 300, now: Self.start)
         let actions = Self.on(&refused) { $0.refuse(.targetRefused, into: &$1) }
-        #expect(actions == [.send(.refuse(key: remote, reason: .targetRefused)), .ended(.refusedHere(.targetRefused)), .remove])
+        #expect(
+            actions == [
+                .send(.refuse(key: remote, reason: .targetRefused)), .ended(.refusedHere(.targetRefused)), .remove,
+            ]
+        )
     }
 
     @Test("REFUSE and RESET from the peer abort the socket, once")
     func refusalAndReset() {
         var refused = Self.opening()
-        #expect(Self.on(&refused) { $0.peerRefused(.noSuchService, into: &$1) } == [.abort, .ended(.refusedByPeer(.noSuchService)), .remove])
+        #expect(
+            Self.on(&refused) { $0.peerRefused(.noSuchService, into: &$1) } == [
+                .abort, .ended(.refusedByPeer(.noSuchService)), .remove,
+            ]
+        )
         var reset = Self.open()
-        #expect(Self.on(&reset) { $0.peerReset(.applicationReset, into: &$1) } == [.abort, .ended(.resetByPeer(.applicationReset)), .remove])
+        #expect(
+            Self.on(&reset) { $0.peerReset(.applicationReset, into: &$1) } == [
+                .abort, .ended(.resetByPeer(.applicationReset)), .remove,
+            ]
+        )
         #expect(Self.on(&reset) { $0.peerReset(.applicationReset, into: &$1) } == [])
     }
 
@@ -85,10 +101,12 @@ struct StreamConnectionStateTests {
     func violations() {
         var opening = Self.opening()
         let early = Self.on(&opening) { $0.peerData(Self.bytes(1), now: Self.start, into: &$1) }
-        #expect(early == [
-            .send(.reset(key: Self.key, reason: .protocolViolation)), .abort,
-            .ended(.violation(.unexpected(.data, in: .opening))), .remove,
-        ])
+        #expect(
+            early == [
+                .send(.reset(key: Self.key, reason: .protocolViolation)), .abort,
+                .ended(.violation(.unexpected(.data, in: .opening))), .remove,
+            ]
+        )
         var open = Self.open(window: 100)
         let beyond = Self.on(&open) { $0.peerData(Self.bytes(101), now: Self.start, into: &$1) }
         #expect(beyond.first == .send(.reset(key: Self.key, reason: .flowControlViolation)))
@@ -96,7 +114,11 @@ struct StreamConnectionStateTests {
         _ = Self.on(&finished) { $0.peerFin(into: &$1) }
         #expect(Self.on(&finished) { $0.peerFin(into: &$1) }.contains(.ended(.violation(.secondFin))))
         var overflow = Self.open(credit: UInt32(StreamFlowControl.maximumCredit))
-        #expect(Self.on(&overflow) { $0.peerCredit(1, maximumData: 65536, queueHasRoom: true, into: &$1) }.contains(.ended(.violation(.creditOverflow))))
+        #expect(
+            Self.on(&overflow) { $0.peerCredit(1, maximumData: 65536, queueHasRoom: true, into: &$1) }.contains(
+                .ended(.violation(.creditOverflow))
+            )
+        )
     }
 
     @Test("a socket that closed cleanly sends FIN; DATA after it cannot be delivered and resets both ends")
@@ -114,7 +136,10 @@ struct StreamConnectionStateTests {
         let closed = Self.on(&state) { $0.localClosed(error: false, into: &$1) }
         #expect(closed == [.send(.reset(key: Self.key, reason: .applicationReset)), .ended(.localReset), .remove])
         var failed = Self.open()
-        #expect(Self.on(&failed) { $0.localClosed(error: true, into: &$1) }.first == .send(.reset(key: Self.key, reason: .applicationReset)))
+        #expect(
+            Self.on(&failed) { $0.localClosed(error: true, into: &$1) }.first
+                == .send(.reset(key: Self.key, reason: .applicationReset))
+        )
     }
 
     @Test("reading waits while the peer's queue is full, and resumes when it has room")
@@ -133,7 +158,9 @@ struct StreamConnectionStateTests {
         var state = Self.opening()
         _ = Self.on(&state) { $0.localRead(Self.bytes(20), maximumData: 65536, now: Self.start, into: &$1) }
         #expect(Self.on(&state) { $0.localInputClosed(into: &$1) } == [])
-        let accepted = Self.on(&state) { $0.peerAccepted(credit: 10, instance: 7, maximumData: 65536, queueHasRoom: true, into: &$1) }
+        let accepted = Self.on(&state) {
+            $0.peerAccepted(credit: 10, instance: 7, maximumData: 65536, queueHasRoom: true, into: &$1)
+        }
         #expect(accepted == [.opened, .send(.data(key: Self.key, payload: Self.bytes(10)))])
         let credited = Self.on(&state) { $0.peerCredit(10, maximumData: 65536, queueHasRoom: true, into: &$1) }
         #expect(credited == [.send(.data(key: Self.key, payload: Self.bytes(10))), .send(.fin(key: Self.key))])
@@ -142,20 +169,32 @@ struct StreamConnectionStateTests {
     @Test("timers: idle timeout, and no answer to OPEN")
     func timers() {
         var idle = State.opening(key: Self.key, window: 1000, now: Self.start, idleTimeout: .seconds(1))
-        _ = Self.on(&idle) { $0.peerAccepted(credit: 10, instance: 7, maximumData: 65536, queueHasRoom: true, into: &$1) }
+        _ = Self.on(&idle) {
+            $0.peerAccepted(credit: 10, instance: 7, maximumData: 65536, queueHasRoom: true, into: &$1)
+        }
         #expect(Self.on(&idle) { $0.tick(now: Self.start + .milliseconds(900), into: &$1) } == [])
         let timedOut = Self.on(&idle) { $0.tick(now: Self.start + .seconds(2), into: &$1) }
-        #expect(timedOut == [.send(.reset(key: Self.key, reason: .idleTimeout)), .abort, .ended(.terminated(.idleTimeout)), .remove])
+        #expect(
+            timedOut == [
+                .send(.reset(key: Self.key, reason: .idleTimeout)), .abort, .ended(.terminated(.idleTimeout)), .remove,
+            ]
+        )
         var unanswered = Self.opening()
         #expect(Self.on(&unanswered) { $0.tick(now: Self.start + .seconds(29), into: &$1) } == [])
-        #expect(Self.on(&unanswered) { $0.tick(now: Self.start + .seconds(31), into: &$1) }.contains(.ended(.openTimedOut)))
+        #expect(
+            Self.on(&unanswered) { $0.tick(now: Self.start + .seconds(31), into: &$1) }.contains(.ended(.openTimedOut))
+        )
     }
 
     @Test("an OPEN sent before our ring existed is reset when the ring appears")
     func ringAppeared() {
         var stranded = State.opening(key: Self.key, window: 1000, now: Self.start, ringExists: false)
         let actions = Self.on(&stranded) { $0.ringAppeared(into: &$1) }
-        #expect(actions == [.send(.reset(key: Self.key, reason: .linkFailure)), .abort, .ended(.terminated(.noRing)), .remove])
+        #expect(
+            actions == [
+                .send(.reset(key: Self.key, reason: .linkFailure)), .abort, .ended(.terminated(.noRing)), .remove,
+            ]
+        )
         var fine = Self.opening()
         #expect(Self.on(&fine) { $0.ringAppeared(into: &$1) } == [])
     }
@@ -163,7 +202,11 @@ struct StreamConnectionStateTests {
     @Test("the peer restarted: its old run's connections end; one still opening waits a little for the new run")
     func peerRestarted() {
         var old = Self.open()
-        #expect(Self.on(&old) { $0.peerRestarted(as: 8, now: Self.start, into: &$1) } == [.abort, .ended(.terminated(.peerLost)), .remove])
+        #expect(
+            Self.on(&old) { $0.peerRestarted(as: 8, now: Self.start, into: &$1) } == [
+                .abort, .ended(.terminated(.peerLost)), .remove,
+            ]
+        )
         var current = Self.open()
         #expect(Self.on(&current) { $0.peerRestarted(as: 7, now: Self.start, into: &$1) } == [])
         var opening = Self.opening()

@@ -47,7 +47,9 @@ struct StreamFrameTests {
 
     @Test func sequenceLayout() {
         var buffer = ByteBuffer()
-        StreamFrame.sequence(number: 0x0102_0304, base: 0x0A0B_0C0D, instance: 0x1122_3344_5566_7788).encode(into: &buffer)
+        StreamFrame.sequence(number: 0x0102_0304, base: 0x0A0B_0C0D, instance: 0x1122_3344_5566_7788).encode(
+            into: &buffer
+        )
         #expect(
             Array(buffer.readableBytesView) == [
                 10, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 4, 3, 2, 1,
@@ -70,7 +72,9 @@ struct StreamFrameTests {
 
     @Test func headerLayoutIsLittleEndianAndDocumented() {
         var buffer = ByteBuffer()
-        StreamFrame.credit(key: .init(id: 0x0102_0304, openedLocally: true), increment: 0x0A0B_0C0D).encode(into: &buffer)
+        StreamFrame.credit(key: .init(id: 0x0102_0304, openedLocally: true), increment: 0x0A0B_0C0D).encode(
+            into: &buffer
+        )
         #expect(Array(buffer.readableBytesView) == [5, 1, 0, 0, 4, 3, 2, 1, 0, 0, 0, 0, 0x0D, 0x0C, 0x0B, 0x0A])
     }
 
@@ -113,7 +117,9 @@ struct StreamFrameTests {
         // DATA above the maximum frame size.
         dataBytes[8] = 0x01
         dataBytes[10] = 0x01  // 65537 bytes
-        #expect(self.parseError(dataBytes + [UInt8](repeating: 0, count: 65537)) == .badBodyLength(type: 4, length: 65537))
+        #expect(
+            self.parseError(dataBytes + [UInt8](repeating: 0, count: 65537)) == .badBodyLength(type: 4, length: 65537)
+        )
         // A RESET with an unknown reason.
         var reset = ByteBuffer()
         StreamFrame.reset(key: .init(id: 1, openedLocally: true), reason: .idleTimeout).encode(into: &reset)
@@ -128,4 +134,3 @@ struct StreamFrameTests {
         #expect(self.parseError(openBytes) == .unknownFlags(0))
     }
 }
-

@@ -11,7 +11,10 @@ struct StreamMultiplexerTests {
     static let mallory = DomainID(3)
 
     static func multiplexer() -> StreamMultiplexer {
-        StreamMultiplexer(configuration: .init(window: 1000, maximumWindow: 1000, windowPool: 0, framesPerTurn: 16), instance: 42)
+        StreamMultiplexer(
+            configuration: .init(window: 1000, maximumWindow: 1000, windowPool: 0, framesPerTurn: 16),
+            instance: 42
+        )
     }
 
     /// A message from a peer: SEQUENCE, then `frames`.
@@ -52,7 +55,11 @@ struct StreamMultiplexerTests {
     @Test("an OPEN asks the owner; a refusal answers REFUSE and forgets the connection")
     func admission() throws {
         var mux = Self.multiplexer()
-        Self.receive(&mux, Self.message(0, [.open(id: 3, servicePort: 80, initialCredit: 500, instance: 7)]), from: Self.alpha)
+        Self.receive(
+            &mux,
+            Self.message(0, [.open(id: 3, servicePort: 80, initialCredit: 500, instance: 7)]),
+            from: Self.alpha
+        )
         let id = ConnectionID(peer: Self.alpha, key: .init(id: 3, openedLocally: false))
         #expect(Self.actions(&mux).contains(.incomingOpen(id, servicePort: 80)))
         #expect(mux.connections[id]?.phase == .dialing)
@@ -65,23 +72,47 @@ struct StreamMultiplexerTests {
     @Test("OPENs of another version, or while shutting down, are refused at once")
     func protocolRefusals() throws {
         var mux = Self.multiplexer()
-        Self.receive(&mux, Self.message(0, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 7, version: 1)]), from: Self.alpha)
+        Self.receive(
+            &mux,
+            Self.message(0, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 7, version: 1)]),
+            from: Self.alpha
+        )
         mux.stopAccepting()
-        Self.receive(&mux, Self.message(1, [.open(id: 2, servicePort: 80, initialCredit: 1, instance: 7)]), from: Self.alpha)
-        #expect(try Self.sent(&mux, to: Self.alpha) == [
-            .refuse(key: .init(id: 1, openedLocally: false), reason: .unsupportedVersion),
-            .refuse(key: .init(id: 2, openedLocally: false), reason: .shuttingDown),
-        ])
+        Self.receive(
+            &mux,
+            Self.message(1, [.open(id: 2, servicePort: 80, initialCredit: 1, instance: 7)]),
+            from: Self.alpha
+        )
+        #expect(
+            try Self.sent(&mux, to: Self.alpha) == [
+                .refuse(key: .init(id: 1, openedLocally: false), reason: .unsupportedVersion),
+                .refuse(key: .init(id: 2, openedLocally: false), reason: .shuttingDown),
+            ]
+        )
     }
 
     @Test("frames for unknown connections are answered with RESET, but a RESET never is; PING gets PONG")
     func unknownConnections() throws {
         var mux = Self.multiplexer()
         let key = StreamFrame.ConnectionKey(id: 9, openedLocally: true)
-        Self.receive(&mux, Self.message(0, [.credit(key: key, increment: 1), .reset(key: key, reason: .applicationReset), .ping(instance: 7, nonce: 5)]), from: Self.alpha)
+        Self.receive(
+            &mux,
+            Self.message(
+                0,
+                [
+                    .credit(key: key, increment: 1), .reset(key: key, reason: .applicationReset),
+                    .ping(instance: 7, nonce: 5),
+                ]
+            ),
+            from: Self.alpha
+        )
         // The peer's key (its connection L9) is R9 here.
         let ours = StreamFrame.ConnectionKey(id: 9, openedLocally: false)
-        #expect(try Self.sent(&mux, to: Self.alpha) == [.reset(key: ours, reason: .unknownConnection), .pong(instance: 42, nonce: 5)])
+        #expect(
+            try Self.sent(&mux, to: Self.alpha) == [
+                .reset(key: ours, reason: .unknownConnection), .pong(instance: 42, nonce: 5),
+            ]
+        )
     }
 
     @Test("a malformed message ends that peer's connections only")
@@ -103,12 +134,20 @@ struct StreamMultiplexerTests {
     @Test("a new instance id ends the connections of the peer's previous run, before its new frames")
     func restart() {
         var mux = Self.multiplexer()
-        Self.receive(&mux, Self.message(0, instance: 7, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 7)]), from: Self.alpha)
+        Self.receive(
+            &mux,
+            Self.message(0, instance: 7, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 7)]),
+            from: Self.alpha
+        )
         let old = ConnectionID(peer: Self.alpha, key: .init(id: 1, openedLocally: false))
         mux.dialSucceeded(old)
         _ = Self.actions(&mux)
         // The new run reuses id 1 at once.
-        Self.receive(&mux, Self.message(0, instance: 8, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 8)]), from: Self.alpha)
+        Self.receive(
+            &mux,
+            Self.message(0, instance: 8, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 8)]),
+            from: Self.alpha
+        )
         let actions = Self.actions(&mux)
         #expect(actions.contains(.notice(.peerRestarted(Self.alpha, connections: 1))))
         let removed = actions.firstIndex(of: .removed(old))
@@ -122,12 +161,26 @@ struct StreamMultiplexerTests {
         var mux = Self.multiplexer()
         for number in 0..<8 {
             let pings = (0..<200).map { StreamFrame.ping(instance: 7, nonce: UInt64($0)) }
-            mux.received(Self.message(UInt32(number), pings), type: StreamFrame.messageType, from: Self.mallory, now: Self.now)
+            mux.received(
+                Self.message(UInt32(number), pings),
+                type: StreamFrame.messageType,
+                from: Self.mallory,
+                now: Self.now
+            )
         }
-        mux.received(Self.message(0, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 7)]), type: StreamFrame.messageType, from: Self.alpha, now: Self.now)
+        mux.received(
+            Self.message(0, [.open(id: 1, servicePort: 80, initialCredit: 1, instance: 7)]),
+            type: StreamFrame.messageType,
+            from: Self.alpha,
+            now: Self.now
+        )
         #expect(mux.isInboxFull(of: Self.mallory) == false)
         mux.processInbound(now: Self.now)
-        #expect(Self.actions(&mux).contains(.incomingOpen(ConnectionID(peer: Self.alpha, key: .init(id: 1, openedLocally: false)), servicePort: 80)))
+        #expect(
+            Self.actions(&mux).contains(
+                .incomingOpen(ConnectionID(peer: Self.alpha, key: .init(id: 1, openedLocally: false)), servicePort: 80)
+            )
+        )
         #expect(mux.hasInboundWork, "mallory's 1600 PINGs take 100 turns of 16")
         var turns = 1
         while mux.hasInboundWork {
@@ -141,9 +194,12 @@ struct StreamMultiplexerTests {
 extension StreamFrame {
     /// The frame with its key as the sender names it.
     fileprivate var turnedAround: StreamFrame {
-        func turn(_ key: ConnectionKey) -> ConnectionKey { ConnectionKey(id: key.id, openedLocally: !key.openedLocally) }
+        func turn(_ key: ConnectionKey) -> ConnectionKey {
+            ConnectionKey(id: key.id, openedLocally: !key.openedLocally)
+        }
         switch self {
-        case .accept(let key, let credit, let instance): return .accept(key: turn(key), initialCredit: credit, instance: instance)
+        case .accept(let key, let credit, let instance):
+            return .accept(key: turn(key), initialCredit: credit, instance: instance)
         case .refuse(let key, let reason): return .refuse(key: turn(key), reason: reason)
         case .data(let key, let payload): return .data(key: turn(key), payload: payload)
         case .credit(let key, let increment): return .credit(key: turn(key), increment: increment)

@@ -33,13 +33,19 @@ public final class InProcessHypervisor {
     public static let stagingBytes = 17 << 20
 
     /// The default policy: every domain may send to every port.
-    public static let allowEverything = EmulatorPolicy(rules: [EmulatorPolicy.Rule(from: nil, to: nil, port: .any, action: .allow)])
+    public static let allowEverything = EmulatorPolicy(rules: [
+        EmulatorPolicy.Rule(from: nil, to: nil, port: .any, action: .allow)
+    ])
 
     /// - Parameters:
     ///   - wildcardRingsAllowed: Xen's `mac-permissive`: rings with partner
     ///     ``DomainID/any`` may be registered.
     ///   - policy: who may send to whom (default: everything allowed).
-    public init(eventLoop: EmbeddedEventLoop, wildcardRingsAllowed: Bool = false, policy: EmulatorPolicy = InProcessHypervisor.allowEverything) {
+    public init(
+        eventLoop: EmbeddedEventLoop,
+        wildcardRingsAllowed: Bool = false,
+        policy: EmulatorPolicy = InProcessHypervisor.allowEverything
+    ) {
         self.eventLoop = eventLoop
         // The hypervisor keeps its event closure for its lifetime; the router keeps
         // `self` weakly so that the two do not keep each other alive.

@@ -73,7 +73,14 @@ public final class InProcessLink: HMXLink, @unchecked Sendable {
     /// delivered yet. Events coalesce: many raised are one pending.
     public private(set) var hasPendingEvent = false
 
-    init(owner: InProcessHypervisor, domain: DomainID, memory: SharedMemory, stagingBase: Int, stagingSize: Int, mode: Mode) {
+    init(
+        owner: InProcessHypervisor,
+        domain: DomainID,
+        memory: SharedMemory,
+        stagingBase: Int,
+        stagingSize: Int,
+        mode: Mode
+    ) {
         self.owner = owner
         self.embeddedLoop = owner.eventLoop
         self.localDomain = domain
@@ -151,7 +158,12 @@ public final class InProcessLink: HMXLink, @unchecked Sendable {
 
     // MARK: - HMXLink
 
-    public func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing> {
+    public func registerRing(
+        port: HMXPort,
+        partner: DomainID,
+        length: UInt32,
+        failIfExists: Bool
+    ) -> EventLoopFuture<HMXRing> {
         let promise = self.embeddedLoop.makePromise(of: HMXRing.self)
         // As in LinkState: the hypervisor judges the length, but pages are only
         // allocated for lengths that make sense.
@@ -160,7 +172,10 @@ public final class InProcessLink: HMXLink, @unchecked Sendable {
         guard let firstPage = self.pages.allocate(pageCount) else {
             return self.failed(
                 promise,
-                HMXError(code: .resourceExhausted, message: "no room for a \(length)-byte ring in this domain's ring memory")
+                HMXError(
+                    code: .resourceExhausted,
+                    message: "no room for a \(length)-byte ring in this domain's ring memory"
+                )
             )
         }
         memset(self.memory.base + firstPage * ArgoABI.pageSize, 0, pageCount * ArgoABI.pageSize)
@@ -168,7 +183,13 @@ public final class InProcessLink: HMXLink, @unchecked Sendable {
             stage: { arguments in
                 // Guest frame numbers are page indices into domain memory.
                 let frames = (0..<pageCount).lazy.map { UInt64(firstPage + $0) }
-                return arguments.registerRing(port: port, partner: partner, length: length, frames: frames, failIfExists: failIfExists)
+                return arguments.registerRing(
+                    port: port,
+                    partner: partner,
+                    length: length,
+                    frames: frames,
+                    failIfExists: failIfExists
+                )
             },
             finish: { [unowned self] rc, _ in
                 guard rc >= 0 else {
@@ -217,7 +238,12 @@ public final class InProcessLink: HMXLink, @unchecked Sendable {
         return promise.futureResult
     }
 
-    public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer]) -> EventLoopFuture<Int> {
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer]
+    ) -> EventLoopFuture<Int> {
         let promise = self.embeddedLoop.makePromise(of: Int.self)
         guard iovecs.count <= ArgoABI.maximumIOVs else {
             return self.failed(promise, HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
@@ -236,7 +262,13 @@ public final class InProcessLink: HMXLink, @unchecked Sendable {
     }
 
     /// `resultMayBeLate` changes nothing: results are never late here.
-    public func sendv(from port: HMXPort, to destination: HMXAddress, type: UInt32, iovecs: [ByteBuffer], resultMayBeLate: Bool)
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool
+    )
         -> EventLoopFuture<Int>
     {
         self.sendv(from: port, to: destination, type: type, iovecs: iovecs)
@@ -284,7 +316,9 @@ public final class InProcessLink: HMXLink, @unchecked Sendable {
             return
         }
         if size > self.stagingSize {
-            request.fail(HMXError(code: .resourceExhausted, message: "request of \(size) bytes exceeds the staging area"))
+            request.fail(
+                HMXError(code: .resourceExhausted, message: "request of \(size) bytes exceeds the staging area")
+            )
             return
         }
         switch self.mode {
@@ -300,7 +334,10 @@ public final class InProcessLink: HMXLink, @unchecked Sendable {
             request.fail(self.closedError)
             return
         }
-        let arguments = ArgoArguments(pointer: self.memory.base + self.stagingBase, guestAddress: UInt64(self.stagingBase))
+        let arguments = ArgoArguments(
+            pointer: self.memory.base + self.stagingBase,
+            guestAddress: UInt64(self.stagingBase)
+        )
         let call = request.stage(arguments)
         let complete = owner.run(self.localDomain, call) { rc in request.finish(rc, arguments) }
         complete()

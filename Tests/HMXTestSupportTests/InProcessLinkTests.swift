@@ -21,7 +21,8 @@ struct InProcessLinkTests {
         let events = EventCount()
         two.setEventHandler { events.add() }
 
-        let ring = try two.registerRing(port: 100, partner: DomainID(1), length: Self.ringLength, failIfExists: true).value()
+        let ring = try two.registerRing(port: 100, partner: DomainID(1), length: Self.ringLength, failIfExists: true)
+            .value()
         #expect(hypervisor.hypervisor.ringCount(of: DomainID(2)) == 1)
         let sent = try one.sendv(
             from: 7,
@@ -34,7 +35,9 @@ struct InProcessLinkTests {
 
         var received: [(HMXAddress, UInt32, String)] = []
         try ring.receive { message in
-            received.append((message.source, message.header.messageType, String(decoding: message.payloadBytes(), as: UTF8.self)))
+            received.append(
+                (message.source, message.header.messageType, String(decoding: message.payloadBytes(), as: UTF8.self))
+            )
         }
         #expect(received.count == 1)
         #expect(received.first?.0 == HMXAddress(domain: DomainID(1), port: 7))
@@ -42,7 +45,12 @@ struct InProcessLinkTests {
         #expect(received.first?.2 == "hello world")
 
         // The ring takes messages from its partner only; there is no wildcard ring.
-        let refused = three.send(from: 7, to: HMXAddress(domain: DomainID(2), port: 100), type: 5, ByteBuffer(string: "x"))
+        let refused = three.send(
+            from: 7,
+            to: HMXAddress(domain: DomainID(2), port: 100),
+            type: 5,
+            ByteBuffer(string: "x")
+        )
         #expect(refused.argoErrno() == .ECONNREFUSED)
         #expect(events.count == 1)
     }
@@ -53,8 +61,10 @@ struct InProcessLinkTests {
         let hypervisor = InProcessHypervisor(eventLoop: EmbeddedEventLoop())
         let one = try hypervisor.attach(DomainID(1), name: "one")
         let two = try hypervisor.attach(DomainID(2), name: "two")
-        let ringOfOne = try one.registerRing(port: 1, partner: DomainID(2), length: Self.ringLength, failIfExists: true).value()
-        let ringOfTwo = try two.registerRing(port: 2, partner: DomainID(1), length: Self.ringLength, failIfExists: true).value()
+        let ringOfOne = try one.registerRing(port: 1, partner: DomainID(2), length: Self.ringLength, failIfExists: true)
+            .value()
+        let ringOfTwo = try two.registerRing(port: 2, partner: DomainID(1), length: Self.ringLength, failIfExists: true)
+            .value()
         // Two echoes every message back and notifies; it runs inside one's sendv call.
         two.setEventHandler {
             _ = try? ringOfTwo.receive { message in
@@ -64,7 +74,10 @@ struct InProcessLinkTests {
         }
         for index in 0..<50 {
             let payload = ByteBuffer(string: "ping \(index)")
-            #expect(try one.send(from: 1, to: HMXAddress(domain: DomainID(2), port: 2), type: 1, payload).value() == payload.readableBytes)
+            #expect(
+                try one.send(from: 1, to: HMXAddress(domain: DomainID(2), port: 2), type: 1, payload).value()
+                    == payload.readableBytes
+            )
             var echoes: [String] = []
             try ringOfOne.receive { echoes.append(String(decoding: $0.payloadBytes(), as: UTF8.self)) }
             #expect(echoes == ["ping \(index)"])
@@ -156,7 +169,12 @@ struct InProcessLinkTests {
         _ = try one.registerRing(port: 200, partner: DomainID(2), length: Self.ringLength, failIfExists: true).value()
         #expect(hypervisor.hypervisor.ringCount(of: DomainID(1)) == 1)
 
-        let held = two.send(from: 100, to: HMXAddress(domain: DomainID(1), port: 200), type: 0, ByteBuffer(string: "late"))
+        let held = two.send(
+            from: 100,
+            to: HMXAddress(domain: DomainID(1), port: 200),
+            type: 0,
+            ByteBuffer(string: "late")
+        )
         #expect(two.pendingRequests == 1)
         hypervisor.destroy(DomainID(2))
 
@@ -169,13 +187,21 @@ struct InProcessLinkTests {
         #expect(hypervisor.link(of: DomainID(2)) == nil)
         // Argo destroyed one's ring that named two as partner.
         #expect(hypervisor.hypervisor.ringCount(of: DomainID(1)) == 0)
-        #expect(one.send(from: 200, to: HMXAddress(domain: DomainID(2), port: 100), type: 0, ByteBuffer()).argoErrno() == .ESRCH)
+        #expect(
+            one.send(from: 200, to: HMXAddress(domain: DomainID(2), port: 100), type: 0, ByteBuffer()).argoErrno()
+                == .ESRCH
+        )
 
         // A restart: the same id, a fresh link; one's ring for it is gone.
         let restarted = try hypervisor.attach(DomainID(2), name: "two")
         #expect(hypervisor.link(of: DomainID(2)) === restarted)
         #expect(!restarted.isClosed)
-        let refused = restarted.send(from: 100, to: HMXAddress(domain: DomainID(1), port: 200), type: 0, ByteBuffer(string: "x"))
+        let refused = restarted.send(
+            from: 100,
+            to: HMXAddress(domain: DomainID(1), port: 200),
+            type: 0,
+            ByteBuffer(string: "x")
+        )
         #expect(refused.argoErrno() == .ECONNREFUSED)
         #expect(events.count == 1)
 

@@ -19,7 +19,10 @@ public func fuzzRingReader(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let payload = input.dropFirst(8)
     let count = min(payload.count, Int(length))
     if count > 0 {
-        (memory + Int(ArgoABI.ringHeaderSize)).copyMemory(from: UnsafeRawBufferPointer(rebasing: payload).baseAddress!, byteCount: count)
+        (memory + Int(ArgoABI.ringHeaderSize)).copyMemory(
+            from: UnsafeRawBufferPointer(rebasing: payload).baseAddress!,
+            byteCount: count
+        )
     }
     memory.storeBytes(of: UInt32(0), toByteOffset: 0, as: UInt32.self)
     memory.storeBytes(of: tx, toByteOffset: 4, as: UInt32.self)
@@ -37,7 +40,10 @@ public func fuzzRingReader(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         }
         guard let message else { break }
         for piece in [message.first, message.second] where piece.count > 0 {
-            precondition(piece.baseAddress! >= UnsafeRawPointer(start) && piece.baseAddress! + piece.count <= UnsafeRawPointer(end))
+            precondition(
+                piece.baseAddress! >= UnsafeRawPointer(start)
+                    && piece.baseAddress! + piece.count <= UnsafeRawPointer(end)
+            )
         }
         precondition(message.payloadLength + 16 == Int(message.header.length))
         let before = reader.rxPointer
