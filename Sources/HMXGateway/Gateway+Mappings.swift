@@ -98,6 +98,7 @@ extension Gateway {
             openTimeout: .milliseconds(importConfig.openTimeoutMilliseconds)
         )
         let handler = try? channel.pipeline.syncOperations.handler(type: StreamGlueHandler.self)
+        if let handler { self.driver.attach(handler, to: id) }
         let logger = self.connectionLogger(id, mapping: importConfig.name)
         self.add(id, Connection(mapping: mapping, logger: logger, handler: handler))
         logger.debug("connection opening")
@@ -168,6 +169,7 @@ extension Gateway {
                 }
                 handler.attach(id)
                 self.connections[id]?.handler = handler
+                self.driver.attach(handler, to: id)
                 if export.proxyProtocol == .v2 {
                     let name = self.config.peers.first { $0.value == id.peer }?.key
                     channel.write(

@@ -9,8 +9,9 @@ import NIOPosix
 ///
 /// ```
 ///  local app ⇄ socket ⇄ StreamGlueHandler ──events──▶ StreamDriver (HMXStream) ⇄ HMX link
-///                              ▲                            │
-///                              └──── Gateway.perform ◀──────┘ socket actions, outcomes, notices
+///                              ▲  (a StreamSocket)          │
+///                              └───── write/read/close ◀────┤
+///                            Gateway.perform ◀──────────────┘ outcomes, notices
 /// ```
 ///
 /// The gateway owns what is about mappings: import listeners, export admission
@@ -43,8 +44,6 @@ final class Gateway {
     /// Connections per export and peer, for `max_connections_per_peer`.
     var countsByPeer: [PeerMapping: Int] = [:]
     var listeners: [String: (importConfig: GatewayConfig.Import, channel: any Channel)] = [:]
-    /// Handlers written to since the last flush.
-    private var needsFlush: [StreamGlueHandler] = []
     private var reportedStatistics = StreamStatistics()
     /// Rate limits the warnings peers provoke.
     var warnings = WarningLimiter()
@@ -173,16 +172,6 @@ final class Gateway {
 extension Gateway: StreamDriverDelegate {
     func perform(_ action: StreamAction) {
         switch action {
-        case .write(let id, let bytes):
-            guard let handler = self.connections[id]?.handler else { return }
-            handler.write(bytes)
-            self.needsFlush.append(handler)
-        case .read(let id):
-            self.connections[id]?.handler?.readRequested()
-        case .shutdownOutput(let id):
-            self.connections[id]?.handler?.shutdownOutput()
-        case .abort(let id):
-            self.connections[id]?.handler?.abort()
         case .opened(let id):
             self.metrics.count(.opened, imported: id.key.openedLocally)
             self.connections[id]?.logger.debug("connection open")
@@ -212,15 +201,14 @@ extension Gateway: StreamDriverDelegate {
             }
         case .notice(let notice):
             self.log(notice)
-        case .incomingOpen, .registerRing, .registerRingLater, .queryMessageSize, .ringLost:
-            // The driver's own.
+        case .write, .read, .shutdownOutput, .abort, .incomingOpen, .registerRing, .registerRingLater,
+            .queryMessageSize, .ringLost:
+            // The sockets' and the driver's own.
             break
         }
     }
 
     func turnEnded(_ statistics: StreamStatistics) {
-        for handler in self.needsFlush { handler.flushIfNeeded() }
-        self.needsFlush.removeAll(keepingCapacity: true)
         self.metrics.report(statistics, since: self.reportedStatistics, activeConnections: self.activeConnectionCount)
         self.reportedStatistics = statistics
         self.reportSuppressedWarnings()

@@ -8,13 +8,14 @@ import NIOPosix
 ///
 /// - Inbound (the application's bytes, half-close, errors, close) goes to the
 ///   ``StreamDriver`` as events on the connection.
-/// - The driver's actions come back through ``Gateway``: writes (their completion
-///   returns credit to the peer), reads, shutdown of the output, abort.
+/// - As the connection's ``StreamSocket``, it executes the driver's actions: writes
+///   (their completion returns credit to the peer), reads, shutdown of the output,
+///   abort, and a flush when the driver's turn ends.
 /// - `read()` is gated: autoRead is off, and a read (also one from elsewhere in the
 ///   pipeline) reaches the socket only once the driver asked for it, i.e. while the
 ///   peer has granted credit and its send queue has room. Writes are flushed when the
 ///   driver's turn ends (the other side's "read complete").
-final class StreamGlueHandler: ChannelDuplexHandler {
+final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -69,14 +70,14 @@ final class StreamGlueHandler: ChannelDuplexHandler {
         }
     }
 
-    func flushIfNeeded() {
+    func flush() {
         guard self.hasUnflushedWrites, let context else { return }
         self.hasUnflushedWrites = false
         context.flush()
     }
 
     /// Reads the socket once more.
-    func readRequested() {
+    func read() {
         guard let context else { return }
         self.isReadAllowed = true
         context.read()
@@ -86,7 +87,7 @@ final class StreamGlueHandler: ChannelDuplexHandler {
     func shutdownOutput() {
         guard let context else { return }
         // DATA just before may still be unflushed: closing would drop it.
-        self.flushIfNeeded()
+        self.flush()
         context.close(mode: .output, promise: nil)
     }
 

@@ -10,6 +10,7 @@ extension StreamDriver {
         self.eventLoop.assertInEventLoop()
         event(&self.multiplexer)
         self.executeActions()
+        if !self.isExecuting { self.flushSockets() }
         if self.multiplexer.needsPump { self.schedulePump() }
     }
 
@@ -48,7 +49,20 @@ extension StreamDriver {
             self.queryMessageSize(of: domain)
         case .ringLost(let domain):
             self.rings.removePartnerRing(for: domain)
-        case .write, .read, .shutdownOutput, .abort, .openRefused, .opened, .ended, .removed, .notice:
+        case .write(let id, let bytes):
+            guard let socket = self.sockets[id] else { return }
+            socket.write(bytes)
+            self.needsFlush.append(socket)
+        case .read(let id):
+            self.sockets[id]?.read()
+        case .shutdownOutput(let id):
+            self.sockets[id]?.shutdownOutput()
+        case .abort(let id):
+            self.sockets[id]?.abort()
+        case .removed(let id):
+            self.sockets[id] = nil
+            self.delegate?.perform(action)
+        case .openRefused, .opened, .ended, .notice:
             self.delegate?.perform(action)
         }
     }
@@ -79,9 +93,21 @@ extension StreamDriver {
             // Only the receiver's notify wakes senders that found our ring full.
             _ = self.link.notify([])
         }
+        self.flushSockets()
         self.delegate?.turnEnded(self.multiplexer.statistics)
         if self.multiplexer.hasInboundWork || drain.leftMessages { self.scheduleTurn() }
         self.pump()
+    }
+
+    /// Flushes the sockets written to since the last flush (the other side's "read
+    /// complete": one flush per turn, not per write).
+    func flushSockets() {
+        guard !self.needsFlush.isEmpty else { return }
+        var written: [any StreamSocket] = []
+        swap(&written, &self.needsFlush)
+        for socket in written { socket.flush() }
+        written.removeAll(keepingCapacity: true)
+        if self.needsFlush.isEmpty { self.needsFlush = written }
     }
 
     private func scheduleTurn() {
@@ -96,6 +122,7 @@ extension StreamDriver {
     func tick() {
         guard !self.isStopped else { return }
         self.run { $0.tick(now: self.now) }
+        self.flushSockets()
         self.delegate?.turnEnded(self.multiplexer.statistics)
     }
 

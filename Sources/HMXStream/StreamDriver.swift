@@ -10,11 +10,11 @@ public protocol StreamDriverDelegate: AnyObject {
     /// or dial the export's target and report with ``StreamDriver/dialSucceeded(_:)``
     /// or ``StreamDriver/refuse(_:_:)``.
     func admit(_ id: ConnectionID, servicePort: UInt32) -> StreamDriver.Admission
-    /// A socket or lifecycle action for one connection, or a notice for the log:
-    /// `.write`, `.read`, `.shutdownOutput`, `.abort`, `.opened`, `.ended`,
-    /// `.removed`, `.openRefused`, `.notice`. (Ring and link actions are the driver's.)
+    /// A lifecycle action for one connection, or a notice for the log: `.opened`,
+    /// `.ended`, `.removed`, `.openRefused`, `.notice`. (Socket actions go to the
+    /// connection's ``StreamSocket``; ring and link actions are the driver's.)
     func perform(_ action: StreamAction)
-    /// A turn of inbound work ended: flush what was written, update metrics.
+    /// A turn of work ended (sockets are flushed): update metrics.
     func turnEnded(_ statistics: StreamStatistics)
 }
 
@@ -23,7 +23,7 @@ public protocol StreamDriverDelegate: AnyObject {
 /// keepalive timer, and hands socket actions to its delegate.
 ///
 /// ```
-///  socket glue ──events──▶ StreamDriver ──▶ StreamMultiplexer ──▶ StreamConnectionState
+///  StreamSocket ──events──▶ StreamDriver ──▶ StreamMultiplexer ──▶ StreamConnectionState
 ///                                │                 │  └────────▶ PeerSender ── sendv ──▶ HMXLink
 ///      ◀── write/read/close ─────┘◀── actions ─────┘
 ///  HMXLink event ──▶ StreamRings.drain ──▶ multiplexer inbox ──▶ processInbound (per-peer budget)
@@ -62,6 +62,10 @@ public final class StreamDriver {
     public weak var delegate: (any StreamDriverDelegate)?
     var multiplexer: StreamMultiplexer
     var rings = StreamRings()
+    /// Each connection's local end, once attached.
+    var sockets: [ConnectionID: any StreamSocket] = [:]
+    /// Sockets written to in this turn, flushed at its end.
+    var needsFlush: [any StreamSocket] = []
     /// Promises of partner rings' first answers (``start(partners:wildcard:)``).
     var firstAnswers: [DomainID: EventLoopPromise<Void>] = [:]
     var spareActions: [StreamAction] = []
@@ -174,6 +178,12 @@ public final class StreamDriver {
 // MARK: - Events from the owner
 
 extension StreamDriver {
+    /// The connection's local end: the driver writes, reads, closes it from now on.
+    public func attach(_ socket: any StreamSocket, to id: ConnectionID) {
+        guard self.multiplexer.connections[id] != nil else { return }
+        self.sockets[id] = socket
+    }
+
     /// Opens a connection to the peer's export at `servicePort`.
     public func open(
         to peer: DomainID,

@@ -38,7 +38,7 @@ struct StreamGlueHandlerTests {
     }
 
     /// Beta: admits every OPEN at once and keeps what its target would receive.
-    final class Target: StreamDriverDelegate {
+    final class Target: StreamDriverDelegate, StreamSocket {
         var driver: StreamDriver!
         var received = ByteBuffer()
         var connection: ConnectionID?
@@ -49,19 +49,30 @@ struct StreamGlueHandlerTests {
 
         func admit(_ id: ConnectionID, servicePort: UInt32) -> StreamDriver.Admission {
             self.connection = id
+            self.driver.attach(self, to: id)
             return .dial()
+        }
+
+        // The target's socket.
+        func write(_ bytes: ByteBuffer) {
+            var bytes = bytes
+            let count = bytes.readableBytes
+            self.received.writeBuffer(&bytes)
+            if self.takesBytes, let id = self.connection { self.driver.localWriteCompleted(id, count: count) }
+        }
+
+        func flush() {}
+        func read() {}
+        func abort() {}
+
+        func shutdownOutput() {
+            self.outputShut = true
         }
 
         func perform(_ action: StreamAction) {
             switch action {
-            case .write(let id, var bytes):
-                let count = bytes.readableBytes
-                self.received.writeBuffer(&bytes)
-                if self.takesBytes { self.driver.localWriteCompleted(id, count: count) }
             case .ended(_, let end):
                 self.ended.append(end)
-            case .shutdownOutput:
-                self.outputShut = true
             default:
                 break
             }

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+import HMXStream
 import NIOCore
 
 #if canImport(Glibc)
@@ -39,7 +40,7 @@ struct StreamPlan {
 /// One application's socket, as the gateway's driver sees it: bytes to hand over when
 /// a read is asked for, writes that complete when the simulation says so, and what
 /// the application saw in the end.
-final class SimulatedApp {
+final class SimulatedApp: StreamSocket {
     enum Role { case client, server }
 
     enum End: Equatable {
@@ -81,14 +82,19 @@ final class SimulatedApp {
     private var outgoing: [UInt8] = []
     private var expected: [UInt8] = []
 
+    /// The plans, for a server that reads a serial.
+    private let plans: () -> [UInt64: StreamPlan]
+
     init(client plan: StreamPlan) {
+        self.plans = { [:] }
         self.role = .client
         self.plan = plan
         self.outgoing = plan.bytes(toServer: true)
         self.expected = plan.bytes(toServer: false)
     }
 
-    init(server: Void) {
+    init(server plans: @escaping () -> [UInt64: StreamPlan]) {
+        self.plans = plans
         self.role = .server
     }
 
@@ -134,8 +140,16 @@ final class SimulatedApp {
         return true
     }
 
+    // MARK: - StreamSocket
+
+    func flush() {}
+
+    func read() {
+        self.isReadRequested = true
+    }
+
     /// The driver writes bytes from the peer.
-    func write(_ bytes: ByteBuffer, plans: [UInt64: StreamPlan]) {
+    func write(_ bytes: ByteBuffer) {
         guard self.end == nil else { return }
         self.pendingWrites.append(bytes.readableBytes)
         var bytes = bytes
@@ -145,7 +159,7 @@ final class SimulatedApp {
             let serial = self.header.enumerated().reduce(UInt64(0)) {
                 $0 | UInt64($1.element) << (8 * UInt64($1.offset))
             }
-            if let plan = plans[serial] {
+            if let plan = self.plans()[serial] {
                 self.plan = plan
                 self.outgoing = plan.bytes(toServer: false)
                 // The serial is not part of what the server checks.
@@ -201,7 +215,12 @@ final class SimulatedApp {
         return true
     }
 
-    /// The gateway reset the socket (or the process holding it died).
+    /// The gateway reset the socket.
+    func abort() {
+        self.reset()
+    }
+
+    /// The socket is reset (by the gateway, or the process holding it died).
     func reset() {
         guard self.end == nil else { return }
         self.end = .reset
@@ -209,7 +228,7 @@ final class SimulatedApp {
     }
 
     /// The application aborts its connection.
-    func abort() {
+    func abortItself() {
         guard self.end == nil else { return }
         self.end = .aborted
         self.isFaulted = true

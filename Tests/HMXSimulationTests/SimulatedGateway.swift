@@ -94,23 +94,14 @@ final class SimulatedGateway: StreamDriverDelegate {
 
     func perform(_ action: StreamAction) {
         switch action {
-        case .ended, .notice, .openRefused, .opened, .removed, .abort:
+        case .ended, .notice, .openRefused, .opened, .removed:
             self.record?("\(self.name): \(action)")
         default:
             break
         }
         switch action {
-        case .write(let id, let bytes):
-            guard let app = self.apps[id] else {
-                return self.violations.append("\(self.name): write for \(id) without a socket")
-            }
-            app.write(bytes, plans: self.plans())
-        case .read(let id):
-            self.apps[id]?.isReadRequested = true
-        case .shutdownOutput(let id):
-            self.apps[id]?.shutdownOutput()
-        case .abort(let id):
-            self.apps[id]?.reset()
+        case .write, .read, .shutdownOutput, .abort:
+            self.violations.append("\(self.name): a socket action reached the delegate: \(action)")
         case .ended(let id, let end):
             if case .refusedByPeer = end { self.onRefused?(id) }
             if case .refusedHere = end { self.pendingDials.removeAll { $0 == id } }

@@ -107,7 +107,9 @@ extension Simulation {
         gateway.pendingDials.removeAll { $0 == id }
         guard gateway.driver.connection(id)?.phase == .dialing else { return }
         if succeed {
-            gateway.apps[id] = SimulatedApp(server: ())
+            let app = SimulatedApp(server: gateway.plans)
+            gateway.apps[id] = app
+            gateway.driver.attach(app, to: id)
             gateway.driver.dialSucceeded(id)
         } else {
             self.record("dial of \(id) on \(gateway.name) fails")
@@ -163,7 +165,7 @@ extension Simulation {
             guard let (id, app) = self.random.pick(gateway.sortedApps), let plan = app.plan else { return }
             self.record("\(gateway.name): the application of stream \(plan.serial) aborts")
             self.faulted.insert(plan.serial)
-            app.abort()
+            app.abortItself()
             gateway.driver.localClosed(id, error: true)
         case 40..<80:
             try self.restart(self.random.int(0...1))

@@ -186,6 +186,7 @@ final class Simulation {
             openTimeout: .seconds(30)
         )
         gateway.apps[id] = app
+        gateway.driver.attach(app, to: id)
         // An import's socket is readable at once; the driver asks once accepted.
         self.record("open \(serial) on \(gateway.name) as \(id): \(plan.clientBytes)/\(plan.serverBytes) bytes")
     }
