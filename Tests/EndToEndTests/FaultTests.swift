@@ -97,6 +97,10 @@ extension GatewayEndToEndTests {
             #expect(await beta.wait(seconds: 10) != nil)
             // alpha sends nothing meanwhile, so it cannot have seen beta's domain go.
             let restarted = try lab.startGateway(.beta, config: "\(lab.directory.path)/gateway-beta.yaml")
+            // The new run is up before alpha sends anything: alpha's first OPEN then
+            // reaches it, and only alpha's missing ring stands in the way (a probe sent
+            // earlier would find no domain at all: ESRCH, another path).
+            try #require(await eventually(within: 20) { restarted.log.contains("gateway ready") }, "\(restarted.log)")
             let probe = try await lab.runTool(
                 .alpha,
                 ["probe", "--port", "\(lab.echoPort)", "--timeout", "30"],
