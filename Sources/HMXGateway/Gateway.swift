@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+import CoreMetrics
 import HMXCore
 import HMXStream
 import Logging
@@ -45,6 +46,7 @@ final class Gateway {
     var countsByPeer: [PeerMapping: Int] = [:]
     var listeners: [String: (importConfig: GatewayConfig.Import, channel: any Channel)] = [:]
     private var reportedStatistics = StreamStatistics()
+    private var reportedActiveConnections = 0
     /// Rate limits the warnings peers provoke.
     var warnings = WarningLimiter()
     /// When a failed accept was last logged.
@@ -209,9 +211,16 @@ extension Gateway: StreamDriverDelegate {
     }
 
     func turnEnded(_ statistics: StreamStatistics) {
-        self.metrics.report(statistics, since: self.reportedStatistics, activeConnections: self.activeConnectionCount)
-        self.reportedStatistics = statistics
-        self.reportSuppressedWarnings()
+        if statistics != self.reportedStatistics {
+            self.metrics.report(statistics, since: self.reportedStatistics)
+            self.reportedStatistics = statistics
+        }
+        let active = self.activeConnectionCount
+        if active != self.reportedActiveConnections {
+            self.metrics.activeConnections.set(active)
+            self.reportedActiveConnections = active
+        }
+        if self.warnings.hasPending { self.reportSuppressedWarnings() }
     }
 }
 

@@ -61,7 +61,7 @@ struct GatewayMetrics: Sendable {
     }
 
     /// Adds what the stream layer counted since `previous`.
-    func report(_ statistics: StreamStatistics, since previous: StreamStatistics, activeConnections: Int) {
+    func report(_ statistics: StreamStatistics, since previous: StreamStatistics) {
         func add(_ counter: Counter, _ now: Int, _ before: Int) {
             if now > before { counter.increment(by: Int64(now - before)) }
         }
@@ -76,6 +76,5 @@ struct GatewayMetrics: Sendable {
         if statistics.windowPoolInUse != previous.windowPoolInUse {
             self.windowPoolInUse.set(statistics.windowPoolInUse)
         }
-        self.activeConnections.set(activeConnections)
     }
 }

@@ -81,6 +81,9 @@ struct WarningLimiter {
         return .log(suppressed: 0)
     }
 
+    /// Some warnings were suppressed and not reported yet.
+    var hasPending: Bool { !self.pending.isEmpty }
+
     /// Windows that ended with suppressed warnings nobody heard of: report them.
     mutating func expired(now: NIODeadline) -> [(key: Key, suppressed: Int)] {
         guard !self.pending.isEmpty else { return [] }

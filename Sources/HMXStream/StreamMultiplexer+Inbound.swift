@@ -14,12 +14,13 @@ extension StreamMultiplexer {
     /// inbox, to be handled by ``processInbound()``.
     public mutating func received(_ message: ByteBuffer, type: UInt32, from domain: DomainID, now: NIODeadline) {
         self.ensurePeer(domain, now: now)
+        let peer = self.peers[domain]!
         self.statistics.messagesReceived += 1
-        self.peers[domain]!.health.heard(now: now)
+        peer.health.heard(now: now)
         // A message from the peer's gateway: its ring for us most likely exists now.
         var healthActions: [PeerHealth.Action] = []
-        let isKnown = self.peers[domain]!.sender.isMessageSizeKnown
-        self.peers[domain]!.health.querySizeIfUnknown(isKnown: isKnown, now: now, into: &healthActions)
+        let isKnown = peer.sender.isMessageSizeKnown
+        peer.health.querySizeIfUnknown(isKnown: isKnown, now: now, into: &healthActions)
         self.execute(healthActions, for: domain, now: now)
         guard type == StreamFrame.messageType else {
             return self.inboxAppend(.malformed(.notStreamType(type)), for: domain)
@@ -30,7 +31,7 @@ extension StreamMultiplexer {
             guard case .sequence(let number, let base, let instance) = try StreamFrame.parse(&buffer) else {
                 return self.inboxAppend(.malformed(.noSequenceFirst), for: domain)
             }
-            delivery = try self.peers[domain]!.order.receive(
+            delivery = try peer.order.receive(
                 number: number,
                 base: base,
                 instance: instance,
@@ -45,20 +46,21 @@ extension StreamMultiplexer {
         }
         if delivery.messages.isEmpty { self.statistics.outOfOrder += 1 }
         if delivery.peerRestarted {
-            self.inboxAppend(.restarted(instance: self.peers[domain]!.order.instance!), for: domain)
+            self.inboxAppend(.restarted(instance: peer.order.instance!), for: domain)
         }
         for message in delivery.messages { self.inboxAppend(.message(message), for: domain) }
     }
 
     private mutating func inboxAppend(_ item: Peer.InboundItem, for domain: DomainID) {
+        let peer = self.peers[domain]!
         if case .malformed = item {
             // Its numbering starts again with its next message.
-            self.peers[domain]!.order.reset()
+            peer.order.reset()
         }
-        if case .message(let buffer) = item { self.peers[domain]!.inboxBytes += buffer.readableBytes }
-        self.peers[domain]!.inbox.append(item)
-        if !self.peers[domain]!.isInboundScheduled {
-            self.peers[domain]!.isInboundScheduled = true
+        if case .message(let buffer) = item { peer.inboxBytes += buffer.readableBytes }
+        peer.inbox.append(item)
+        if !peer.isInboundScheduled {
+            peer.isInboundScheduled = true
             self.inboundTurns.append(domain)
         }
     }
@@ -121,7 +123,7 @@ extension StreamMultiplexer {
                         break
                     }
                 }
-                guard self.peers[domain] != nil else { return }
+                guard self.peers.index(forKey: domain) != nil else { return }
                 self.peers[domain]!.inboxBytes -= before - buffer.readableBytes
                 if let failure {
                     self.peers[domain]!.inbox.removeFirst()
@@ -210,7 +212,7 @@ extension StreamMultiplexer {
         _ body: (inout StreamConnectionState, inout [StreamConnectionState.Action]) -> Void
     ) {
         let id = ConnectionID(peer: domain, key: key)
-        guard self.connections[id] != nil else {
+        guard self.connections.index(forKey: id) != nil else {
             return self.enqueue(.reset(key: key, reason: .unknownConnection), to: domain)
         }
         self.withConnection(id, body)
@@ -226,7 +228,7 @@ extension StreamMultiplexer {
         _ version: UInt16,
         _ now: NIODeadline
     ) {
-        guard self.connections[id] == nil else {
+        guard self.connections.index(forKey: id) == nil else {
             self.actions.append(.notice(.reusedConnectionID(id)))
             return self.terminate(id, .protocolError, resetReason: .protocolViolation)
         }

@@ -20,14 +20,14 @@ extension StreamMultiplexer {
     /// The peers with something to send, in the order they got it.
     public mutating func takePeersToPump() -> [DomainID] {
         guard !self.pumpQueue.isEmpty else { return [] }
-        var taken: [DomainID] = []
-        swap(&taken, &self.pumpQueue)
+        let taken = self.pumpQueue
+        self.pumpQueue.removeAll(keepingCapacity: true)
         for domain in taken { self.peers[domain]?.isPumpScheduled = false }
         return taken
     }
 
     mutating func schedulePump(_ domain: DomainID) {
-        guard self.peers[domain] != nil, !self.peers[domain]!.isPumpScheduled else { return }
+        guard self.peers.index(forKey: domain) != nil, !self.peers[domain]!.isPumpScheduled else { return }
         self.peers[domain]!.isPumpScheduled = true
         self.pumpQueue.append(domain)
     }
@@ -35,7 +35,7 @@ extension StreamMultiplexer {
     /// The next message for sendv to `domain`, if one may go now. A peer that lets
     /// frames pile up beyond any well-behaved bound is given up instead.
     public mutating func nextMessage(to domain: DomainID, now: NIODeadline) -> PeerSender.Message? {
-        guard self.peers[domain] != nil else { return nil }
+        guard self.peers.index(forKey: domain) != nil else { return nil }
         if self.peers[domain]!.sender.isOverflowing {
             let frames = PeerSender.maximumQueuedFrames
             self.peerFailed(domain, .notDraining(queuedFrames: frames), now: now)
@@ -53,7 +53,7 @@ extension StreamMultiplexer {
 
     /// The result of sendv for message `number` to `domain`.
     public mutating func sendCompleted(to domain: DomainID, number: UInt32, _ outcome: SendOutcome, now: NIODeadline) {
-        guard self.peers[domain] != nil else { return }
+        guard self.peers.index(forKey: domain) != nil else { return }
         switch outcome {
         case .delivered:
             guard self.peers[domain]!.sender.sendCompleted(number: number, .delivered) else { return }
@@ -117,7 +117,7 @@ extension StreamMultiplexer {
         check: Bool,
         now: NIODeadline
     ) {
-        guard self.peers[domain] != nil else { return }
+        guard self.peers.index(forKey: domain) != nil else { return }
         let hadRing = self.peers[domain]!.health.hasRing
         var healthActions: [PeerHealth.Action] = []
         self.peers[domain]!.health.ringRegistrationFailed(
@@ -135,7 +135,7 @@ extension StreamMultiplexer {
 
     /// Notify answered the size query for the peer's ring (`nil`: no such ring yet).
     public mutating func messageSizeQueried(for domain: DomainID, maximumMessageSize: Int?) {
-        guard self.peers[domain] != nil else { return }
+        guard self.peers.index(forKey: domain) != nil else { return }
         self.peers[domain]!.health.sizeQueryCompleted()
         if let size = maximumMessageSize, size >= 64 {
             self.peers[domain]!.sender.peerRingChanged(maximumMessageSize: size)

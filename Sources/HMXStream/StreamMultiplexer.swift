@@ -9,7 +9,7 @@ import NIOCore
 /// Every method is an event; what it means for sockets, the hypervisor and the log is
 /// appended to ``actions`` for the owner to execute. Nothing here calls out, so no
 /// call comes back in while an event is handled.
-public struct StreamMultiplexer: Sendable {
+public struct StreamMultiplexer {
     public struct Configuration: Sendable, Equatable {
         /// The window each connection grants to begin with.
         public var window: Int
@@ -37,8 +37,10 @@ public struct StreamMultiplexer: Sendable {
         }
     }
 
-    /// What a multiplexer keeps per peer domain.
-    struct Peer: Sendable {
+    /// What a multiplexer keeps per peer domain: its values, in one box, so that the
+    /// many reads and updates per message reach them in place (a dictionary of large
+    /// structs would copy one out for every read).
+    final class Peer {
         enum InboundItem: Sendable {
             case message(ByteBuffer)
             /// The peer's gateway runs again, as this instance.
@@ -58,6 +60,11 @@ public struct StreamMultiplexer: Sendable {
         /// previous run, still on their way when we restarted, then name connections
         /// we do not have (answered with RESET), not new ones that took the same id.
         var nextLocalID: UInt32
+        init(sender: PeerSender, health: PeerHealth, nextLocalID: UInt32) {
+            self.sender = sender
+            self.health = health
+            self.nextLocalID = nextLocalID
+        }
         /// In ``StreamMultiplexer/inboundTurns`` or ``StreamMultiplexer/pumpQueue``.
         var isInboundScheduled = false
         var isPumpScheduled = false
@@ -109,7 +116,7 @@ public struct StreamMultiplexer: Sendable {
 
     /// The peer's state, created on first contact.
     mutating func ensurePeer(_ domain: DomainID, now: NIODeadline) {
-        guard self.peers[domain] == nil else { return }
+        guard self.peers.index(forKey: domain) == nil else { return }
         let mixed = (self.instance ^ UInt64(domain.rawValue)) &* 0x9E37_79B9_7F4A_7C15
         self.peers[domain] = Peer(
             sender: PeerSender(instance: self.instance, configuredInFlight: self.configuration.peerInFlight),
@@ -129,8 +136,9 @@ public struct StreamMultiplexer: Sendable {
             actions.removeAll(keepingCapacity: true)
             swap(&actions, &self.connectionActions)
         }
-        guard self.connections[id] != nil else { return }
-        body(&self.connections[id]!, &actions)
+        // In place: a connection's state is a large value, not copied out and back.
+        guard let index = self.connections.index(forKey: id) else { return }
+        body(&self.connections.values[index], &actions)
         self.apply(actions, of: id)
     }
 
@@ -178,17 +186,17 @@ public struct StreamMultiplexer: Sendable {
 
     /// Queues a frame for the peer; it goes out with the next pump.
     mutating func enqueue(_ frame: StreamFrame, to domain: DomainID) {
-        guard self.peers[domain] != nil else { return }
-        self.peers[domain]!.sender.enqueue(frame)
-        if !self.peers[domain]!.isPumpScheduled {
-            self.peers[domain]!.isPumpScheduled = true
+        guard let peer = self.peers[domain] else { return }
+        peer.sender.enqueue(frame)
+        if !peer.isPumpScheduled {
+            peer.isPumpScheduled = true
             self.pumpQueue.append(domain)
         }
     }
 
     func sendLimits(of domain: DomainID) -> (maximumData: Int, queueHasRoom: Bool) {
-        guard let sender = self.peers[domain]?.sender else { return (StreamFrame.maximumDataLength, true) }
-        return (sender.maximumDataLength, sender.hasQueueRoom)
+        guard let peer = self.peers[domain] else { return (StreamFrame.maximumDataLength, true) }
+        return (peer.sender.maximumDataLength, peer.sender.hasQueueRoom)
     }
 }
 
@@ -229,7 +237,9 @@ extension StreamMultiplexer {
     ) -> ConnectionID {
         self.ensurePeer(peer, now: now)
         var id = self.peers[peer]!.nextLocalID
-        while id == 0 || self.connections[ConnectionID(peer: peer, key: .init(id: id, openedLocally: true))] != nil {
+        while id == 0
+            || self.connections.index(forKey: ConnectionID(peer: peer, key: .init(id: id, openedLocally: true))) != nil
+        {
             id &+= 1
         }
         self.peers[peer]!.nextLocalID = id &+ 1
