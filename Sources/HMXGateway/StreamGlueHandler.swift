@@ -30,6 +30,10 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
     /// The driver asked for a read that has not reached the socket yet.
     private var isReadAllowed = false
     private var hasUnflushedWrites = false
+    /// Writes handed to the channel whose completion has not come back.
+    private var pendingWrites = 0
+    /// The output is to be shut once the pending writes are done.
+    private var isShutdownPending = false
 
     init(driver: StreamDriver, onActive: ((any Channel) -> ConnectionID?)? = nil) {
         self.driver = driver
@@ -63,9 +67,12 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
         let promise = context.eventLoop.makePromise(of: Void.self)
         context.write(self.wrapOutboundOut(bytes), promise: promise)
         self.hasUnflushedWrites = true
-        promise.futureResult.assumeIsolated().whenSuccess {
+        self.pendingWrites += 1
+        promise.futureResult.assumeIsolated().whenComplete { result in
+            self.pendingWrites -= 1
+            if self.isShutdownPending, self.pendingWrites == 0 { self.shutdownOutputNow() }
             // Only for this connection: its id may be reused once it is forgotten.
-            guard self.id == id else { return }
+            guard case .success = result, self.id == id else { return }
             self.driver.localWriteCompleted(id, count: count)
         }
     }
@@ -84,11 +91,25 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
     }
 
     /// No more data will come: EOF for the application after the pending bytes.
+    ///
+    /// The output is shut only once every write has completed: when the socket's input
+    /// is closed already (the application half-closed first), SwiftNIO turns
+    /// `close(mode: .output)` into a full close, which drops writes still waiting for
+    /// room in the socket: a slow reader would see EOF with bytes missing.
     func shutdownOutput() {
-        guard let context else { return }
+        guard self.context != nil else { return }
         // DATA just before may still be unflushed: closing would drop it.
         self.flush()
-        context.close(mode: .output, promise: nil)
+        if self.pendingWrites > 0 {
+            self.isShutdownPending = true
+        } else {
+            self.shutdownOutputNow()
+        }
+    }
+
+    private func shutdownOutputNow() {
+        self.isShutdownPending = false
+        self.context?.close(mode: .output, promise: nil)
     }
 
     /// Closes the socket with a TCP reset (SO_LINGER 0), so the application sees an

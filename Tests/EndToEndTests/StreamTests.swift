@@ -223,6 +223,32 @@ extension GatewayEndToEndTests {
             #expect(ringFull < sent / 4, "\(ringFull) of \(sent) messages found the ring full")
         }
 
+        @Test(
+            "half-close, then a slow start to reading: the reply waits in the gateway and arrives whole before EOF",
+            .timeLimit(.minutes(2))
+        )
+        func halfCloseSlowReader() async throws {
+            let lab = try await GatewayLab()
+            let target = lab.port(42)
+            let importPort = lab.port(43)
+            try await lab.startToolServer(.beta, ["echo-server", "--port", "\(target)", "--reply-after-eof", "0"])
+            try await lab.startGateways(
+                exports: [.init(name: "echo-late-reader", port: 9004, target: "tcp://127.0.0.1:\(target)")],
+                imports: [.init(name: "echo-late-reader", listen: "tcp://127.0.0.1:\(importPort)", port: 9004)]
+            )
+            // The client's input is shut before the peer's FIN comes, and the reply's last
+            // window still waits to be written when it does: shutting the output then must
+            // not drop it (a full close would).
+            let bytes = 32 << 20
+            let client = try await lab.runTool(
+                .alpha,
+                ["half-close", "--port", "\(importPort)", "--bytes", "\(bytes)", "--read-delay", "3", "--timeout", "60"],
+                seconds: 90
+            )
+            #expect(client.status == 0, "\(client.output)\n\(lab.gatewayLogs)")
+            #expect(client.output.hasPrefix("ok \(bytes) bytes after half-close"), "\(client.output)")
+        }
+
         @Test("half-close: the client shuts its write side and still reads the whole reply", .timeLimit(.minutes(2)))
         func halfClose() async throws {
             let lab = try await GatewayLab()

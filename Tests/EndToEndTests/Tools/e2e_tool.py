@@ -303,16 +303,22 @@ def slow_reader(args):
 
 
 def half_close(args):
-    """Sends --bytes, shuts its write side, then must read the whole reply."""
+    """Sends --bytes, shuts its write side, then must read the whole reply (with
+    --read-delay, only after that many seconds and then slowly: the reply keeps
+    waiting in the gateway's socket)."""
     payload = os.urandom(args.bytes)
     with connect(args.port, args.timeout) as sock:
         sock.settimeout(args.timeout)
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
+        time.sleep(args.read_delay)
         start = time.monotonic()
         reply = bytearray()
         while chunk := sock.recv(1 << 16):
             reply += chunk
+            if args.read_delay:
+                # A slow reader: the reply keeps waiting in the gateway's socket.
+                time.sleep(0.005)
     if bytes(reply) != payload:
         say(f"reply differs: {len(reply)} bytes of {len(payload)}")
         return 1
@@ -519,6 +525,7 @@ def main():
     command.add_argument("--port", type=int, required=True)
     command.add_argument("--bytes", type=int, required=True)
     command.add_argument("--timeout", type=float, default=30)
+    command.add_argument("--read-delay", type=float, default=0)
     command = commands.add_parser("refused")
     command.add_argument("--port", type=int, required=True)
     command.add_argument("--timeout", type=float, default=10)
