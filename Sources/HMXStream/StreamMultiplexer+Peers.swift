@@ -62,6 +62,7 @@ extension StreamMultiplexer {
         case .ringFull:
             guard self.peers[domain]!.sender.sendCompleted(number: number, .ringFull) else { return }
             self.statistics.ringFull += 1
+            if self.peers[domain]!.waitingForRoomSince == nil { self.peers[domain]!.waitingForRoomSince = now }
         case .failed(let errno):
             // Gone if the peer failed meanwhile (the queue was discarded).
             guard self.peers[domain]!.sender.sendCompleted(number: number, .failed) else { return }
@@ -71,10 +72,17 @@ extension StreamMultiplexer {
 
     /// The hypervisor signalled an event: rings that were full may have room.
     public mutating func ringsMayHaveRoom() {
-        for domain in self.peers.keys where self.peers[domain]!.sender.ringMayHaveRoom() {
+        for (domain, peer) in self.peers where peer.sender.ringMayHaveRoom() {
+            peer.waitingForRoomSince = nil
             self.schedulePump(domain)
         }
     }
+
+    /// How long a sender waits for the wake-up of a full ring before it tries again
+    /// anyway: a wake-up can be lost (the peer's domain was destroyed with our message
+    /// pending on its ring, and started again); a ring still full answers EAGAIN again,
+    /// which queues a new wake-up.
+    static let wakeUpTimeout = TimeAmount.seconds(1)
 }
 
 // MARK: - Peer health
@@ -145,6 +153,11 @@ extension StreamMultiplexer {
     /// Once a keepalive interval: pings, dead peers, missing rings, size queries, idle
     /// connections and unanswered OPENs.
     public mutating func tick(now: NIODeadline) {
+        for (domain, peer) in self.peers {
+            guard let since = peer.waitingForRoomSince, now - since >= Self.wakeUpTimeout else { continue }
+            peer.waitingForRoomSince = nil
+            if peer.sender.ringMayHaveRoom() { self.schedulePump(domain) }
+        }
         for domain in self.peers.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
             guard let peer = self.peers[domain] else { continue }
             var healthActions: [PeerHealth.Action] = []

@@ -68,6 +68,9 @@ public struct StreamMultiplexer {
         /// In ``StreamMultiplexer/inboundTurns`` or ``StreamMultiplexer/pumpQueue``.
         var isInboundScheduled = false
         var isPumpScheduled = false
+        /// When a message to this peer found its ring full and we began waiting for the
+        /// wake-up (nil: not waiting).
+        var waitingForRoomSince: NIODeadline?
     }
 
     public var configuration: Configuration {

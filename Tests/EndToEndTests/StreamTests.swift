@@ -242,7 +242,10 @@ extension GatewayEndToEndTests {
             let bytes = 32 << 20
             let client = try await lab.runTool(
                 .alpha,
-                ["half-close", "--port", "\(importPort)", "--bytes", "\(bytes)", "--read-delay", "3", "--timeout", "60"],
+                [
+                    "half-close", "--port", "\(importPort)", "--bytes", "\(bytes)", "--read-delay", "3", "--timeout",
+                    "60",
+                ],
                 seconds: 90
             )
             #expect(client.status == 0, "\(client.output)\n\(lab.gatewayLogs)")
