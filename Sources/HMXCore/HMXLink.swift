@@ -151,6 +151,18 @@ public final class HMXRing: @unchecked Sendable {
         return count
     }
 
+    /// The sender of the next message, without consuming it; nil if none waits.
+    /// - Throws: ``RingReader/Corruption`` as ``receive(limit:_:)`` does.
+    public func nextSender() throws -> DomainID? {
+        guard !self.isClosed else { return nil }
+        do {
+            return try self.reader.peek().map { DomainID($0.header.source.domain) }
+        } catch {
+            self.reader.flush()
+            throw error
+        }
+    }
+
     /// Marks the ring unusable (called by the backend when it is unregistered).
     public func markClosed() {
         self.isClosed = true

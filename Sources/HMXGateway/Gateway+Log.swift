@@ -108,13 +108,17 @@ extension Gateway {
                 )
             }
         case .peerFailed(let domain, let outcome, let cause, let count):
-            self.logger.warning(
-                "cannot send to peer; ending its connections",
-                metadata: [
-                    "peer": "\(self.config.name(of: domain))", "error": "\(cause)", "reason": "\(outcome.rawValue)",
-                    "connections": "\(count)",
-                ]
-            )
+            // A domain that writes to our wildcard ring and has no ring for our answers
+            // (or never drains it) fails every time it is answered.
+            self.limited(.peerFailed, from: domain) { suppressed in
+                self.logger.warning(
+                    "cannot send to peer; ending its connections",
+                    metadata: [
+                        "peer": "\(self.config.name(of: domain))", "error": "\(cause)",
+                        "reason": "\(outcome.rawValue)", "connections": "\(count)", "suppressed": "\(suppressed)",
+                    ]
+                )
+            }
         case .peerRestarted(let domain, let count):
             self.limited(.restarted, from: domain) { suppressed in
                 self.logger.warning(

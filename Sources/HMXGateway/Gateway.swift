@@ -52,6 +52,8 @@ final class Gateway {
     /// When a failed accept was last logged.
     var lastAcceptWarning = NIODeadline.distantPast
     private(set) var isShuttingDown = false
+    /// Where the driver continues left-over work (after the loop's ready I/O).
+    private var loopYield: LoopYield?
 
     init(config: GatewayConfig, link: any HMXLink, logger: Logger, metrics: GatewayMetrics = GatewayMetrics()) {
         self.config = config
@@ -82,8 +84,13 @@ final class Gateway {
     /// for its peer exists gets no answer (the peer cannot send it), so listeners wait
     /// for each partner ring's first answer from the hypervisor.
     func start() -> EventLoopFuture<Void> {
-        self.driver.start(partners: self.config.partnerDomains, wildcard: self.config.wantsWildcardRing)
-            .assumeIsolated().flatMap {
+        LoopYield.makePipe(on: self.eventLoop).assumeIsolated().flatMapThrowing { pipe in
+            let yield = try LoopYield(pipe)
+            self.loopYield = yield
+            self.driver.yieldToIO = { yield.schedule($0) }
+        }.flatMap {
+            self.driver.start(partners: self.config.partnerDomains, wildcard: self.config.wantsWildcardRing)
+        }.flatMap {
                 EventLoopFuture.andAllSucceed(self.config.imports.map { self.bind($0) }, on: self.eventLoop)
             }.nonisolated()
     }
@@ -106,6 +113,9 @@ final class Gateway {
     private func waitForDrain(until deadline: NIODeadline, promise: EventLoopPromise<Void>) {
         if self.activeConnectionCount == 0 || NIODeadline.now() >= deadline {
             self.driver.stop()
+            self.driver.yieldToIO = nil
+            self.loopYield?.close()
+            self.loopYield = nil
             promise.succeed(())
             return
         }

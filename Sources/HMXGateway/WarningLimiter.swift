@@ -15,6 +15,7 @@ struct WarningLimiter {
         case violation
         case reusedConnectionID = "reused_connection_id"
         case reset
+        case peerFailed = "peer_failed"
     }
 
     struct Key: Hashable {

@@ -129,6 +129,9 @@ public struct PeerSender: Sendable {
     /// Frames wait to be sent.
     public var hasQueuedFrames: Bool { !self.queue.isEmpty }
 
+    /// Frames waiting to be sent.
+    public var queuedFrames: Int { self.queue.count }
+
     /// Frames queued or messages not yet seen delivered.
     public var isIdle: Bool { self.queue.isEmpty && self.outstanding.isEmpty }
 

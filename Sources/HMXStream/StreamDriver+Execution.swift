@@ -95,7 +95,7 @@ extension StreamDriver {
         }
         self.flushSockets()
         self.delegate?.turnEnded(self.multiplexer.statistics)
-        if self.multiplexer.hasInboundWork || drain.leftMessages { self.scheduleTurn() }
+        if self.multiplexer.hasInboundWork || drain.leftMessages { self.scheduleFollowUpTurn() }
         self.pump()
     }
 
@@ -108,6 +108,25 @@ extension StreamDriver {
         for socket in written { socket.flush() }
         written.removeAll(keepingCapacity: true)
         if self.needsFlush.isEmpty { self.needsFlush = written }
+    }
+
+    /// Work is left over (a peer's inbox, messages left in a ring): a new round of it,
+    /// after the event loop has served the I/O that became ready meanwhile (with
+    /// ``yieldToIO``, if the owner set it).
+    private func scheduleFollowUpTurn() {
+        guard !self.isFollowUpScheduled else { return }
+        self.isFollowUpScheduled = true
+        let next = { [weak self] in
+            guard let self else { return }
+            self.isFollowUpScheduled = false
+            self.multiplexer.startRound()
+            self.turn()
+        }
+        if let yieldToIO = self.yieldToIO {
+            yieldToIO(next)
+        } else {
+            self.eventLoop.assumeIsolated().execute(next)
+        }
     }
 
     private func scheduleTurn() {

@@ -71,10 +71,18 @@ public final class StreamDriver {
     var spareActions: [StreamAction] = []
     var isExecuting = false
     var isTurnScheduled = false
+    var isFollowUpScheduled = false
     var isPumpScheduled = false
     var isPumping = false
     var timer: RepeatedTask?
     public private(set) var isStopped = false
+    /// Runs its argument on the event loop after the I/O that is ready now has been
+    /// served; the driver continues left-over work with it. Without it (tests on an
+    /// `EmbeddedEventLoop`), a task on the loop. A SwiftNIO loop runs the tasks that
+    /// its tasks queue within the same tick, before it looks at its sockets again: a
+    /// driver that queued its next turn as a task while a peer kept its inbox full
+    /// would keep the loop from every socket.
+    public var yieldToIO: ((@escaping () -> Void) -> Void)?
 
     public init(link: any HMXLink, configuration: Configuration, instance: UInt64 = .random(in: 1...UInt64.max)) {
         self.link = link
@@ -244,4 +252,10 @@ extension StreamDriver {
 
     /// Every connection's state (for tests and diagnostics).
     public var connections: [ConnectionID: StreamConnectionState] { self.multiplexer.connections }
+
+    /// What `domain` costs this gateway (see ``StreamMultiplexer/PeerLoad``).
+    public func load(of domain: DomainID) -> StreamMultiplexer.PeerLoad? { self.multiplexer.load(of: domain) }
+
+    /// Number of peer domains this gateway keeps state for.
+    public var peerCount: Int { self.multiplexer.peerCount }
 }

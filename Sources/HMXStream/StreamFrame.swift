@@ -236,14 +236,12 @@ public enum StreamFrame: Equatable, Sendable {
     /// - Returns: `nil` when the buffer is empty.
     public static func parse(_ buffer: inout ByteBuffer) throws(ParseError) -> StreamFrame? {
         if buffer.readableBytes == 0 { return nil }
-        guard buffer.readableBytes >= Self.headerSize,
-            let rawKind = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
-            let flags = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self),
-            let reserved = buffer.getInteger(at: buffer.readerIndex + 2, endianness: .little, as: UInt16.self),
-            let id = buffer.getInteger(at: buffer.readerIndex + 4, endianness: .little, as: UInt32.self),
-            let length = buffer.getInteger(at: buffer.readerIndex + 8, endianness: .little, as: UInt32.self),
-            let value = buffer.getInteger(at: buffer.readerIndex + 12, endianness: .little, as: UInt32.self)
-        else { throw .truncatedHeader }
+        guard buffer.readableBytes >= Self.headerSize else { throw .truncatedHeader }
+        // The header and the first 16 bytes after it in one look at the bytes (reading
+        // field by field checks the buffer again for each).
+        let fields = buffer.withUnsafeReadableBytes { RawFields($0) }
+        let (rawKind, flags, reserved) = (fields.kind, fields.flags, fields.reserved)
+        let (id, length, value) = (fields.id, fields.length, fields.value)
         guard reserved == 0 else { throw .nonZeroReserved }
         guard let kind = Kind(rawValue: rawKind) else { throw .unknownType(rawKind) }
         guard flags & ~1 == 0 else { throw .unknownFlags(flags) }
@@ -264,29 +262,28 @@ public enum StreamFrame: Equatable, Sendable {
         if value != 0, kind == .data || kind == .fin || kind == .ping || kind == .pong { throw .nonZeroReserved }
         // PING, PONG and SEQUENCE belong to no connection.
         if kind == .ping || kind == .pong || kind == .sequence, id != 0 || flags != 0 { throw .nonZeroReserved }
-        buffer.moveReaderIndex(forwardBy: Self.headerSize)
         // The sender opened it <=> we did not.
         let key = ConnectionKey(id: id, openedLocally: flags & 1 == 0)
+        // Fixed-size bodies are within `fields.body` (their length was checked above).
+        let (first, second) = fields.body
+        if kind == .data {
+            buffer.moveReaderIndex(forwardBy: Self.headerSize)
+            return .data(key: key, payload: buffer.readSlice(length: Int(length))!)
+        }
+        buffer.moveReaderIndex(forwardBy: Self.headerSize + Int(length))
         switch kind {
         case .open:
-            let version = buffer.readInteger(endianness: .little, as: UInt16.self)!
-            guard buffer.readInteger(endianness: .little, as: UInt16.self)! == 0 else { throw .nonZeroReserved }
-            let credit = buffer.readInteger(endianness: .little, as: UInt32.self)!
-            let instance = buffer.readInteger(endianness: .little, as: UInt64.self)!
+            let version = UInt16(truncatingIfNeeded: first)
+            guard UInt16(truncatingIfNeeded: first >> 16) == 0 else { throw .nonZeroReserved }
+            let credit = UInt32(truncatingIfNeeded: first >> 32)
             // An OPEN must come from the opener; the receiver refuses unknown versions.
             guard flags & 1 == 1 else { throw .unknownFlags(flags) }
-            return .open(id: id, servicePort: value, initialCredit: credit, instance: instance, version: version)
+            return .open(id: id, servicePort: value, initialCredit: credit, instance: second, version: version)
         case .accept:
-            return .accept(
-                key: key,
-                initialCredit: value,
-                instance: buffer.readInteger(endianness: .little, as: UInt64.self)!
-            )
+            return .accept(key: key, initialCredit: value, instance: first)
         case .refuse:
             guard let reason = RefuseReason(rawValue: value) else { throw .unknownReason(value) }
             return .refuse(key: key, reason: reason)
-        case .data:
-            return .data(key: key, payload: buffer.readSlice(length: Int(length))!)
         case .credit:
             return .credit(key: key, increment: value)
         case .fin:
@@ -295,16 +292,42 @@ public enum StreamFrame: Equatable, Sendable {
             guard let reason = ResetReason(rawValue: value) else { throw .unknownReason(value) }
             return .reset(key: key, reason: reason)
         case .ping:
-            let instance = buffer.readInteger(endianness: .little, as: UInt64.self)!
-            return .ping(instance: instance, nonce: buffer.readInteger(endianness: .little, as: UInt64.self)!)
+            return .ping(instance: first, nonce: second)
         case .pong:
-            let instance = buffer.readInteger(endianness: .little, as: UInt64.self)!
-            return .pong(instance: instance, nonce: buffer.readInteger(endianness: .little, as: UInt64.self)!)
+            return .pong(instance: first, nonce: second)
         case .sequence:
-            let instance = buffer.readInteger(endianness: .little, as: UInt64.self)!
-            let base = buffer.readInteger(endianness: .little, as: UInt32.self)!
-            guard buffer.readInteger(endianness: .little, as: UInt32.self)! == 0 else { throw .nonZeroReserved }
-            return .sequence(number: value, base: base, instance: instance)
+            guard second >> 32 == 0 else { throw .nonZeroReserved }
+            return .sequence(number: value, base: UInt32(truncatingIfNeeded: second), instance: first)
+        case .data:
+            preconditionFailure("handled above")
         }
+    }
+}
+
+/// A frame's header fields and the two little-endian words after it (zero where the
+/// bytes end first), read at once.
+private struct RawFields {
+    var kind: UInt8
+    var flags: UInt8
+    var reserved: UInt16
+    var id: UInt32
+    var length: UInt32
+    var value: UInt32
+    var body: (UInt64, UInt64)
+
+    /// `bytes` holds at least ``StreamFrame/headerSize`` bytes.
+    init(_ bytes: UnsafeRawBufferPointer) {
+        func load<T: FixedWidthInteger>(_ offset: Int, as: T.Type) -> T {
+            T(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: T.self))
+        }
+        self.kind = bytes[0]
+        self.flags = bytes[1]
+        self.reserved = load(2, as: UInt16.self)
+        self.id = load(4, as: UInt32.self)
+        self.length = load(8, as: UInt32.self)
+        self.value = load(12, as: UInt32.self)
+        let first: UInt64 = bytes.count >= 24 ? load(16, as: UInt64.self) : 0
+        let second: UInt64 = bytes.count >= 32 ? load(24, as: UInt64.self) : 0
+        self.body = (first, second)
     }
 }

@@ -76,16 +76,31 @@ extension StreamMultiplexer {
         !(self.peers[domain]?.inbox.isEmpty ?? true)
     }
 
-    /// True if some peer has unhandled messages (another turn is needed).
+    /// True if some peer has unhandled messages (another round is needed).
     public var hasInboundWork: Bool { !self.inboundTurns.isEmpty }
 
-    /// One turn of inbound work: every peer with messages gets up to
-    /// ``Configuration/framesPerTurn`` frames handled, round-robin, so one peer's flood
-    /// costs only its own share. Call again while ``hasInboundWork``.
+    /// A new round of inbound work: every peer's budget is whole again. The owner
+    /// starts one each time its event loop has served the I/O that was ready, so that a
+    /// peer's share is per loop iteration, however many turns (link events) the
+    /// iteration has.
+    public mutating func startRound() {
+        self.round &+= 1
+    }
+
+    /// Handles the peers' messages, round-robin, each peer's frames within what is left
+    /// of its ``Configuration/framesPerRound`` in this round: one peer's flood costs only
+    /// its own share. While ``hasInboundWork``, start a new round (after the loop's
+    /// I/O) and call again.
     public mutating func processInbound(now: NIODeadline) {
         for _ in 0..<self.inboundTurns.count {
             guard let domain = self.inboundTurns.popFirst() else { return }
-            self.process(domain, budget: self.configuration.framesPerTurn, now: now)
+            if let peer = self.peers[domain] {
+                if peer.budgetRound != self.round {
+                    peer.budgetRound = self.round
+                    peer.budget = self.configuration.framesPerRound
+                }
+                if peer.budget > 0 { self.process(domain, now: now) }
+            }
             if self.peers[domain]?.inbox.isEmpty ?? true {
                 self.peers[domain]?.isInboundScheduled = false
             } else {
@@ -94,23 +109,26 @@ extension StreamMultiplexer {
         }
     }
 
-    /// Handles up to `budget` frames of the peer's inbox.
-    private mutating func process(_ domain: DomainID, budget: Int, now: NIODeadline) {
-        var budget = budget
-        while budget > 0, let item = self.peers[domain]?.inbox.first {
+    /// Handles the peer's inbox within its budget.
+    private mutating func process(_ domain: DomainID, now: NIODeadline) {
+        let peer = self.peers[domain]!
+        while peer.budget > 0, let item = self.peers[domain]?.inbox.first {
             switch item {
             case .restarted(let instance):
+                peer.budget -= 1
                 self.peers[domain]!.inbox.removeFirst()
                 self.peerRestarted(domain, as: instance, now: now)
             case .malformed(let reason):
+                peer.budget -= 1
                 self.peers[domain]!.inbox.removeFirst()
                 self.malformed(domain, reason)
             case .message(var buffer):
                 // Reading moves only this copy's reader index: the bytes are shared.
                 let before = buffer.readableBytes
                 var failure: MalformedMessage?
-                while budget > 0, buffer.readableBytes > 0 {
-                    budget -= 1
+                while peer.budget > 0, buffer.readableBytes > 0 {
+                    peer.budget -= 1
+                    peer.framesHandled += 1
                     do {
                         guard let frame = try StreamFrame.parse(&buffer) else { break }
                         if case .sequence = frame {

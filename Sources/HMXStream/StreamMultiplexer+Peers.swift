@@ -99,6 +99,29 @@ extension StreamMultiplexer {
         }
     }
 
+    /// What one peer domain costs this gateway now, and its frames handled so far.
+    public struct PeerLoad: Sendable, Equatable {
+        /// Frames of its messages handled (since this gateway started).
+        public var framesHandled: Int
+        /// Bytes of its messages waiting to be handled.
+        public var inboxBytes: Int
+        /// Frames waiting to be sent to it.
+        public var queuedFrames: Int
+    }
+
+    /// The load of `domain`, nil if it never sent or was sent anything.
+    public func load(of domain: DomainID) -> PeerLoad? {
+        guard let peer = self.peers[domain] else { return nil }
+        return PeerLoad(
+            framesHandled: peer.framesHandled,
+            inboxBytes: peer.inboxBytes,
+            queuedFrames: peer.sender.queuedFrames
+        )
+    }
+
+    /// Number of peer domains this gateway keeps state for.
+    public var peerCount: Int { self.peers.count }
+
     /// True if our partner ring for `domain` is registered.
     public func hasRing(for domain: DomainID) -> Bool { self.peers[domain]?.health.hasRing ?? false }
 
@@ -154,6 +177,7 @@ extension StreamMultiplexer {
     /// connections and unanswered OPENs.
     public mutating func tick(now: NIODeadline) {
         for (domain, peer) in self.peers {
+            peer.hasNoRingForUs = false
             guard let since = peer.waitingForRoomSince, now - since >= Self.wakeUpTimeout else { continue }
             peer.waitingForRoomSince = nil
             if peer.sender.ringMayHaveRoom() { self.schedulePump(domain) }
@@ -211,6 +235,7 @@ extension StreamMultiplexer {
         for id in affected { self.terminate(id, outcome, resetReason: nil) }
         _ = self.peers[domain]!.sender.discard()
         self.peers[domain]!.order.reset()
+        if errno == .ECONNREFUSED { self.peers[domain]!.hasNoRingForUs = true }
         if errno == .ESRCH {
             // The peer domain is gone, and with it our partner ring for it.
             if self.peers[domain]!.health.hasRing { self.actions.append(.ringLost(domain)) }

@@ -19,21 +19,21 @@ public struct StreamMultiplexer {
         public var windowPool: Int
         /// `limits.peer_in_flight`, if set.
         public var peerInFlight: Int?
-        /// Frames handled per peer per turn (see ``processInbound()``).
-        public var framesPerTurn: Int
+        /// Frames of one peer handled per round (see ``processInbound(now:)``).
+        public var framesPerRound: Int
 
         public init(
             window: Int,
             maximumWindow: Int,
             windowPool: Int,
             peerInFlight: Int? = nil,
-            framesPerTurn: Int = 1024
+            framesPerRound: Int = 256
         ) {
             self.window = window
             self.maximumWindow = maximumWindow
             self.windowPool = windowPool
             self.peerInFlight = peerInFlight
-            self.framesPerTurn = framesPerTurn
+            self.framesPerRound = framesPerRound
         }
     }
 
@@ -54,6 +54,14 @@ public struct StreamMultiplexer {
         /// Messages in order, not yet handled (the current one partly read).
         var inbox = CircularBuffer<InboundItem>()
         var inboxBytes = 0
+        var framesHandled = 0
+        /// A send to the peer found no ring for us (ECONNREFUSED) since the last tick:
+        /// answers to it are dropped until the next.
+        var hasNoRingForUs = false
+        /// The round ``budget`` is for, and the frames the peer may still have handled
+        /// in it.
+        var budgetRound = -1
+        var budget = 0
         var connectionCount = 0
         /// The id of our next connection to this peer. Each run of the gateway starts
         /// at its own point (from its instance id): frames the peer sent to our
@@ -86,6 +94,8 @@ public struct StreamMultiplexer {
     var peers: [DomainID: Peer] = [:]
     /// Peers with inbound items, in round-robin order.
     var inboundTurns = CircularBuffer<DomainID>()
+    /// The current round of inbound work (see ``startRound()``).
+    var round = 0
     /// Peers with frames to send.
     var pumpQueue: [DomainID] = []
     /// The nonce of the last PING.
@@ -190,6 +200,16 @@ public struct StreamMultiplexer {
     /// Queues a frame for the peer; it goes out with the next pump.
     mutating func enqueue(_ frame: StreamFrame, to domain: DomainID) {
         guard let peer = self.peers[domain] else { return }
+        if peer.hasNoRingForUs {
+            switch frame {
+            case .pong, .refuse, .reset:
+                // Answers to a domain that had no ring for them: they could only fail
+                // again (a domain writing to our wildcard ring need not have one).
+                return
+            default:
+                break
+            }
+        }
         peer.sender.enqueue(frame)
         if !peer.isPumpScheduled {
             peer.isPumpScheduled = true

@@ -49,28 +49,25 @@ public struct StreamRings {
         self.wildcardRing = nil
     }
 
-    /// Moves the rings' messages into `multiplexer`, each peer's only while its inbox
+    /// Moves the rings' messages into `multiplexer`, each only while its sender's inbox
     /// has room: a peer that sends faster than its share is handled waits in its own
-    /// partner ring. The wildcard ring is shared by every domain without a partner
-    /// ring, so it stops at the first message whose sender's inbox became full.
+    /// partner ring (its sends find it full). The wildcard ring is shared by every
+    /// domain without a partner ring, so it stops at the first message whose sender's
+    /// inbox is full.
     public func drain(into multiplexer: inout StreamMultiplexer, now: NIODeadline) -> Drain {
         var drain = Drain()
-        for (domain, ring) in self.partnerRings {
+        for ring in self.partnerRings.values {
             self.drain(
                 ring,
                 largest: PeerSender.packingLimit(ringMaximumMessageSize: Int(ring.maximumMessageSize)),
                 into: &multiplexer,
                 now: now,
                 drain: &drain
-            ) {
-                $0.isInboxFull(of: domain)
-            }
+            )
         }
         if let ring = self.wildcardRing {
             // Other senders than gateways may send up to the ring's maximum.
-            self.drain(ring, largest: Int(ring.maximumMessageSize), into: &multiplexer, now: now, drain: &drain) { _ in
-                false
-            }
+            self.drain(ring, largest: Int(ring.maximumMessageSize), into: &multiplexer, now: now, drain: &drain)
         }
         return drain
     }
@@ -80,8 +77,7 @@ public struct StreamRings {
         largest: Int,
         into multiplexer: inout StreamMultiplexer,
         now: NIODeadline,
-        drain: inout Drain,
-        isFull: (StreamMultiplexer) -> Bool
+        drain: inout Drain
     ) {
         // A sender that found the ring full (EAGAIN) cannot add to it until woken, so
         // the next look at the ring after its EAGAIN sees it at least that full: looking
@@ -89,27 +85,23 @@ public struct StreamRings {
         // gateway's message is at most the packing limit; if at least that much (plus
         // header and slot) was free, nobody can be waiting.
         let threshold = Int(ring.length) - largest - 32
-        var lastSender: DomainID?
-        while ring.hasMessages {
-            if Int(ring.usedBytes) >= threshold { drain.needsNotify = true }
-            if isFull(multiplexer) || lastSender.map({ multiplexer.isInboxFull(of: $0) }) == true {
-                drain.leftMessages = true
-                return
-            }
-            do {
+        do {
+            while let sender = try ring.nextSender() {
+                if Int(ring.usedBytes) >= threshold { drain.needsNotify = true }
+                if multiplexer.isInboxFull(of: sender) {
+                    drain.leftMessages = true
+                    return
+                }
                 try ring.receive(limit: 1) { message in
                     var buffer = ByteBufferAllocator().buffer(capacity: message.payloadLength)
                     buffer.writeBytes(message.first)
                     buffer.writeBytes(message.second)
-                    let source = DomainID(message.header.source.domain)
-                    lastSender = source
-                    multiplexer.received(buffer, type: message.header.messageType, from: source, now: now)
+                    multiplexer.received(buffer, type: message.header.messageType, from: sender, now: now)
                 }
                 drain.messages += 1
-            } catch {
-                drain.corrupt.append((ring.partner, error))
-                return
             }
+        } catch {
+            drain.corrupt.append((ring.partner, error))
         }
     }
 }

@@ -68,7 +68,15 @@ final class GatewayLab: @unchecked Sendable {
     /// alpha's import of the echo service (in every lab).
     var echoImport: Import { Import(name: "echo", listen: "tcp://127.0.0.1:\(self.echoPort)", port: 7) }
 
-    init(policy: String = GatewayLab.openPolicy) async throws {
+    /// - Parameters:
+    ///   - extraDomains: more domains the emulator knows (no gateway of the lab runs in
+    ///     them: the test attaches to their sockets itself).
+    ///   - macPermissive: wildcard rings allowed (exports with `allow: [any]`).
+    init(
+        policy: String = GatewayLab.openPolicy,
+        extraDomains: [(id: UInt16, name: String)] = [],
+        macPermissive: Bool = false
+    ) async throws {
         try #require(executablePath("hmx-gateway") != nil, "hmx-gateway is not built in \(binDirectory)")
         self.directory = try TemporaryDirectory()
         let useNamespaces = getuid() == 0 && ProcessInfo.processInfo.environment["HMX_E2E_NAMESPACES"] != "0"
@@ -92,9 +100,9 @@ final class GatewayLab: @unchecked Sendable {
         self.basePort = useNamespaces ? 20000 : Int.random(in: 200..<600) * 100
         (self.emulator, _) = try await startEmulator(
             in: self.directory,
-            domains: Domain.allCases.map { (UInt16($0.id), $0.rawValue) },
+            domains: Domain.allCases.map { (UInt16($0.id), $0.rawValue) } + extraDomains,
             policy: policy,
-            macPermissive: false
+            macPermissive: macPermissive
         )
     }
 

@@ -103,7 +103,7 @@ final class Simulation {
                 window: self.options.window,
                 maximumWindow: self.options.maximumWindow,
                 windowPool: 4 * self.options.maximumWindow,
-                framesPerTurn: 64
+                framesPerRound: 64
             )
         )
     }

@@ -12,7 +12,7 @@ struct StreamMultiplexerTests {
 
     static func multiplexer() -> StreamMultiplexer {
         StreamMultiplexer(
-            configuration: .init(window: 1000, maximumWindow: 1000, windowPool: 0, framesPerTurn: 16),
+            configuration: .init(window: 1000, maximumWindow: 1000, windowPool: 0, framesPerRound: 16),
             instance: 42
         )
     }
@@ -156,8 +156,8 @@ struct StreamMultiplexerTests {
         #expect(mux.connections[old]?.peerInstance == 8)
     }
 
-    @Test("a flooding peer gets its budget per turn; another peer's frames are handled in the first turn")
-    func fairTurns() {
+    @Test("a flooding peer gets its budget per round, whatever the turns; another peer's frames are handled in the first")
+    func fairRounds() {
         var mux = Self.multiplexer()
         for number in 0..<8 {
             let pings = (0..<200).map { StreamFrame.ping(instance: 7, nonce: UInt64($0)) }
@@ -181,13 +181,32 @@ struct StreamMultiplexerTests {
                 .incomingOpen(ConnectionID(peer: Self.alpha, key: .init(id: 1, openedLocally: false)), servicePort: 80)
             )
         )
-        #expect(mux.hasInboundWork, "mallory's 1600 PINGs take 100 turns of 16")
-        var turns = 1
+        #expect(mux.load(of: Self.mallory)?.framesHandled == 16)
+        // More turns in the same round (link events in one loop iteration): mallory's
+        // budget is spent; alpha's next frames are still handled.
+        mux.received(
+            Self.message(1, [.open(id: 2, servicePort: 80, initialCredit: 1, instance: 7)]),
+            type: StreamFrame.messageType,
+            from: Self.alpha,
+            now: Self.now
+        )
+        mux.processInbound(now: Self.now)
+        mux.processInbound(now: Self.now)
+        #expect(mux.load(of: Self.mallory)?.framesHandled == 16)
+        #expect(
+            Self.actions(&mux).contains(
+                .incomingOpen(ConnectionID(peer: Self.alpha, key: .init(id: 2, openedLocally: false)), servicePort: 80)
+            )
+        )
+        #expect(mux.hasInboundWork, "mallory's 1600 PINGs take 100 rounds of 16")
+        var rounds = 1
         while mux.hasInboundWork {
+            mux.startRound()
             mux.processInbound(now: Self.now)
-            turns += 1
+            rounds += 1
+            #expect(mux.load(of: Self.mallory)?.framesHandled == min(16 * rounds, 1600))
         }
-        #expect(turns == 100)
+        #expect(rounds == 100)
     }
 }
 

@@ -245,14 +245,16 @@ def probe(args):
 
 
 def sink(args):
-    """Reads --bytes of the source pattern as fast as possible; prints MB/s."""
+    """Reads --bytes of the source pattern as fast as possible (or for --seconds, then
+    closes); every byte checked. Prints MB/s."""
     with connect(args.port, args.timeout) as sock:
         sock.settimeout(args.timeout)
         received = 0
         buffer = bytearray(1 << 18)
         view = memoryview(buffer)
         start = time.monotonic()
-        while received < args.bytes:
+        stop = start + args.seconds if args.seconds else None
+        while received < args.bytes and (stop is None or time.monotonic() < stop):
             count = sock.recv_into(view, min(len(buffer), args.bytes - received))
             if count == 0:
                 say(f"early eof after {received} bytes")
@@ -516,6 +518,7 @@ def main():
     command = commands.add_parser("sink")
     command.add_argument("--port", type=int, required=True)
     command.add_argument("--bytes", type=int, required=True)
+    command.add_argument("--seconds", type=float, help="stop after this long (the rate of what came)")
     command.add_argument("--timeout", type=float, default=60)
     command = commands.add_parser("slow-reader")
     command.add_argument("--port", type=int, required=True)
