@@ -68,7 +68,9 @@ extension Gateway {
         case .terminated(.idleTimeout):
             logger(0).info("idle timeout")
         case .terminated(.noRing):
-            logger(0).info("connection opened before our ring for the peer existed; its answer could not reach us")
+            // The peer has no ring for us (ECONNREFUSED), or the connection was opened
+            // before our ring for the peer existed and its answer could not reach us.
+            logger(0).info("connection ended: a ring on the way was missing", metadata: ["reason": "no_ring"])
         case .terminated(let outcome):
             logger(0).debug("connection ended", metadata: ["reason": "\(outcome.rawValue)"])
         }

@@ -91,8 +91,8 @@ final class Gateway {
         }.flatMap {
             self.driver.start(partners: self.config.partnerDomains, wildcard: self.config.wantsWildcardRing)
         }.flatMap {
-                EventLoopFuture.andAllSucceed(self.config.imports.map { self.bind($0) }, on: self.eventLoop)
-            }.nonisolated()
+            EventLoopFuture.andAllSucceed(self.config.imports.map { self.bind($0) }, on: self.eventLoop)
+        }.nonisolated()
     }
 
     /// Graceful shutdown: stop listening, refuse new connections, wait for open ones

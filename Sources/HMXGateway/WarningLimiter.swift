@@ -53,7 +53,9 @@ struct WarningLimiter {
     /// Decides about one warning of `kind` provoked by `peer`.
     mutating func admit(_ kind: Kind, from peer: DomainID, now: NIODeadline) -> Decision {
         let key = Key(peer: peer, kind: kind)
-        guard var window = self.windows[key] else {
+        // One lookup; the window is updated in place (a flood's suppressed warnings
+        // cost this and nothing else).
+        guard let index = self.windows.index(forKey: key) else {
             if self.windows.count >= Self.maximumKeys { self.evictExpired(now: now) }
             guard self.windows.count < Self.maximumKeys else {
                 self.untracked += 1
@@ -63,22 +65,19 @@ struct WarningLimiter {
             self.windows[key] = Window(start: now, logged: 1, suppressed: 0)
             return .log(suppressed: 0)
         }
-        if now - window.start >= Self.interval {
-            let suppressed = window.suppressed
-            window = Window(start: now, logged: 1, suppressed: 0)
-            self.windows[key] = window
-            self.pending.remove(key)
+        if now - self.windows.values[index].start >= Self.interval {
+            let suppressed = self.windows.values[index].suppressed
+            self.windows.values[index] = Window(start: now, logged: 1, suppressed: 0)
+            if suppressed > 0 { self.pending.remove(key) }
             return .log(suppressed: suppressed)
         }
-        guard window.logged < Self.burst else {
-            window.suppressed += 1
-            self.windows[key] = window
-            self.pending.insert(key)
+        guard self.windows.values[index].logged < Self.burst else {
+            self.windows.values[index].suppressed += 1
+            if self.windows.values[index].suppressed == 1 { self.pending.insert(key) }
             self.suppressedTotal += 1
             return .suppress
         }
-        window.logged += 1
-        self.windows[key] = window
+        self.windows.values[index].logged += 1
         return .log(suppressed: 0)
     }
 

@@ -14,6 +14,13 @@ public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(self.peer)/\(self.key)" }
+
+    /// One word to the hasher (a connection is looked up several times per frame).
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(
+            UInt64(self.peer.rawValue) << 33 | UInt64(self.key.openedLocally ? 1 : 0) << 32 | UInt64(self.key.id)
+        )
+    }
 }
 
 /// What the owner of a ``StreamMultiplexer`` must do, in order.

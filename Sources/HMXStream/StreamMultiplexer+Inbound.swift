@@ -135,7 +135,7 @@ extension StreamMultiplexer {
                             failure = .sequenceInside
                             break
                         }
-                        self.handle(frame, from: domain, now: now)
+                        self.handle(frame, from: domain, peer: peer, now: now)
                     } catch {
                         failure = .frame(error)
                         break
@@ -185,7 +185,7 @@ extension StreamMultiplexer {
 // MARK: - Frames
 
 extension StreamMultiplexer {
-    private mutating func handle(_ frame: StreamFrame, from domain: DomainID, now: NIODeadline) {
+    private mutating func handle(_ frame: StreamFrame, from domain: DomainID, peer: Peer, now: NIODeadline) {
         switch frame {
         case .open(let id, let servicePort, let credit, let instance, let version):
             let connection = ConnectionID(peer: domain, key: .init(id: id, openedLocally: false))
@@ -216,7 +216,7 @@ extension StreamMultiplexer {
             // Never answer a RESET: that could loop.
             self.withConnection(ConnectionID(peer: domain, key: key)) { $0.peerReset(reason, into: &$1) }
         case .ping(_, let nonce):
-            self.enqueue(.pong(instance: self.instance, nonce: nonce), to: domain)
+            self.enqueue(.pong(instance: self.instance, nonce: nonce), to: peer, domain)
         case .pong, .sequence:
             // Hearing from the peer is what a PONG is for; SEQUENCE is taken earlier.
             break

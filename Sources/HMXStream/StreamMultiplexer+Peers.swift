@@ -57,6 +57,7 @@ extension StreamMultiplexer {
         switch outcome {
         case .delivered:
             guard self.peers[domain]!.sender.sendCompleted(number: number, .delivered) else { return }
+            self.peers[domain]!.hasNoRingForUs = false
             self.statistics.messagesSent += 1
             self.schedulePump(domain)
         case .ringFull:

@@ -27,7 +27,7 @@ public struct StreamMultiplexer {
             maximumWindow: Int,
             windowPool: Int,
             peerInFlight: Int? = nil,
-            framesPerRound: Int = 256
+            framesPerRound: Int = 128
         ) {
             self.window = window
             self.maximumWindow = maximumWindow
@@ -55,8 +55,8 @@ public struct StreamMultiplexer {
         var inbox = CircularBuffer<InboundItem>()
         var inboxBytes = 0
         var framesHandled = 0
-        /// A send to the peer found no ring for us (ECONNREFUSED) since the last tick:
-        /// answers to it are dropped until the next.
+        /// A send to the peer found no ring for us (ECONNREFUSED), and none succeeded
+        /// since nor did a tick pass: answers to it are dropped until then.
         var hasNoRingForUs = false
         /// The round ``budget`` is for, and the frames the peer may still have handled
         /// in it.
@@ -200,11 +200,19 @@ public struct StreamMultiplexer {
     /// Queues a frame for the peer; it goes out with the next pump.
     mutating func enqueue(_ frame: StreamFrame, to domain: DomainID) {
         guard let peer = self.peers[domain] else { return }
+        self.enqueue(frame, to: peer, domain)
+    }
+
+    /// ``enqueue(_:to:)`` for a caller that holds the peer already (one lookup less per
+    /// frame: a flood of PINGs is answered at this cost).
+    mutating func enqueue(_ frame: StreamFrame, to peer: Peer, _ domain: DomainID) {
         if peer.hasNoRingForUs {
+            // Answers to what a domain without a ring for us sent could only fail again
+            // (a domain may write to our wildcard ring without one): PONGs, refusals of
+            // its OPENs, RESETs of connections we do not have. Ends of our own
+            // connections still go.
             switch frame {
-            case .pong, .refuse, .reset:
-                // Answers to a domain that had no ring for them: they could only fail
-                // again (a domain writing to our wildcard ring need not have one).
+            case .pong, .refuse, .reset(_, .unknownConnection):
                 return
             default:
                 break

@@ -12,12 +12,19 @@ extension GatewayEndToEndTests {
     /// (beta exports a service to any domain) floods beta's gateway with frames that
     /// cost it work: OPENs for a port nothing exports, or PINGs. Meanwhile alpha's
     /// client streams from beta's export. The flood must cost beta only mallory's
-    /// share: the stream goes on, every byte intact, and beta's log stays short.
+    /// share: the stream keeps at least half its rate, every byte intact, and beta's
+    /// log and memory stay bounded.
+    ///
+    /// The rate is that of the build users run: `scripts/test` runs this suite with
+    /// the release binaries (`HMX_BIN_DIR`). Against debug binaries, where handling a
+    /// frame costs 10-20 times more while copying bytes does not, the flood takes far
+    /// more than half.
     @Suite("flooding domain", .serialized)
     struct Flood {
         static let mallory = (id: UInt16(3), name: "mallory")
-        /// How long each rate is measured.
-        static let seconds = 3.0
+        /// How long each rate is measured, and how many times.
+        static let seconds = 2.0
+        static let rounds = 3
 
         static let policy = """
               - {action: allow, from: alpha, to: beta}
@@ -43,32 +50,44 @@ extension GatewayEndToEndTests {
             defer { _ = link.close() }
             let flooder = try await Flooder(link: link, target: HMXAddress(domain: DomainID(2), port: 4747))
 
-            let quiet = try await Self.streamRate(lab, port: importPort)
-            var rates: [String: Double] = [:]
-            var logLines: [String: Int] = [:]
-            for kind in [Flooder.Kind.opens, .pings] {
-                let linesBefore = lab.gateways[.beta]!.log.split(separator: "\n").count
-                let flood = Task { try await flooder.run(kind, seconds: 120) }
-                // The flood is under way before the stream starts.
-                let started = await eventually(within: 20) { flooder.framesSent > 100_000 }
-                try #require(started, "mallory's flood did not start: \(flooder.framesSent) frames")
-                let framesBefore = flooder.framesSent
-                rates["\(kind)"] = try await Self.streamRate(lab, port: importPort)
-                flooder.stop()
-                _ = try await flood.value
-                let frames = flooder.framesSent - framesBefore
-                logLines["\(kind)"] = lab.gateways[.beta]!.log.split(separator: "\n").count - linesBefore
-                print("flood \(kind): \(frames) frames sent during the stream; stream \(rates["\(kind)"]!) MB/s, quiet \(quiet) MB/s")
-                #expect(frames > 100_000, "the flood went on during the stream (\(kind))")
+            // Rounds of a quiet measurement, then one under each flood: the machine's
+            // noise moves both alike; the medians are compared.
+            var quiet: [Double] = []
+            var rates: [Flooder.Kind: [Double]] = [:]
+            for _ in 0..<Self.rounds {
+                quiet.append(try await Self.streamRate(lab, port: importPort))
+                for kind in [Flooder.Kind.opens, .pings] {
+                    let linesBefore = lab.gateways[.beta]!.log.split(separator: "\n").count
+                    let flood = Task { try await flooder.run(kind, seconds: 120) }
+                    // The flood is under way before the stream starts.
+                    let started = await eventually(within: 20) { flooder.framesSent > 100_000 }
+                    try #require(started, "mallory's flood did not start: \(flooder.framesSent) frames")
+                    let framesBefore = flooder.framesSent
+                    let rate = try await Self.streamRate(lab, port: importPort)
+                    rates[kind, default: []].append(rate)
+                    flooder.stop()
+                    _ = try await flood.value
+                    let frames = flooder.framesSent - framesBefore
+                    let lines = lab.gateways[.beta]!.log.split(separator: "\n").count - linesBefore
+                    // What beta keeps for mallory is bounded (1 MiB of unhandled
+                    // messages, at most 65,536 answers): its memory stays flat.
+                    let resident = lab.gateways[.beta]!.residentKiB() ?? 0
+                    print(
+                        "flood \(kind): \(frames) frames sent during the stream; stream \(rate) MB/s, quiet \(quiet.last!) MB/s; beta \(resident) KiB, \(lines) log lines"
+                    )
+                    #expect(frames > 100_000, "the flood went on during the stream (\(kind))")
+                    #expect(resident < 256 * 1024, "beta's gateway holds \(resident) KiB after the \(kind) flood")
+                    // Refusals and failed answers are warnings limited per peer and
+                    // kind: a few lines, not one per frame.
+                    #expect(lines <= 20, "beta logged \(lines) lines during the \(kind) flood")
+                }
             }
-            for (kind, rate) in rates {
+            func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+            for (kind, values) in rates {
                 #expect(
-                    rate >= quiet / 2,
-                    "under mallory's \(kind) flood the stream ran at \(rate) MB/s, without it \(quiet) MB/s"
+                    median(values) >= median(quiet) / 2,
+                    "under mallory's \(kind) flood the stream ran at \(values) MB/s, without it \(quiet) MB/s"
                 )
-                // Refusals and malformed messages are warnings limited per peer and
-                // kind: a few lines, not one per frame.
-                #expect(logLines[kind]! <= 20, "beta logged \(logLines[kind]!) lines during the \(kind) flood")
             }
             // beta still serves: a new connection echoes.
             let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(lab.echoPort)", "--timeout", "20"])
@@ -95,11 +114,11 @@ extension GatewayEndToEndTests {
 }
 
 /// Mallory's side: sends the largest messages the target ring takes, each a valid
-/// SEQUENCE (every earlier message delivered) followed by as many small frames as fit,
-/// and sends again as soon as the ring has room.
+/// SEQUENCE (every earlier message delivered) followed by as many small frames as fit;
+/// while the ring is full, it tries again every 2 ms.
 final class Flooder: @unchecked Sendable {
     // @unchecked: the counters are guarded by the lock; the rest is immutable.
-    enum Kind: CustomStringConvertible {
+    enum Kind: Hashable, CustomStringConvertible {
         /// OPENs for a service port nothing exports: each is refused.
         case opens
         /// PINGs: each is answered.
@@ -116,15 +135,10 @@ final class Flooder: @unchecked Sendable {
     private var sent = 0
     private var stopped = false
     private var number: UInt32 = 0
-    private let events: AsyncStream<Void>
-    private let wake: AsyncStream<Void>.Continuation
 
     init(link: EmulatorLink, target: HMXAddress) async throws {
         self.link = link
         self.target = target
-        (self.events, self.wake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let wake = self.wake
-        link.setEventHandler { wake.yield() }
         let answer = try await link.notify([HMXNotifyQuery(ring: target, spaceRequired: 0)]).get()
         let result = try #require(answer.first)
         try #require(result.flags.contains(.exists), "beta's wildcard ring does not exist")
@@ -152,7 +166,6 @@ final class Flooder: @unchecked Sendable {
             }
             count += 1
         }
-        var events = self.events.makeAsyncIterator()
         while Date() < deadline, !self.lock.withLock({ self.stopped }) {
             var header = ByteBuffer()
             StreamFrame.sequence(number: self.number, base: self.number, instance: Self.instance).encode(into: &header)
@@ -166,14 +179,11 @@ final class Flooder: @unchecked Sendable {
                 self.number &+= 1
                 self.lock.withLock { self.sent += count }
             } catch let error as HMXError where error.errno == .EAGAIN {
-                // The ring is full: its owner's notify wakes us (or look again soon).
-                let wake = self.wake
-                let timer = Task {
-                    try? await Task.sleep(nanoseconds: 20_000_000)
-                    wake.yield()
-                }
-                _ = await events.next()
-                timer.cancel()
+                // The ring is full. Beta takes 128 frames per round from it (4 KiB of
+                // OPENs), so a look every 2 ms keeps it full while costing this
+                // process little: on a small machine, the attacker's own CPU would
+                // otherwise be what slows the stream, not beta's share.
+                try? await Task.sleep(nanoseconds: 2_000_000)
             }
         }
     }

@@ -391,7 +391,7 @@ extension GatewayEndToEndTests {
                     metrics = try await lab.metrics(domain, port: metricsPort[domain]!)
                     return metrics["hmx_active_connections"] == 0
                 }
-                #expect(ended, "\(domain) still has connections: \(metrics)")
+                #expect(ended, "\(domain) still has connections: \(metrics)\n\(lab.gatewayLogs)")
             }
             let closed = await eventually(within: 5) {
                 source.output.components(separatedBy: "closed after").count - 1 == rounds

@@ -53,14 +53,20 @@ public final class ChildProcess: @unchecked Sendable {
         self.process.executableURL = URL(fileURLWithPath: path)
         self.process.arguments = arguments
         self.process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        self.process.standardOutput = try FileHandle(forWritingTo: self.outputURL)
-        self.process.standardError = try FileHandle(forWritingTo: self.errorURL)
-        if let standardInput {
-            self.process.standardInput = try FileHandle(forReadingFrom: URL(fileURLWithPath: standardInput))
-        } else {
-            self.process.standardInput = FileHandle.nullDevice
-        }
+        let output = try FileHandle(forWritingTo: self.outputURL)
+        let error = try FileHandle(forWritingTo: self.errorURL)
+        let input = try standardInput.map { try FileHandle(forReadingFrom: URL(fileURLWithPath: $0)) }
+        self.process.standardOutput = output
+        self.process.standardError = error
+        self.process.standardInput = input ?? FileHandle.nullDevice
         try self.process.run()
+        // The child has its own copies. Foundation keeps the Process (and these) alive
+        // past this object, so without closing them each child costs this process two
+        // or three descriptors for ever; with over 1,300 open, Foundation's Process.run
+        // can crash reading /proc/self/fd (swift-corelibs-foundation #5472).
+        try? output.close()
+        try? error.close()
+        try? input?.close()
         self.leadsGroup = getpgid(self.process.processIdentifier) == self.process.processIdentifier
     }
 

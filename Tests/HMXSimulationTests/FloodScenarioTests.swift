@@ -269,9 +269,12 @@ struct FloodScenarioTests {
         }
     }
 
-    @Test("a flooding peer gets one budget per loop iteration: what beta keeps for it stays bounded, alpha's stream goes on", arguments: [
-        Flood.opens, .pings, .garbage,
-    ])
+    @Test(
+        "a flooding peer gets one budget per loop iteration: what beta keeps for it stays bounded, alpha's stream goes on",
+        arguments: [
+            Flood.opens, .pings, .garbage,
+        ]
+    )
     func floodCostsOnlyItsShare(_ flood: Flood) throws {
         let quiet = try Run(flood: .none)
         let quietIterations = try quiet.stream(limit: 100_000)
@@ -284,7 +287,8 @@ struct FloodScenarioTests {
         // What beta keeps for mallory stays bounded: its unhandled messages (beta
         // stops taking them from the ring), the answers waiting for it, connections.
         #expect(
-            flooded.maximumInbox <= StreamMultiplexer.maximumInboxBytes + Int(ArgoABI.maximumPayload(ringLength: 262_144)),
+            flooded.maximumInbox <= StreamMultiplexer.maximumInboxBytes
+                + Int(ArgoABI.maximumPayload(ringLength: 262_144)),
             "\(summary)"
         )
         #expect(flooded.maximumQueued <= PeerSender.maximumQueuedFrames, "\(summary)")

@@ -4,7 +4,7 @@ import HMXStream
 import NIOCore
 import Testing
 
-@Suite("Stream multiplexer: dispatch, admission, malformed peers, restarts, fair turns")
+@Suite("Stream multiplexer: dispatch, admission, malformed peers, restarts, fair rounds")
 struct StreamMultiplexerTests {
     static let now = NIODeadline.uptimeNanoseconds(1_000_000_000)
     static let alpha = DomainID(1)
@@ -49,7 +49,33 @@ struct StreamMultiplexerTests {
 
     static func receive(_ multiplexer: inout StreamMultiplexer, _ buffer: ByteBuffer, from domain: DomainID) {
         multiplexer.received(buffer, type: StreamFrame.messageType, from: domain, now: Self.now)
-        while multiplexer.hasInboundWork { multiplexer.processInbound(now: Self.now) }
+        while multiplexer.hasInboundWork {
+            multiplexer.processInbound(now: Self.now)
+            multiplexer.startRound()
+        }
+    }
+
+    @Test(
+        "a domain without a ring for us: answers to it are dropped until a send to it succeeds or a tick passes"
+    )
+    func answersToDomainWithoutRing() throws {
+        var mux = Self.multiplexer()
+        Self.receive(&mux, Self.message(0, [.ping(instance: 7, nonce: 1)]), from: Self.mallory)
+        let next = mux.nextMessage(to: Self.mallory, now: Self.now)
+        let pong = try #require(next)
+        mux.sendCompleted(to: Self.mallory, number: pong.number, .failed(.ECONNREFUSED), now: Self.now)
+        _ = Self.actions(&mux)
+        let unknown = StreamFrame.ConnectionKey(id: 9, openedLocally: true)
+        Self.receive(
+            &mux,
+            Self.message(1, [.ping(instance: 7, nonce: 2), .credit(key: unknown, increment: 5)]),
+            from: Self.mallory
+        )
+        #expect(mux.nextMessage(to: Self.mallory, now: Self.now) == nil, "no PONG, no RESET of an unknown connection")
+        mux.tick(now: Self.now + .seconds(1))
+        _ = Self.actions(&mux)
+        Self.receive(&mux, Self.message(2, [.ping(instance: 7, nonce: 3)]), from: Self.mallory)
+        #expect(try Self.sent(&mux, to: Self.mallory) == [.pong(instance: 42, nonce: 3)])
     }
 
     @Test("an OPEN asks the owner; a refusal answers REFUSE and forgets the connection")
@@ -156,7 +182,9 @@ struct StreamMultiplexerTests {
         #expect(mux.connections[old]?.peerInstance == 8)
     }
 
-    @Test("a flooding peer gets its budget per round, whatever the turns; another peer's frames are handled in the first")
+    @Test(
+        "a flooding peer gets its budget per round, whatever the turns; another peer's frames are handled in the first"
+    )
     func fairRounds() {
         var mux = Self.multiplexer()
         for number in 0..<8 {
