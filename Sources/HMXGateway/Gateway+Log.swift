@@ -42,13 +42,10 @@ extension Gateway {
         case .refusedByPeer(let reason):
             logger(0).warning("connection refused by the peer gateway", metadata: ["reason": "\(reason)"])
         case .refusedHere(let reason):
+            // Refused before any dial (the peer asked for what it may not have): logged
+            // at admission, where the export is known.
             if let dialError = connection?.dialError {
                 logger(0).warning("connection refused", metadata: ["reason": "\(reason)", "error": "\(dialError)"])
-            } else {
-                // Refused before any dial: the peer asked for what it may not have.
-                self.limited(.refusedOpen, from: id.peer) {
-                    logger($0).warning("connection refused", metadata: ["reason": "\(reason)"])
-                }
             }
         case .resetByPeer(let reason):
             self.limited(.reset, from: id.peer) {

@@ -121,7 +121,14 @@ extension Gateway {
         let export: GatewayConfig.Export
         switch decision {
         case .admitted(let admitted): export = admitted
-        case .refused(let reason): return .refuse(reason)
+        case .refused(let reason, let exportName):
+            // Logged here, where the export is known (the connection has no entry).
+            self.limited(.refusedOpen, from: id.peer) { suppressed in
+                var logger = self.connectionLogger(id, mapping: exportName ?? "-")
+                if suppressed > 0 { logger[metadataKey: "suppressed"] = "\(suppressed)" }
+                logger.warning("connection refused", metadata: ["reason": "\(reason)"])
+            }
+            return .refuse(reason)
         }
         let mapping = "export:\(export.name)"
         self.add(

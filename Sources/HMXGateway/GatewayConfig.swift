@@ -154,15 +154,18 @@ extension GatewayConfig {
         guard let export = self.exports.first(where: { $0.port == servicePort }) else {
             return .refused(.noSuchService)
         }
-        guard export.allow.permits(peer) else { return .refused(.deniedByGateway) }
+        guard export.allow.permits(peer) else { return .refused(.deniedByGateway, export: export.name) }
         let (all, ofPeer) = counts("export:\(export.name)", peer)
-        guard all < export.maxConnections, ofPeer < export.maxConnectionsPerPeer else { return .refused(.limitReached) }
+        guard all < export.maxConnections, ofPeer < export.maxConnectionsPerPeer else {
+            return .refused(.limitReached, export: export.name)
+        }
         return .admitted(export)
     }
 
     /// What ``admission(of:to:counts:)`` decided.
     public enum Admission: Equatable, Sendable {
         case admitted(Export)
-        case refused(StreamFrame.RefuseReason)
+        /// Refused; `export` names the export that refused (nil: none at that port).
+        case refused(StreamFrame.RefuseReason, export: String? = nil)
     }
 }

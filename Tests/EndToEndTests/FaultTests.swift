@@ -140,7 +140,14 @@ extension GatewayEndToEndTests {
             #expect(outcome["end"] as? String != "timeout", "\(outcome)")
             #expect(((outcome["seconds"] as? NSNumber)?.doubleValue ?? 99) < 5, "refused promptly: \(outcome)")
             #expect(!server.output.contains("closed"), "the target was never connected: \(server.output)")
-            #expect(await eventually { lab.gatewayLogs.lowercased().contains("denied") }, "\(lab.gatewayLogs)")
+            // One line in beta's log names the export, the peer and the reason.
+            let logged = await eventually {
+                lab.gateways[.beta]!.log.split(separator: "\n").contains {
+                    $0.contains("connection refused") && $0.contains("mapping=secret") && $0.contains("peer=alpha(1)")
+                        && $0.contains("allow-list")
+                }
+            }
+            #expect(logged, "\(lab.gatewayLogs)")
             // The allowed mapping next to it still works.
             let probe = try await lab.runTool(
                 .alpha,

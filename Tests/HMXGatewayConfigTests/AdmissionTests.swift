@@ -34,13 +34,13 @@ struct AdmissionTests {
         // A flooding domain takes five of the ten, no more...
         let flood = (0..<8).map { _ in admit(DomainID(66), 7) }
         #expect(flood.filter { if case .admitted = $0 { true } else { false } }.count == 5)
-        #expect(flood.last == .refused(.limitReached))
+        #expect(flood.last == .refused(.limitReached, export: "shared"))
         // ...and the others still get in.
         #expect(admit(DomainID(1), 7) == .admitted(config.exports[0]))
         for _ in 0..<3 { _ = admit(DomainID(3), 8) }
-        #expect(admit(DomainID(3), 8) == .refused(.limitReached))
+        #expect(admit(DomainID(3), 8) == .refused(.limitReached, export: "two"))
         #expect(admit(DomainID(1), 8) == .admitted(config.exports[1]))
-        #expect(admit(DomainID(3), 9) == .refused(.deniedByGateway))
+        #expect(admit(DomainID(3), 9) == .refused(.deniedByGateway, export: "own"))
         #expect(admit(DomainID(1), 99) == .refused(.noSuchService))
     }
 
