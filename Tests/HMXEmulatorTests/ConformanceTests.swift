@@ -7,7 +7,7 @@ import Testing
 
 /// The backend-neutral Argo conformance suite against the emulator, with and
 /// without wildcard rings (Xen's mac-permissive). The Xen lab runs the same checks.
-@Suite("Argo conformance of the emulator")
+@Suite("Argo conformance of the emulator", .serialized)
 struct ConformanceTests {
     @Test(arguments: ConformanceSuite.checkNames, [true, false])
     func check(_ name: String, macPermissive: Bool) async throws {

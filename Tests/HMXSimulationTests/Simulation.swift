@@ -72,7 +72,7 @@ final class Simulation {
                 exportedPorts: [Self.servicePort],
                 plans: { [unowned self] in self.plans }
             )
-            gateway.onRefused = { [unowned self] id in self.markFaulted(client: id, on: gateway) }
+            gateway.onRefused = { [unowned self, unowned gateway] id in self.markFaulted(client: id, on: gateway) }
             gateway.record = { [unowned self] line in self.record(line) }
             self.gateways.append(gateway)
         }
@@ -93,6 +93,10 @@ final class Simulation {
             gateway.driver.stop()
         }
         try? self.loop.syncShutdownGracefully()
+        // Closed links let go of their drivers (each domain's memory is a memfd).
+        for domain in [DomainID(1), DomainID(2), Self.hostileDomain] where self.hypervisor.link(of: domain) != nil {
+            self.hypervisor.destroy(domain)
+        }
     }
 
     var driverConfiguration: StreamDriver.Configuration {

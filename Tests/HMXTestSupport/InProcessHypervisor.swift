@@ -108,6 +108,13 @@ public final class InProcessHypervisor {
         self.links.removeValue(forKey: domain)?.closed()
     }
 
+    deinit {
+        // A link's owner (a StreamDriver) holds the link, whose event handler holds the
+        // owner: without this, every test's domains and their memory (a memfd each)
+        // would stay for the rest of the test process.
+        for link in self.links.values { link.dropEventHandler() }
+    }
+
     /// The current link of an attached domain.
     public func link(of domain: DomainID) -> InProcessLink? {
         self.links[domain]

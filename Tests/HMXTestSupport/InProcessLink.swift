@@ -349,8 +349,15 @@ public final class InProcessLink: HMXLink, @unchecked Sendable {
         self.failAll()
         self.hasPendingEvent = false
         self.closePromise.succeed(())
-        // Wake the owner so it notices the closed link.
+        // Wake the owner so it notices the closed link; then let go of it (the owner
+        // holds this link: the handler would keep both alive).
         self.eventHandler?()
+        self.eventHandler = nil
+    }
+
+    /// Lets go of the event handler without running it (the hypervisor is going away).
+    func dropEventHandler() {
+        self.eventHandler = nil
     }
 
     private func failAll() {
