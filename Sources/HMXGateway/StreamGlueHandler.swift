@@ -29,6 +29,8 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
     private var context: ChannelHandlerContext?
     /// The driver asked for a read that has not reached the socket yet.
     private var isReadAllowed = false
+    /// A read not yet handed to the driver: with its read-complete it goes in one call.
+    private var heldRead: ByteBuffer?
     private var hasUnflushedWrites = false
     /// Writes handed to the channel whose completion has not come back.
     private var pendingWrites = 0
@@ -136,17 +138,35 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         self.isReadAllowed = false
-        guard let id else { return }
-        self.driver.localRead(id, Self.unwrapInboundIn(data))
+        guard self.id != nil else { return }
+        self.handOverHeldRead()
+        self.heldRead = Self.unwrapInboundIn(data)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if let id { self.driver.localReadComplete(id) }
+        if let id {
+            if let bytes = self.heldRead {
+                // The usual case (one read per read burst): one call, one turn of work.
+                self.heldRead = nil
+                self.driver.localReadAndComplete(id, bytes)
+            } else {
+                self.driver.localReadComplete(id)
+            }
+        }
         context.fireChannelReadComplete()
+    }
+
+    /// Gives the driver a read held for its read-complete, before anything else about
+    /// the socket.
+    private func handOverHeldRead() {
+        guard let bytes = self.heldRead, let id else { return }
+        self.heldRead = nil
+        self.driver.localRead(id, bytes)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
+            self.handOverHeldRead()
             if let id { self.driver.localInputClosed(id) }
             return
         }
@@ -154,6 +174,7 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.handOverHeldRead()
         let id = self.id
         self.id = nil
         if let id { self.driver.localClosed(id, error: true) }
@@ -161,6 +182,7 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.handOverHeldRead()
         let id = self.id
         self.id = nil
         if let id { self.driver.localClosed(id, error: false) }

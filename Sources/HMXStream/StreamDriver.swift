@@ -220,6 +220,15 @@ extension StreamDriver {
         self.run { $0.localReadComplete(id) }
     }
 
+    /// ``localRead(_:_:)`` then ``localReadComplete(_:)`` in one run: a read burst of
+    /// one read (the glue reads one buffer per burst), the actions executed once.
+    public func localReadAndComplete(_ id: ConnectionID, _ bytes: ByteBuffer) {
+        self.run {
+            $0.localRead(id, bytes, now: self.now)
+            $0.localReadComplete(id)
+        }
+    }
+
     public func localInputClosed(_ id: ConnectionID) {
         self.run { $0.localInputClosed(id) }
     }
