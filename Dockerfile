@@ -8,9 +8,10 @@
 FROM swift:6.1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends libxen-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Package manifest first, so that dependency resolution is cached between builds.
-COPY Package.swift ./
-RUN swift package resolve
+# Package manifest and the pinned versions first, so that dependency resolution is
+# cached between builds; the image builds exactly the versions the tests ran with.
+COPY Package.swift Package.resolved ./
+RUN swift package resolve --force-resolved-versions
 COPY Sources ./Sources
 COPY Tests ./Tests
 RUN for product in hmx-gateway hmx-emulator hmx-cat; do \
