@@ -54,10 +54,11 @@ public struct EmulatorConfig: Sendable, Equatable {
         try self.decode(ConfigNode.parse(text, file: file))
     }
 
+    /// Decodes an already parsed file (as ``ConfigNode/parse(_:file:)`` gives it).
     /// Checks against the domains seen so far (ids, names and sockets used twice, the
     /// domains rules name) use sets and dictionaries, so that decoding stays linear in
     /// the size of the file.
-    static func decode(_ root: ConfigNode) throws(ConfigError) -> EmulatorConfig {
+    public static func decode(_ root: ConfigNode) throws(ConfigError) -> EmulatorConfig {
         let top = try root.mapping()
         let argo = try top.optional("argo")?.bool() ?? true
         let wildcard = try top.optional("mac_permissive")?.bool() ?? false

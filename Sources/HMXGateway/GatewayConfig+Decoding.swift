@@ -14,9 +14,10 @@ extension GatewayConfig {
         try self.decode(ConfigNode.parse(text, file: file))
     }
 
+    /// Decodes an already parsed file (as ``ConfigNode/parse(_:file:)`` gives it).
     /// Checks that need the entries seen so far (names and ports used twice) use sets
     /// and dictionaries, so that decoding stays linear in the size of the file.
-    static func decode(_ root: ConfigNode) throws(ConfigError) -> GatewayConfig {
+    public static func decode(_ root: ConfigNode) throws(ConfigError) -> GatewayConfig {
         let top = try root.mapping()
         let linkNode = try top.required("link")
         let link = try linkNode.mapping()

@@ -4,8 +4,8 @@ import HMXConfig
 import HMXEmulator
 import HMXGateway
 
-/// Fuzzes both tools' configuration loaders (YAML through Yams and libyaml, then each
-/// tool's validation) with arbitrary text: every input must end in a configuration or
+/// Fuzzes both tools' configuration loaders (YAML through Yams and libyaml, once, then
+/// each tool's validation) with arbitrary text: every input must end in a configuration or
 /// in a ``ConfigError`` that names the file and a line within the text (the loaders
 /// throw nothing else: their errors are typed), never in a crash, a hang or a leak.
 /// Inputs that are not UTF-8 are read with replacement characters, as the loaders
@@ -21,15 +21,23 @@ public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         precondition((1...lines).contains(line), "line \(line) of \(lines): \(error)")
         precondition(error.file == "fuzz.yaml" && error.description.hasPrefix("fuzz.yaml:\(line): "), "\(error)")
     }
+    // Both tools read YAML the same way (ConfigNode): parse once, then decode as each.
+    let root: ConfigNode
     do {
-        let config = try GatewayConfig.parse(text, file: "fuzz.yaml")
+        root = try ConfigNode.parse(text, file: "fuzz.yaml")
+    } catch {
+        check(error)
+        return 0
+    }
+    do {
+        let config = try GatewayConfig.decode(root)
         precondition(config.file == "fuzz.yaml" && config.effectiveWindowMax >= config.window)
         _ = config.partnerDomains
     } catch {
         check(error)
     }
     do {
-        let config = try EmulatorConfig.parse(text, file: "fuzz.yaml")
+        let config = try EmulatorConfig.decode(root)
         precondition(!config.domains.isEmpty)
         _ = config.settings
     } catch {
