@@ -34,7 +34,7 @@ public enum LinkWire {
     public static let version: UInt16 = 2
     public static let supportedVersions: ClosedRange<UInt16> = 1...2
     /// How long the emulator may hold back the result of a deferrable hypercall.
-    public static let deferredResultDelay: Duration = .milliseconds(1)
+    public static let deferredResultDelay: Duration = .milliseconds(20)
     /// Frame flag of a `hypercall` whose success may be reported late.
     public static let deferrableFlag: UInt16 = 1
     public static let frameHeaderSize = 8
