@@ -148,4 +148,12 @@ public struct GatewayService: Service {
         configuration.ringMemoryBytes = max(configuration.ringMemoryBytes, 2 * rings * ringBytes)
         return configuration
     }
+
+    /// The guest memory a gateway with `config` brings to the emulator (what the
+    /// emulator checks against the domain's `max_memory_mib`).
+    static func emulatorMemoryBytes(for config: GatewayConfig) -> Int {
+        let configuration = Self.emulatorLinkConfiguration(for: config)
+        let pages = { (bytes: Int) in (bytes + ArgoABI.pageSize - 1) / ArgoABI.pageSize * ArgoABI.pageSize }
+        return ArgoABI.pageSize + pages(configuration.stagingBytes) + pages(configuration.ringMemoryBytes)
+    }
 }

@@ -3,6 +3,7 @@ import ArgumentParser
 import HMXCommandLine
 import HMXConfig
 import HMXCore
+import HMXEmulator
 import HMXGateway
 import Logging
 import Metrics
@@ -19,7 +20,7 @@ struct HMXGatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hmx-gateway",
         abstract: "Bridge TCP, Unix and vsock sockets onto HMX (Argo) streams between domains.",
-        subcommands: [Run.self, CheckConfig.self],
+        subcommands: [Run.self, CheckConfig.self, Explain.self],
         defaultSubcommand: Run.self
     )
 }
@@ -69,5 +70,12 @@ struct CheckConfig: ParsableCommand {
         let config = loadConfigOrExit(self.file)
         print("configuration \(self.file) is valid")
         for line in config.summary { print(line) }
+        // What this file shows on its own; `explain` checks it against the rest.
+        for finding in DeploymentExplainer.singleGatewayFindings(config, wildcardAllowed: nil) {
+            print("\(finding.severity.rawValue): \(finding.message)")
+        }
+        if DeploymentExplainer.singleGatewayFindings(config, wildcardAllowed: nil).contains(where: { $0.severity == .error }) {
+            throw ExitCode(1)
+        }
     }
 }
