@@ -148,15 +148,27 @@ struct Explain: ParsableCommand {
             }
             var info = stat()
             guard stat(argument, &info) == 0 else {
-                throw ConfigError(file: argument, line: nil, key: "", reason: "cannot read: \(String(cString: strerror(errno)))")
+                throw ConfigError(
+                    file: argument,
+                    line: nil,
+                    key: "",
+                    reason: "cannot read: \(String(cString: strerror(errno)))"
+                )
             }
             if info.st_mode & S_IFMT == S_IFDIR {
                 guard let directory = opendir(argument) else {
-                    throw ConfigError(file: argument, line: nil, key: "", reason: "cannot list: \(String(cString: strerror(errno)))")
+                    throw ConfigError(
+                        file: argument,
+                        line: nil,
+                        key: "",
+                        reason: "cannot list: \(String(cString: strerror(errno)))"
+                    )
                 }
                 var names: [String] = []
                 while let entry = readdir(directory) {
-                    let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                    let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                        String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+                    }
                     if name.hasSuffix(".yaml") || name.hasSuffix(".yml") { names.append(name) }
                 }
                 closedir(directory)

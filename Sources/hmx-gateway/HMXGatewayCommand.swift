@@ -74,7 +74,9 @@ struct CheckConfig: ParsableCommand {
         for finding in DeploymentExplainer.singleGatewayFindings(config, wildcardAllowed: nil) {
             print("\(finding.severity.rawValue): \(finding.message)")
         }
-        if DeploymentExplainer.singleGatewayFindings(config, wildcardAllowed: nil).contains(where: { $0.severity == .error }) {
+        if DeploymentExplainer.singleGatewayFindings(config, wildcardAllowed: nil).contains(where: {
+            $0.severity == .error
+        }) {
             throw ExitCode(1)
         }
     }

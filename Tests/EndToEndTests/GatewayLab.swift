@@ -117,6 +117,9 @@ final class GatewayLab: @unchecked Sendable {
         }
     }
 
+    /// The emulator's configuration file (the hypervisor's policy and domains).
+    var emulatorConfig: String { "\(self.directory.path)/emulator.yaml" }
+
     /// A distinct port for this lab (`offset` < 100).
     func port(_ offset: Int) -> Int { self.basePort + offset }
 
@@ -251,6 +254,7 @@ final class GatewayLab: @unchecked Sendable {
         exports: [Export] = [],
         imports: [Import] = [],
         betaPeers: [String: Int]? = nil,
+        alphaPeers: [String: Int]? = nil,
         ringSize: Int? = nil,
         extra: [Domain: String] = [:],
         waitForEcho: Bool = true
@@ -273,6 +277,7 @@ final class GatewayLab: @unchecked Sendable {
                 .alpha,
                 exports: [],
                 imports: [self.echoImport] + imports,
+                peers: alphaPeers,
                 ringSize: ringSize,
                 extra: extra[.alpha] ?? ""
             )

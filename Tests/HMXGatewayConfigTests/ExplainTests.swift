@@ -29,9 +29,9 @@ struct ExplainTests {
         wildcard: Bool = false,
         betaMemory: String = "",
         policy: String = """
-              - {action: allow, from: alpha, to: beta, port: 4747}
-              - {action: allow, from: beta, to: alpha, port: 4747}
-            """
+          - {action: allow, from: alpha, to: beta, port: 4747}
+          - {action: allow, from: beta, to: alpha, port: 4747}
+        """
     ) -> String {
         """
         argo: \(argo)
@@ -75,7 +75,9 @@ struct ExplainTests {
         Case(
             name: "an import names a port nobody exports",
             alpha: alpha(port: 5432),
-            failure: (.exportingGateway, .noSuchService, "beta(2) exports nothing on port 5432 (its exports: redis 6379)"),
+            failure: (
+                .exportingGateway, .noSuchService, "beta(2) exports nothing on port 5432 (its exports: redis 6379)"
+            ),
             findings: [(.unusedExport, .warning, "export redis of beta(2) (port 6379)")]
         ),
         Case(
@@ -87,13 +89,18 @@ struct ExplainTests {
             failure: (.exportingGateway, .deniedByGateway, "export redis does not allow alpha(1) (allow: gamma(3))"),
             findings: [
                 (.unusedExport, .warning, "export other of beta(2)"),
-                (.gatewayAllowsHypervisorDenies, .warning, "export redis of beta(2) allows gamma(3), but the hypervisor denies it"),
+                (
+                    .gatewayAllowsHypervisorDenies, .warning,
+                    "export redis of beta(2) allows gamma(3), but the hypervisor denies it"
+                ),
             ]
         ),
         Case(
             name: "no ring of the exporter takes the importer's messages",
             beta: beta(allow: "[gamma]"),
-            failure: (.exportingGateway, .noRing, "no allow-list of beta(2) names alpha(1) and it imports nothing from it"),
+            failure: (
+                .exportingGateway, .noRing, "no allow-list of beta(2) names alpha(1) and it imports nothing from it"
+            ),
             findings: [
                 (.gatewayAllowsHypervisorDenies, .warning, "allows gamma(3), but the hypervisor denies it"),
                 (.hypervisorAllowsGatewayRefuses, .warning, "lets alpha(1) send to beta(2) port 4747, but no export"),
@@ -102,7 +109,10 @@ struct ExplainTests {
         Case(
             name: "an export for any domain needs a wildcard ring the hypervisor does not permit",
             beta: beta(allow: "[any]", peers: "{}"),
-            failure: (.exportingGateway, .noRing, "need a wildcard ring, which the hypervisor does not permit (mac_permissive: false in emulator.yaml)"),
+            failure: (
+                .exportingGateway, .noRing,
+                "need a wildcard ring, which the hypervisor does not permit (mac_permissive: false in emulator.yaml)"
+            ),
             findings: [
                 (.wildcardNotPermitted, .error, "exports [redis] accept any domain and need a wildcard ring"),
                 (.gatewayAllowsHypervisorDenies, .warning, "allows gamma(3), but the hypervisor denies it"),
@@ -118,12 +128,20 @@ struct ExplainTests {
             name: "the hypervisor denies the importer's messages",
             emulator: emulator(policy: "  - {action: allow, from: beta, to: alpha, port: 4747}"),
             failure: (.hypervisor, .deniedByHypervisor, "policy denies alpha(1) -> beta(2) port 4747 (emulator.yaml)"),
-            findings: [(.gatewayAllowsHypervisorDenies, .warning, "export redis of beta(2) allows alpha(1), but the hypervisor denies it")]
+            findings: [
+                (
+                    .gatewayAllowsHypervisorDenies, .warning,
+                    "export redis of beta(2) allows alpha(1), but the hypervisor denies it"
+                )
+            ]
         ),
         Case(
             name: "the hypervisor denies the answers",
             emulator: emulator(policy: "  - {action: allow, from: alpha, to: beta, port: 4747}"),
-            failure: (.hypervisor, .deniedByHypervisor, "denies the answers beta(2) -> alpha(1) port 4747")
+            failure: (
+                .hypervisor, .peerLost,
+                "denies the answers beta(2) -> alpha(1) port 4747 (emulator.yaml): connections wait for open_timeout (30 s), then end"
+            )
         ),
         Case(
             name: "an import reaches for a domain where no gateway runs",
@@ -132,7 +150,10 @@ struct ExplainTests {
             findings: [
                 (.importWithoutExporter, .error, "import redis of alpha(1) reaches for gamma(3)"),
                 (.unusedExport, .warning, "export redis of beta(2)"),
-                (.hypervisorAllowsGatewayRefuses, .warning, "lets beta(2) send to alpha(1) port 4747, but no export of alpha(1) allows it and alpha(1) imports nothing from it"),
+                (
+                    .hypervisorAllowsGatewayRefuses, .warning,
+                    "lets beta(2) send to alpha(1) port 4747, but no export of alpha(1) allows it and alpha(1) imports nothing from it"
+                ),
             ]
         ),
         Case(
@@ -149,14 +170,19 @@ struct ExplainTests {
             beta: beta(linkPort: 4748),
             failure: (.deployment, .noRing, "alpha(1) sends to port 4747, beta(2)'s rings are at port 4748"),
             findings: [
-                (.gatewayAllowsHypervisorDenies, .warning, "allows alpha(1), but the hypervisor denies it sending to beta(2) port 4748"),
+                (
+                    .gatewayAllowsHypervisorDenies, .warning,
+                    "allows alpha(1), but the hypervisor denies it sending to beta(2) port 4748"
+                ),
                 (.portMismatch, .error, "different link.port values (alpha(1) 4747, beta(2) 4748)"),
             ]
         ),
         Case(
             name: "a gateway's name for a domain is not the hypervisor's",
             alpha: alpha(peers: "{db: 2}", peer: "db"),
-            findings: [(.domainNameConflict, .warning, "a.yaml calls domain 2 \"db\", the hypervisor calls it \"beta\"")]
+            findings: [
+                (.domainNameConflict, .warning, "a.yaml calls domain 2 \"db\", the hypervisor calls it \"beta\"")
+            ]
         ),
         Case(
             name: "two gateways mean different domains by one name",
@@ -176,7 +202,12 @@ struct ExplainTests {
                       - {action: allow, from: gamma, to: beta}
                     """
             ),
-            findings: [(.hypervisorAllowsGatewayRefuses, .warning, "lets gamma(3) send to beta(2) port 4747, but no export of beta(2) allows it")]
+            findings: [
+                (
+                    .hypervisorAllowsGatewayRefuses, .warning,
+                    "lets gamma(3) send to beta(2) port 4747, but no export of beta(2) allows it"
+                )
+            ]
         ),
         Case(
             name: "more rings than Argo allows a domain",
@@ -196,7 +227,10 @@ struct ExplainTests {
         Case(
             name: "Argo is off in the hypervisor",
             emulator: emulator(argo: false),
-            failure: (.hypervisor, nil, "alpha(1)'s gateway cannot start: Argo is off in the hypervisor (argo: false in emulator.yaml)"),
+            failure: (
+                .hypervisor, nil,
+                "alpha(1)'s gateway cannot start: Argo is off in the hypervisor (argo: false in emulator.yaml)"
+            ),
             findings: [(.argoOff, .error, "Argo is off")]
         ),
         Case(
@@ -204,7 +238,10 @@ struct ExplainTests {
             beta: beta(socket: "/run/elsewhere.sock"),
             failure: (.deployment, .peerNotRunning, "no gateway runs in beta(2)"),
             findings: [
-                (.gatewayNotPlaced, .error, "b.yaml: link.emulator /run/elsewhere.sock is not the socket of any domain in emulator.yaml"),
+                (
+                    .gatewayNotPlaced, .error,
+                    "b.yaml: link.emulator /run/elsewhere.sock is not the socket of any domain in emulator.yaml"
+                ),
                 (.importWithoutExporter, .error, "reaches for beta(2)"),
             ]
         ),
@@ -240,7 +277,9 @@ struct ExplainTests {
         #expect(explanation.findings.count == scenario.findings.count, "\(lines)")
         for (kind, severity, words) in scenario.findings {
             #expect(
-                explanation.findings.contains { $0.kind == kind && $0.severity == severity && $0.message.contains(words) },
+                explanation.findings.contains {
+                    $0.kind == kind && $0.severity == severity && $0.message.contains(words)
+                },
                 "missing \(kind) \(severity) '\(words)' in:\n\(lines)"
             )
         }

@@ -161,7 +161,11 @@ public struct DeploymentExplainer: Sendable {
                 ? "its exports that accept any domain need a wildcard ring, which the hypervisor does not permit "
                     + "(\(self.wildcardSetting))"
                 : "no allow-list of \(mapping.peer) names \(importerName) and it imports nothing from it"
-            return fail(.exportingGateway, .noRing, "\(mapping.peer) has no ring that takes \(importerName)'s messages: \(why)")
+            return fail(
+                .exportingGateway,
+                .noRing,
+                "\(mapping.peer) has no ring that takes \(importerName)'s messages: \(why)"
+            )
         }
         guard let export = exporter.config.exports.first(where: { $0.port == entry.port }) else {
             let ports = exporter.config.exports.map { "\($0.name) \($0.port)" }.joined(separator: ", ")
@@ -181,10 +185,13 @@ public struct DeploymentExplainer: Sendable {
             )
         }
         guard hypervisor.allows(peer, importer.domain, port: port) else {
+            // The OPEN arrives; the answer cannot: the connection waits for its
+            // open_timeout and ends as a lost peer.
             return fail(
                 .hypervisor,
-                .deniedByHypervisor,
-                "the hypervisor's policy denies the answers \(mapping.peer) -> \(importerName) port \(port) (\(hypervisor.place))"
+                .peerLost,
+                "the hypervisor's policy denies the answers \(mapping.peer) -> \(importerName) port \(port) (\(hypervisor.place)): "
+                    + "connections wait for open_timeout (\(entry.openTimeoutMilliseconds / 1000) s), then end"
             )
         }
         return mapping
@@ -240,7 +247,10 @@ public struct DeploymentExplainer: Sendable {
                 )
             }
             seen[gateway.domain] = gateway.config.file
-            findings += Self.singleGatewayFindings(gateway.config, wildcardAllowed: self.hypervisor.wildcardRingsAllowed)
+            findings += Self.singleGatewayFindings(
+                gateway.config,
+                wildcardAllowed: self.hypervisor.wildcardRingsAllowed
+            )
             if let domain = self.hypervisor.domain(gateway.domain), let maximum = domain.maximumMemory {
                 let memory = GatewayService.emulatorMemoryBytes(for: gateway.config)
                 if memory > maximum {
@@ -336,12 +346,14 @@ public struct DeploymentExplainer: Sendable {
     private func crossLayerFindings(_ mappings: [Explanation.Mapping]) -> [Explanation.Finding] {
         var findings: [Explanation.Finding] = []
         let hypervisor = self.hypervisor
-        for mapping in mappings where mapping.failure?.layer == .deployment && mapping.failure?.outcome == .peerNotRunning {
+        for mapping in mappings
+        where mapping.failure?.layer == .deployment && mapping.failure?.outcome == .peerNotRunning {
             findings.append(
                 .init(
                     kind: .importWithoutExporter,
                     severity: .error,
-                    message: "import \(mapping.importName) of \(mapping.importer) reaches for \(mapping.peer), where no gateway runs"
+                    message:
+                        "import \(mapping.importName) of \(mapping.importer) reaches for \(mapping.peer), where no gateway runs"
                 )
             )
         }
@@ -356,7 +368,8 @@ public struct DeploymentExplainer: Sendable {
                         .init(
                             kind: .unusedExport,
                             severity: .warning,
-                            message: "export \(export.name) of \(exporterName) (port \(export.port)): no import in this deployment reaches it"
+                            message:
+                                "export \(export.name) of \(exporterName) (port \(export.port)): no import in this deployment reaches it"
                         )
                     )
                 }
@@ -381,7 +394,9 @@ public struct DeploymentExplainer: Sendable {
             }
             // Open in the hypervisor, closed in every export (a door open in one layer only).
             for source in hypervisor.domains where source.id != exporter.domain {
-                guard hypervisor.policy != nil, hypervisor.allows(source.id, exporter.domain, port: port) else { continue }
+                guard hypervisor.policy != nil, hypervisor.allows(source.id, exporter.domain, port: port) else {
+                    continue
+                }
                 // Used by an export that allows the source, or by the answers to an
                 // import of this gateway from the source.
                 let used =
@@ -408,7 +423,8 @@ public struct DeploymentExplainer: Sendable {
                 .init(
                     kind: .portMismatch,
                     severity: .error,
-                    message: "the gateways use different link.port values (\(byPort.joined(separator: ", "))): they cannot reach each other"
+                    message:
+                        "the gateways use different link.port values (\(byPort.joined(separator: ", "))): they cannot reach each other"
                 )
             )
         }
@@ -419,7 +435,8 @@ public struct DeploymentExplainer: Sendable {
 
     /// Names, the first eight of them and how many more.
     static func list(_ names: [String]) -> String {
-        names.count <= 8 ? names.joined(separator: ", ") : names.prefix(8).joined(separator: ", ") + " and \(names.count - 8) more"
+        names.count <= 8
+            ? names.joined(separator: ", ") : names.prefix(8).joined(separator: ", ") + " and \(names.count - 8) more"
     }
 
     private var domainList: String {
