@@ -32,7 +32,7 @@ struct Explain: ParsableCommand {
     @Option(help: "Xen's Argo boot option, e.g. argo=1,mac-permissive=1 (Xen's default: Argo off).")
     var xenBootOption = "argo=0"
 
-    @Option(help: "Xen: a YAML file of the domains' names and ids (NAME: ID).")
+    @Option(help: "Xen: a YAML file of the domains' names and ids (NAME: ID), or xenstore (in dom0).")
     var domains: String?
 
     @Flag(help: "Print JSON instead of lines.")
@@ -46,7 +46,7 @@ struct Explain: ParsableCommand {
             throw ValidationError("give either --emulator FILE or --xen")
         }
         if self.xen, self.domains == nil {
-            throw ValidationError("--xen needs --domains FILE (NAME: ID for every domain)")
+            throw ValidationError("--xen needs --domains FILE (NAME: ID for every domain) or --domains xenstore")
         }
     }
 
@@ -126,8 +126,10 @@ struct Explain: ParsableCommand {
         return (argo, wildcard)
     }
 
-    /// A YAML mapping of domain names to ids.
+    /// A YAML mapping of domain names to ids, or `xenstore`: the running domains as
+    /// dom0's xenstore lists them (`xenstore-list /local/domain`, each one's `name`).
     static func loadDomains(_ path: String) throws(ConfigError) -> [Deployment.Domain] {
+        if path == "xenstore" { return try Self.xenstoreDomains() }
         let root = try ConfigNode.load(path: path)
         var domains: [Deployment.Domain] = []
         for (key, value) in try root.mapping().all() {
@@ -135,6 +137,43 @@ struct Explain: ParsableCommand {
             domains.append(.init(id: DomainID(id), name: key))
         }
         return domains
+    }
+
+    static func xenstoreDomains() throws(ConfigError) -> [Deployment.Domain] {
+        var domains: [Deployment.Domain] = []
+        for word in try Self.output(of: "xenstore-list /local/domain").split(whereSeparator: \.isWhitespace) {
+            guard let id = UInt16(word), id < 0x7FF0 else {
+                throw ConfigError(
+                    file: "xenstore",
+                    line: nil,
+                    key: "/local/domain",
+                    reason: "\(word) is not a domain id"
+                )
+            }
+            let read = try Self.output(of: "xenstore-read /local/domain/\(id)/name")
+            let name = read.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
+            domains.append(.init(id: DomainID(id), name: name.isEmpty ? "\(id)" : name))
+        }
+        return domains
+    }
+
+    /// The standard output of a shell command (at most 1 MiB); fails unless it exits 0.
+    private static func output(of command: String) throws(ConfigError) -> String {
+        guard let stream = popen(command, "r") else {
+            throw ConfigError(file: "xenstore", line: nil, key: command, reason: "cannot run it")
+        }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < 1 << 20 {
+            let count = fread(&chunk, 1, chunk.count, stream)
+            if count <= 0 { break }
+            bytes += chunk[0..<count]
+        }
+        let status = pclose(stream)
+        guard status == 0 else {
+            throw ConfigError(file: "xenstore", line: nil, key: command, reason: "failed (wait status \(status))")
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// The files named: files as given (`DOMAIN=FILE` names the domain, else the file's

@@ -129,6 +129,64 @@ extension GatewayEndToEndTests {
             )
         }
 
+        @Test("on Xen, domains from xenstore (as in dom0); a wildcard ring needs mac-permissive=1")
+        func xenstore() async throws {
+            let directory = try TemporaryDirectory()
+            // xenstore-list and xenstore-read as dom0 has them, for domains 0, 5 and 7.
+            let list = try directory.write("xenstore-list", "#!/bin/sh\n[ \"$1\" = /local/domain ] && echo '0\n5\n7'\n")
+            let read = try directory.write(
+                "xenstore-read",
+                "#!/bin/sh\ncase $1 in /local/domain/0/name) echo Domain-0;; /local/domain/5/name) echo web;; "
+                    + "/local/domain/7/name) echo db;; *) exit 1;; esac\n"
+            )
+            for tool in [list, read] { chmod(tool, 0o755) }
+            let web = try directory.write(
+                "web.yaml",
+                """
+                link: {xen: true}
+                peers: {db: 7}
+                imports:
+                  - {name: postgres, listen: "tcp://127.0.0.1:5432", peer: db, port: 5432}
+                """
+            )
+            let db = try directory.write(
+                "db.yaml",
+                """
+                link: {xen: true}
+                exports:
+                  - {name: postgres, port: 5432, target: "tcp://127.0.0.1:5432", allow: [any]}
+                """
+            )
+            func explain(_ bootOption: String) async throws -> (status: Int32?, output: String) {
+                let child = try ChildProcess(
+                    "hmx-gateway",
+                    ["explain", "--xen", "--xen-boot-option", bootOption, "--domains", "xenstore", web, "db=\(db)"],
+                    environment: [
+                        "PATH": "\(directory.path):\(ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")"
+                    ]
+                )
+                let status = await child.wait(seconds: 30)
+                return (status, child.log)
+            }
+            let strict = try await explain("argo=1")
+            #expect(strict.status == 1, "\(strict.output)")
+            #expect(
+                strict.output.contains(
+                    "FAILS  web(5) import postgres tcp://127.0.0.1:5432 -> db(7) port 5432: exporting gateway: db(7) has no ring"
+                ),
+                "\(strict.output)"
+            )
+            #expect(
+                strict.output.contains("(Xen booted without argo=1,mac-permissive=1) [no_ring]"),
+                "\(strict.output)"
+            )
+            let permissive = try await explain("argo=1,mac-permissive=1")
+            #expect(permissive.status == 0, "\(permissive.output)")
+            #expect(permissive.output.contains("works  web(5) import postgres"), "\(permissive.output)")
+            let off = try await explain("argo=0")
+            #expect(off.status == 1 && off.output.contains("argo_off"), "\(off.output)")
+        }
+
         @Test("a deployment that fits: exit 0 and every mapping works", .timeLimit(.minutes(2)))
         func fits() async throws {
             let lab = try await GatewayLab()
