@@ -52,6 +52,8 @@ final class Gateway {
     /// When a failed accept was last logged.
     var lastAcceptWarning = NIODeadline.distantPast
     private(set) var isShuttingDown = false
+    /// False once the hypervisor link has closed.
+    private(set) var isLinkUp = true
     /// Where the driver continues left-over work (after the loop's ready I/O).
     private var loopYield: LoopYield?
 
@@ -61,6 +63,8 @@ final class Gateway {
         self.metrics = metrics
         self.driver = StreamDriver(link: link, configuration: Self.driverConfiguration(config))
         self.driver.delegate = self
+        // Made on the link's loop, like everything of the gateway.
+        link.closeFuture.assumeIsolated().whenComplete { [weak self] _ in self?.isLinkUp = false }
     }
 
     static func driverConfiguration(_ config: GatewayConfig) -> StreamDriver.Configuration {

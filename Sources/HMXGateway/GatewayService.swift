@@ -73,18 +73,38 @@ public struct GatewayService: Service {
         let core = try await loop.submit {
             NIOLoopBound(Gateway(config: config, link: link, logger: logger), eventLoop: loop)
         }.get()
+        // Health first: /readyz says what the start still waits for.
+        var metricsChannel: (any Channel)?
+        if let endpoint = config.metricsListen, let registry = self.registry {
+            let health: MetricsEndpoint.HealthSource = { loop.submit { core.value.health() } }
+            do {
+                metricsChannel = try await MetricsEndpoint.bind(
+                    endpoint,
+                    registry: registry,
+                    health: health,
+                    group: group
+                ).get()
+            } catch {
+                self.logger.critical(
+                    "cannot listen for metrics",
+                    metadata: ["listen": "\(endpoint)", "error": "\(error)"]
+                )
+                _ = try? await link.close().get()
+                throw error
+            }
+            self.logger.info(
+                "metrics at /metrics, health at /healthz, /readyz, /status",
+                metadata: ["listen": "\(endpoint)"]
+            )
+        }
         do {
             try await loop.flatSubmit { core.value.start() }.get()
         } catch {
             self.logger.critical("cannot start the listeners", metadata: ["error": "\(error)"])
+            metricsChannel?.close(promise: nil)
             _ = try? await loop.flatSubmit { core.value.shutdown() }.get()
             _ = try? await link.close().get()
             throw error
-        }
-        var metricsChannel: (any Channel)?
-        if let endpoint = config.metricsListen, let registry = self.registry {
-            metricsChannel = try await MetricsEndpoint.bind(endpoint, registry: registry, group: group).get()
-            self.logger.info("metrics at /metrics", metadata: ["listen": "\(endpoint)"])
         }
         self.onReady?(config)
         self.logger.info(

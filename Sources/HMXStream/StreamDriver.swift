@@ -259,6 +259,9 @@ extension StreamDriver {
     /// True if our partner ring for `domain` is registered.
     public func hasRing(for domain: DomainID) -> Bool { self.multiplexer.hasRing(for: domain) }
 
+    /// The wildcard ring is registered.
+    public var hasWildcardRing: Bool { self.rings.hasWildcardRing }
+
     /// Every connection's state (for tests and diagnostics).
     public var connections: [ConnectionID: StreamConnectionState] { self.multiplexer.connections }
 
