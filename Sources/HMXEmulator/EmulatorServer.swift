@@ -50,6 +50,9 @@ public final class EmulatorServer: Sendable {
     /// The event loop that runs the hypervisor.
     public var eventLoop: any EventLoop { self.core.eventLoop }
 
+    /// Domains of the configuration in force.
+    public var domainCount: Int { self.state.withLock { $0.config.domains.count } }
+
     public init(config: EmulatorConfig, logger: Logger, limits: EmulatorLimits = EmulatorLimits()) throws {
         self.logger = logger
         self.limits = limits

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 import HMXConfig
+import HMXCore
 import Logging
+import NIOCore
 import ServiceLifecycle
 import UnixSignals
 
@@ -25,14 +27,28 @@ public struct EmulatorService: Service {
             await server.shutdown()
             throw error
         }
+        // The service manager (systemd Type=notify): ready once every domain's socket
+        // listens; the watchdog from the event loop that runs the hypercalls.
+        let notifier = ServiceManagerNotifier()
+        notifier.ready(status: "\(self.initialConfig.domains.count) domains")
+        let watchdog = notifier.watchdogInterval.map { interval in
+            server.eventLoop.scheduleRepeatedTask(
+                initialDelay: .microseconds(interval),
+                delay: .microseconds(interval)
+            ) { _ in notifier.watchdog() }
+        }
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         await withGracefulShutdownHandler {
             for await _ in hangups.cancelOnGracefulShutdown() {
+                notifier.reloading()
                 self.reload(server)
+                notifier.ready(status: "\(server.domainCount) domains")
             }
         } onGracefulShutdown: {
             self.logger.info("shutting down: detaching every domain")
+            notifier.stopping(status: "detaching every domain")
         }
+        watchdog?.cancel()
         await server.shutdown()
     }
 

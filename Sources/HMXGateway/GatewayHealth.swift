@@ -45,6 +45,13 @@ public struct GatewayHealth: Sendable, Equatable {
 
     public var isReady: Bool { self.notReadyReasons.isEmpty }
 
+    /// One line for the service manager's status.
+    public var summary: String {
+        let up = self.peers.filter(\.ringRegistered).count
+        let state = self.notReadyReasons.first.map { "not ready: \($0)" } ?? "ready"
+        return "\(state); rings for \(up) of \(self.peers.count) peers; \(self.activeConnections) connections"
+    }
+
     /// The JSON of `/status`.
     public var json: String {
         let peers = self.peers.map { peer in

@@ -111,6 +111,13 @@ public struct GatewayService: Service {
             "gateway ready",
             metadata: ["exports": "\(config.exports.count)", "imports": "\(config.imports.count)"]
         )
+        // The service manager (systemd Type=notify): ready now; from the event loop, the
+        // watchdog at half its period and the status line when it changes.
+        let notifier = ServiceManagerNotifier()
+        let status = try await loop.submit { core.value.health().summary }.get()
+        notifier.ready(status: status)
+        let heartbeat = try await Self.startHeartbeat(notifier, status: status, core: core, loop: loop)
+        defer { heartbeat?.cancel() }
 
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         // The link's close as a cancellable wait (a future's get() is not cancellable).
@@ -125,10 +132,13 @@ public struct GatewayService: Service {
             tasks.addTask {
                 await withGracefulShutdownHandler {
                     for await _ in hangups.cancelOnGracefulShutdown() {
+                        notifier.reloading()
                         await self.reload(core: core, loop: loop)
+                        notifier.ready(status: (try? await loop.submit { core.value.health().summary }.get()) ?? "")
                     }
                 } onGracefulShutdown: {
                     logger.info("graceful shutdown: draining connections")
+                    notifier.stopping(status: "draining connections")
                 }
             }
             do {
@@ -145,6 +155,27 @@ public struct GatewayService: Service {
         metricsChannel?.close(promise: nil)
         _ = try? await link.close().get()
         self.logger.info("gateway stopped")
+    }
+
+    /// Watchdog pings (at half of `WATCHDOG_USEC`) and status updates (every 5 s at
+    /// most, when the status changed), both from the gateway's event loop.
+    private static func startHeartbeat(
+        _ notifier: ServiceManagerNotifier,
+        status: String,
+        core: NIOLoopBound<Gateway>,
+        loop: any EventLoop
+    ) async throws -> RepeatedTask? {
+        guard notifier.isActive else { return nil }
+        let interval = min(notifier.watchdogInterval ?? 5_000_000, 5_000_000)
+        let lastStatus = try await loop.submit { NIOLoopBoundBox(status, eventLoop: loop) }.get()
+        return loop.scheduleRepeatedTask(initialDelay: .microseconds(interval), delay: .microseconds(interval)) { _ in
+            if notifier.watchdogInterval != nil { notifier.watchdog() }
+            let status = core.value.health().summary
+            if status != lastStatus.value {
+                lastStatus.value = status
+                notifier.status(status)
+            }
+        }
     }
 
     private func reload(core: NIOLoopBound<Gateway>, loop: any EventLoop) async {

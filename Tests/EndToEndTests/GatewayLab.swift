@@ -135,13 +135,14 @@ final class GatewayLab: @unchecked Sendable {
         _ domain: Domain,
         _ program: String,
         _ arguments: [String],
-        standardInput: String? = nil
+        standardInput: String? = nil,
+        environment: [String: String] = [:]
     ) throws -> ChildProcess {
         let (executable, fullArguments) = self.commandLine(domain, program, arguments)
         let child = try ChildProcess(
             executable,
             fullArguments,
-            environment: ["PATH": "\(binDirectory):/usr/bin:/bin:/usr/sbin:/sbin"],
+            environment: environment.merging(["PATH": "\(binDirectory):/usr/bin:/bin:/usr/sbin:/sbin"]) { $1 },
             standardInput: standardInput
         )
         self.children.append(child)
@@ -230,7 +231,12 @@ final class GatewayLab: @unchecked Sendable {
     /// Starts hmx-gateway in `domain` with `config`.
     @discardableResult
     /// - Parameter fileLimit: the gateway's limit of open files (`prlimit --nofile`).
-    func startGateway(_ domain: Domain, config: String, fileLimit: Int? = nil) throws -> ChildProcess {
+    func startGateway(
+        _ domain: Domain,
+        config: String,
+        fileLimit: Int? = nil,
+        environment: [String: String] = [:]
+    ) throws -> ChildProcess {
         let gateway: ChildProcess
         if let fileLimit {
             let program = executablePath("hmx-gateway") ?? "hmx-gateway"
@@ -240,7 +246,7 @@ final class GatewayLab: @unchecked Sendable {
                 ["--nofile=\(fileLimit):\(fileLimit)", "--", program, "run", "--config", config]
             )
         } else {
-            gateway = try self.spawn(domain, "hmx-gateway", ["run", "--config", config])
+            gateway = try self.spawn(domain, "hmx-gateway", ["run", "--config", config], environment: environment)
         }
         self.gateways[domain] = gateway
         return gateway
