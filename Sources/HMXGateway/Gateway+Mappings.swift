@@ -87,6 +87,17 @@ extension Gateway {
                 ]
             )
             self.metrics.count(outcome, imported: true)
+            self.audit?.write(
+                AuditLog.Record(
+                    event: "refused",
+                    mapping: importConfig.name,
+                    direction: "import",
+                    peer: importConfig.peer,
+                    peerName: self.config.peers.first { $0.value == importConfig.peer }?.key ?? "",
+                    servicePort: importConfig.port,
+                    outcome: outcome.rawValue
+                )
+            )
             channel.close(promise: nil)
             return nil
         }
@@ -100,7 +111,16 @@ extension Gateway {
         let handler = try? channel.pipeline.syncOperations.handler(type: StreamGlueHandler.self)
         if let handler { self.driver.attach(handler, to: id) }
         let logger = self.connectionLogger(id, mapping: importConfig.name)
-        self.add(id, Connection(mapping: mapping, logger: logger, handler: handler))
+        self.add(
+            id,
+            Connection(
+                mapping: mapping,
+                logger: logger,
+                handler: handler,
+                servicePort: importConfig.port,
+                start: self.driver.now
+            )
+        )
         logger.debug("connection opening")
         return id
     }
@@ -123,17 +143,37 @@ extension Gateway {
         case .admitted(let admitted): export = admitted
         case .refused(let reason, let exportName):
             // Logged here, where the export is known (the connection has no entry).
+            // Audited as often as logged: a peer that floods OPENs cannot fill the
+            // audit file either (what is left out is counted, and said once).
             self.limited(.refusedOpen, from: id.peer) { suppressed in
                 var logger = self.connectionLogger(id, mapping: exportName ?? "-")
                 if suppressed > 0 { logger[metadataKey: "suppressed"] = "\(suppressed)" }
                 logger.warning("connection refused", metadata: ["reason": "\(reason)"])
+                self.audit?.write(
+                    AuditLog.Record(
+                        event: "refused",
+                        mapping: exportName ?? "-",
+                        direction: "export",
+                        peer: id.peer,
+                        peerName: self.config.peers.first { $0.value == id.peer }?.key ?? "",
+                        servicePort: servicePort,
+                        outcome: ConnectionOutcome(refused: reason).rawValue,
+                        reason: "\(reason)" + (suppressed > 0 ? " (\(suppressed) similar left out)" : "")
+                    )
+                )
             }
             return .refuse(reason)
         }
         let mapping = "export:\(export.name)"
         self.add(
             id,
-            Connection(mapping: mapping, logger: self.connectionLogger(id, mapping: export.name), handler: nil)
+            Connection(
+                mapping: mapping,
+                logger: self.connectionLogger(id, mapping: export.name),
+                handler: nil,
+                servicePort: servicePort,
+                start: self.driver.now
+            )
         )
         self.dial(export, for: id)
         return .dial(

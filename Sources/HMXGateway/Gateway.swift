@@ -33,6 +33,11 @@ final class Gateway {
         var handler: StreamGlueHandler?
         /// Why the dial of the export's target failed, for the log.
         var dialError: String?
+        /// The service port of the mapping (for audit records).
+        var servicePort: UInt32
+        var start: NIODeadline
+        /// How it ended, if not cleanly (for the audit record).
+        var end: ConnectionEnd?
     }
 
     private(set) var config: GatewayConfig
@@ -52,13 +57,22 @@ final class Gateway {
     /// When a failed accept was last logged.
     var lastAcceptWarning = NIODeadline.distantPast
     private(set) var isShuttingDown = false
+    /// Where audit records go (`audit:` in the configuration).
+    var audit: AuditLog?
     /// False once the hypervisor link has closed.
     private(set) var isLinkUp = true
     /// Where the driver continues left-over work (after the loop's ready I/O).
     private var loopYield: LoopYield?
 
-    init(config: GatewayConfig, link: any HMXLink, logger: Logger, metrics: GatewayMetrics = GatewayMetrics()) {
+    init(
+        config: GatewayConfig,
+        link: any HMXLink,
+        logger: Logger,
+        metrics: GatewayMetrics = GatewayMetrics(),
+        audit: AuditLog? = nil
+    ) {
         self.config = config
+        self.audit = audit
         self.logger = logger
         self.metrics = metrics
         self.driver = StreamDriver(link: link, configuration: Self.driverConfiguration(config))
@@ -141,6 +155,7 @@ final class Gateway {
             return self.eventLoop.makeSucceededVoidFuture()
         }
         self.config = newConfig
+        self.reopenAudit()
         self.driver.update(Self.driverConfiguration(newConfig).multiplexer)
         for (name, listener) in self.listeners where !newConfig.imports.contains(listener.importConfig) {
             listener.channel.close(promise: nil)
@@ -191,10 +206,13 @@ extension Gateway: StreamDriverDelegate {
         case .opened(let id):
             self.metrics.count(.opened, imported: id.key.openedLocally)
             self.connections[id]?.logger.debug("connection open")
+            self.auditConnection(id, event: "opened")
         case .ended(let id, let end):
             self.metrics.count(end.outcome, imported: id.key.openedLocally)
             self.log(end, of: id)
+            self.connections[id]?.end = end
         case .removed(let id):
+            self.auditConnection(id, event: "ended")
             guard let connection = self.connections.removeValue(forKey: id) else { return }
             connection.handler?.detach()
             self.countsByMapping[connection.mapping, default: 1] -= 1

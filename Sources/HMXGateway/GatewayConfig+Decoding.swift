@@ -193,7 +193,16 @@ extension GatewayConfig {
             metrics = try Self.endpoint(try mapping.required("listen"))
             try mapping.finish(known: ["listen"])
         }
-        try top.finish(known: ["link", "peers", "exports", "imports", "limits", "metrics"])
+        var audit: AuditDestination?
+        if let auditNode = top.optional("audit") {
+            let text = try auditNode.string()
+            switch text {
+            case "stderr": audit = .standardError
+            case _ where text.hasPrefix("/"): audit = .file(text)
+            default: throw auditNode.error("give stderr or an absolute file path")
+            }
+        }
+        try top.finish(known: ["link", "peers", "exports", "imports", "limits", "metrics", "audit"])
         return GatewayConfig(
             file: root.file,
             link: Link(backend: backend, port: port, ringSize: ringSize),
@@ -205,7 +214,8 @@ extension GatewayConfig {
             windowPool: windowPool,
             peerInFlight: peerInFlight,
             metricsListen: metrics,
-            drainTimeoutMilliseconds: drain
+            drainTimeoutMilliseconds: drain,
+            audit: audit
         )
     }
 

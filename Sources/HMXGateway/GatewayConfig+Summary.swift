@@ -48,6 +48,7 @@ extension GatewayConfig {
         flow += "; \(self.peerInFlight.map { "\($0) bytes" } ?? "a ring's worth") on the way to each peer at once"
         lines.append(flow)
         if let metrics = self.metricsListen { lines.append("metrics: \(metrics)/metrics") }
+        if let audit = self.audit { lines.append("audit records: \(audit)") }
         return lines
     }
 }

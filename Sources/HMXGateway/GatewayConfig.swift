@@ -92,6 +92,20 @@ public struct GatewayConfig: Sendable, Equatable {
     public var metricsListen: Endpoint?
     /// How long SIGTERM waits for connections to finish.
     public var drainTimeoutMilliseconds: Int64
+    /// Where the audit records go (one JSON line per connection decision and end).
+    public var audit: AuditDestination? = nil
+
+    public enum AuditDestination: Sendable, Equatable, CustomStringConvertible {
+        case standardError
+        case file(String)
+
+        public var description: String {
+            switch self {
+            case .standardError: "stderr"
+            case .file(let path): path
+            }
+        }
+    }
 
     public static let defaultPort: HMXPort = 4747
     /// Ring size for each backend when `link.ring_size` is not given. On Xen, ring

@@ -71,7 +71,8 @@ public struct GatewayService: Service {
         let config = self.initialConfig
         let logger = self.logger
         let core = try await loop.submit {
-            NIOLoopBound(Gateway(config: config, link: link, logger: logger), eventLoop: loop)
+            let audit = try config.audit.map { try AuditLog($0) }
+            return NIOLoopBound(Gateway(config: config, link: link, logger: logger, audit: audit), eventLoop: loop)
         }.get()
         // Health first: /readyz says what the start still waits for.
         var metricsChannel: (any Channel)?

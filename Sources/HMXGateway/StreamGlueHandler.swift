@@ -36,6 +36,10 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
     private var pendingWrites = 0
     /// The output is to be shut once the pending writes are done.
     private var isShutdownPending = false
+    /// Bytes read from the socket (for the peer) and written to it (from the peer),
+    /// for the audit record of the connection's end.
+    private(set) var bytesRead = 0
+    private(set) var bytesWritten = 0
 
     init(driver: StreamDriver, onActive: ((any Channel) -> ConnectionID?)? = nil) {
         self.driver = driver
@@ -75,6 +79,7 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
             if self.isShutdownPending, self.pendingWrites == 0 { self.shutdownOutputNow() }
             // Only for this connection: its id may be reused once it is forgotten.
             guard case .success = result, self.id == id else { return }
+            self.bytesWritten += count
             self.driver.localWriteCompleted(id, count: count)
         }
     }
@@ -140,7 +145,9 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
         self.isReadAllowed = false
         guard self.id != nil else { return }
         self.handOverHeldRead()
-        self.heldRead = Self.unwrapInboundIn(data)
+        let bytes = Self.unwrapInboundIn(data)
+        self.bytesRead += bytes.readableBytes
+        self.heldRead = bytes
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

@@ -69,6 +69,22 @@ struct GatewayConfigTests {
         #expect(config.wantsWildcardRing)
     }
 
+    @Test("audit: stderr or an absolute path; anything else names its line")
+    func audit() throws {
+        let base = "link: {emulator: /a}\n"
+        #expect(try GatewayConfig.parse(base, file: "g.yaml").audit == nil)
+        #expect(try GatewayConfig.parse(base + "audit: stderr\n", file: "g.yaml").audit == .standardError)
+        let file = try GatewayConfig.parse(base + "audit: /var/log/hmx/audit.jsonl\n", file: "g.yaml")
+        #expect(file.audit == .file("/var/log/hmx/audit.jsonl"))
+        #expect(file.summary.contains("audit records: /var/log/hmx/audit.jsonl"))
+        #expect(throws: ConfigError.self) { try GatewayConfig.parse(base + "audit: logs/audit\n", file: "g.yaml") }
+        do {
+            _ = try GatewayConfig.parse(base + "audit: logs/audit\n", file: "g.yaml")
+        } catch {
+            #expect("\(error)" == "g.yaml:2: audit: give stderr or an absolute file path")
+        }
+    }
+
     @Test("errors name file, line, key and reason")
     func errors() {
         let cases: [(String, String)] = [
