@@ -168,3 +168,7 @@ int chmx_set_malloc_thresholds(int mmap_threshold, int trim_threshold) {
     return -1;
 #endif
 }
+
+int chmx_setresuid(uid_t uid) { return setresuid(uid, uid, uid); }
+
+int chmx_setresgid(gid_t gid) { return setresgid(gid, gid, gid); }

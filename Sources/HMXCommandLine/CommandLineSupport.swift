@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 import ArgumentParser
+import Dispatch
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -52,4 +53,21 @@ public func runUntilSignalled(_ service: some Service, tool: String, logger: Log
         printError("\(tool): \(error)")
         throw ExitCode(1)
     }
+}
+
+/// Runs `body` in a task while the calling thread waits for it (an ordinary blocked
+/// thread: it takes signals, such as glibc's for changing every thread's user).
+public func blockUntilDone(_ body: @escaping @Sendable () async throws -> Void) throws {
+    final class Outcome: @unchecked Sendable {
+        // Written by the task before it signals, read after the wait.
+        var error: (any Error)?
+    }
+    let outcome = Outcome()
+    let done = DispatchSemaphore(value: 0)
+    Task.detached {
+        do { try await body() } catch { outcome.error = error }
+        done.signal()
+    }
+    done.wait()
+    if let error = outcome.error { throw error }
 }

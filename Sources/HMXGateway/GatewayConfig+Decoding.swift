@@ -202,7 +202,9 @@ extension GatewayConfig {
             default: throw auditNode.error("give stderr or an absolute file path")
             }
         }
-        try top.finish(known: ["link", "peers", "exports", "imports", "limits", "metrics", "audit"])
+        let user = try top.optional("user")?.string()
+        let group = try top.optional("group")?.string()
+        try top.finish(known: ["link", "peers", "exports", "imports", "limits", "metrics", "audit", "user", "group"])
         return GatewayConfig(
             file: root.file,
             link: Link(backend: backend, port: port, ringSize: ringSize),
@@ -215,7 +217,9 @@ extension GatewayConfig {
             peerInFlight: peerInFlight,
             metricsListen: metrics,
             drainTimeoutMilliseconds: drain,
-            audit: audit
+            audit: audit,
+            user: user,
+            group: group
         )
     }
 

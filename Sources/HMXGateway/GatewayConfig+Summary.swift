@@ -49,6 +49,11 @@ extension GatewayConfig {
         lines.append(flow)
         if let metrics = self.metricsListen { lines.append("metrics: \(metrics)/metrics") }
         if let audit = self.audit { lines.append("audit records: \(audit)") }
+        if self.user != nil || self.group != nil {
+            lines.append(
+                "runs as user \(self.user ?? "(unchanged)"), group \(self.group ?? "(the user's)") once started"
+            )
+        }
         return lines
     }
 }

@@ -94,6 +94,10 @@ public struct GatewayConfig: Sendable, Equatable {
     public var drainTimeoutMilliseconds: Int64
     /// Where the audit records go (one JSON line per connection decision and end).
     public var audit: AuditDestination? = nil
+    /// The user and group the gateway runs as once it has bound its listeners and
+    /// opened what needs privileges (nil: it keeps the ones it was started with).
+    public var user: String? = nil
+    public var group: String? = nil
 
     public enum AuditDestination: Sendable, Equatable, CustomStringConvertible {
         case standardError

@@ -49,6 +49,12 @@ public struct GatewayService: Service {
     }
 
     private func run(group: MultiThreadedEventLoopGroup, loop: any EventLoop) async throws {
+        // Checked before anything is opened: a user that does not exist stops the start.
+        let identity = try PrivilegeDrop.resolve(
+            user: self.initialConfig.user,
+            group: self.initialConfig.group,
+            file: self.initialConfig.file
+        )
         let link: any HMXLink
         do {
             switch self.initialConfig.link.backend {
@@ -106,6 +112,21 @@ public struct GatewayService: Service {
             _ = try? await loop.flatSubmit { core.value.shutdown() }.get()
             _ = try? await link.close().get()
             throw error
+        }
+        if identity.uid != nil || identity.gid != nil {
+            do {
+                try PrivilegeDrop.drop(uid: identity.uid, gid: identity.gid)
+            } catch {
+                self.logger.critical("cannot drop privileges; stopping", metadata: ["error": "\(error)"])
+                _ = try? await loop.flatSubmit { core.value.shutdown() }.get()
+                metricsChannel?.close(promise: nil)
+                _ = try? await link.close().get()
+                throw error
+            }
+            self.logger.info(
+                "privileges dropped",
+                metadata: ["uid": "\(getuid())", "gid": "\(getgid())", "user": "\(config.user ?? "-")"]
+            )
         }
         self.onReady?(config)
         self.logger.info(
@@ -185,6 +206,11 @@ public struct GatewayService: Service {
             try await loop.flatSubmit { core.value.reload(config) }.get()
         } catch let error as ConfigError {
             self.logger.error("reload rejected; keeping the running configuration", metadata: ["error": "\(error)"])
+        } catch let error as IOError where error.errnoCode == EACCES && getuid() != 0 {
+            self.logger.error(
+                "reload: a new listener needs privileges this gateway gave up (user:); restart it to bind; the rest of the reload is applied",
+                metadata: ["error": "\(error)"]
+            )
         } catch {
             self.logger.error("reload failed", metadata: ["error": "\(error)"])
         }

@@ -15,8 +15,12 @@ import UnixSignals
 import Glibc
 #endif
 
+/// A synchronous entry point: `run` keeps the process's first thread as an ordinary
+/// thread that waits for the service (Swift's asynchronous `main` would park it with
+/// every signal blocked, out of reach of the privilege drop that has to change every
+/// thread's ids).
 @main
-struct HMXGatewayCommand: AsyncParsableCommand {
+struct HMXGatewayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hmx-gateway",
         abstract: "Bridge TCP, Unix and vsock sockets onto HMX (Argo) streams between domains.",
@@ -34,7 +38,7 @@ func loadConfigOrExit(_ path: String) -> GatewayConfig {
     }
 }
 
-struct Run: AsyncParsableCommand {
+struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the gateway (SIGHUP reloads the mappings; SIGTERM drains and stops)."
     )
@@ -45,7 +49,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
-    func run() async throws {
+    func run() throws {
         let loaded = loadConfigOrExit(self.config)
         tuneAllocatorForDataPath()
         bootstrapLogging(level: self.logLevel)
@@ -54,7 +58,8 @@ struct Run: AsyncParsableCommand {
         var logger = Logger(label: "hmx-gateway")
         logger[metadataKey: "config"] = "\(self.config)"
         let service = GatewayService(configPath: self.config, config: loaded, logger: logger, registry: registry)
-        try await runUntilSignalled(service, tool: "hmx-gateway", logger: logger)
+        let serviceLogger = logger
+        try blockUntilDone { try await runUntilSignalled(service, tool: "hmx-gateway", logger: serviceLogger) }
     }
 }
 

@@ -36,7 +36,13 @@ extension GatewayEndToEndTests {
             let listening = await eventually(within: 10) { listener.output.contains("listening") }
             try #require(listening, "\(listener.log)")
             try await lab.startToolServer(.beta, ["echo-server", "--port", "\(lab.echoTarget)"])
-            try lab.startGateway(.beta, config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: []))
+            let beta = try lab.startGateway(
+                .beta,
+                config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: [])
+            )
+            // beta's domain runs first, so that alpha's ring for it can exist at once.
+            let betaUp = await eventually(within: 20) { beta.log.contains("gateway ready") }
+            try #require(betaUp, "\(beta.log)")
             let alphaConfig = try lab.gatewayConfig(.alpha, exports: [], imports: [lab.echoImport])
             let gateway = try lab.startGateway(
                 .alpha,

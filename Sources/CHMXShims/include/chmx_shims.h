@@ -61,4 +61,9 @@ int chmx_accept_nonblock_cloexec(int fd);
 int chmx_set_nonblocking(int fd);
 /// A close-on-exec AF_UNIX SOCK_STREAM socket.
 int chmx_unix_stream_socket(void);
+/// setresuid(2) and setresgid(2) with all three ids (all threads, as glibc does
+/// them): 0 or -1 with errno.
+int chmx_setresuid(uid_t uid);
+int chmx_setresgid(gid_t gid);
+
 #endif
