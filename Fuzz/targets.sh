@@ -20,6 +20,6 @@ fuzz_options() {
 # Read-only seed folders for a target (its corpus folder comes first and grows).
 fuzz_seeds() {
     case "$1" in
-    FuzzConfig) echo "Configs" ;;
+    FuzzConfig) echo "Configs Fuzz/Regressions/FuzzConfig" ;;
     esac
 }
