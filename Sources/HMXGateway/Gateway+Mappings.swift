@@ -38,7 +38,11 @@ extension Gateway {
                 }
             }
         let future: EventLoopFuture<any Channel>
+        let inherited = self.inheritedListeners.take(importConfig.name)
         switch importConfig.listen {
+        case _ where inherited != nil:
+            // Socket activation: the service manager's socket, already listening.
+            future = bootstrap.withBoundSocket(inherited!)
         case .tcp(let host, let port): future = bootstrap.bind(host: host, port: port)
         case .unix(let path): future = bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
         case .vsock(let cid, let port):
@@ -49,7 +53,8 @@ extension Gateway {
             self.logger.info(
                 "import listening",
                 metadata: [
-                    "mapping": "\(importConfig.name)", "listen": "\(importConfig.listen)",
+                    "mapping": "\(importConfig.name)",
+                    "listen": "\(inherited.map { "socket \($0) from the service manager" } ?? "\(importConfig.listen)")",
                     "peer": "\(self.config.name(of: importConfig.peer))", "port": "\(importConfig.port)",
                 ]
             )

@@ -59,6 +59,8 @@ final class Gateway {
     private(set) var isShuttingDown = false
     /// Where audit records go (`audit:` in the configuration).
     var audit: AuditLog?
+    /// Listening sockets from the service manager, by import name (taken at start).
+    var inheritedListeners = InheritedListeners()
     /// False once the hypervisor link has closed.
     private(set) var isLinkUp = true
     /// Where the driver continues left-over work (after the loop's ready I/O).
@@ -110,6 +112,15 @@ final class Gateway {
             self.driver.start(partners: self.config.partnerDomains, wildcard: self.config.wantsWildcardRing)
         }.flatMap {
             EventLoopFuture.andAllSucceed(self.config.imports.map { self.bind($0) }, on: self.eventLoop)
+        }.map {
+            for (name, descriptor) in self.inheritedListeners.byName {
+                self.logger.warning(
+                    "a socket from the service manager names no import; closing it",
+                    metadata: ["name": "\(name)", "descriptor": "\(descriptor)"]
+                )
+                close(descriptor)
+            }
+            self.inheritedListeners = InheritedListeners()
         }.nonisolated()
     }
 

@@ -76,9 +76,12 @@ public struct GatewayService: Service {
         )
         let config = self.initialConfig
         let logger = self.logger
+        let inherited = InheritedListeners.fromEnvironment()
         let core = try await loop.submit {
             let audit = try config.audit.map { try AuditLog($0) }
-            return NIOLoopBound(Gateway(config: config, link: link, logger: logger, audit: audit), eventLoop: loop)
+            let gateway = Gateway(config: config, link: link, logger: logger, audit: audit)
+            gateway.inheritedListeners = inherited
+            return NIOLoopBound(gateway, eventLoop: loop)
         }.get()
         // Health first: /readyz says what the start still waits for.
         var metricsChannel: (any Channel)?

@@ -115,6 +115,72 @@ extension GatewayEndToEndTests {
         }
 
         @Test(
+            "the shipped units (Configs/systemd) pass systemd-analyze verify without a warning",
+            .enabled(if: executablePath("systemd-analyze") != nil, "needs systemd-analyze (Debian: systemd)")
+        )
+        func units() async throws {
+            let directory = try TemporaryDirectory()
+            let shipped = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+                .appendingPathComponent("../../Configs/systemd").standardized.path
+            var paths: [String] = []
+            // Installed as /usr/bin/…; verified with the binaries of this build.
+            for (name, as_) in [
+                ("hmx-emulator.service", "hmx-emulator.service"), ("hmx-gateway@.service", "hmx-gateway@demo.service"),
+                ("hmx-gateway@.socket", "hmx-gateway@demo.socket"),
+            ] {
+                let text = try String(contentsOfFile: "\(shipped)/\(name)", encoding: .utf8)
+                    .replacingOccurrences(of: "/usr/bin/hmx-gateway", with: executablePath("hmx-gateway") ?? "")
+                    .replacingOccurrences(of: "/usr/bin/hmx-emulator", with: executablePath("hmx-emulator") ?? "")
+                paths.append(try directory.write(as_, text))
+            }
+            let verify = try await HMXProcessTestSupport.run(executablePath("systemd-analyze")!, ["verify"] + paths)
+            #expect(verify.status == 0, "\(verify.output)")
+            #expect(verify.output.isEmpty, "warnings: \(verify.output)")
+        }
+
+        /// What a service manager does for socket activation: bind and listen, put the
+        /// socket at descriptor 3, set LISTEN_PID (the same process after exec),
+        /// LISTEN_FDS and LISTEN_FDNAMES, and exec the service.
+        static let activator = """
+            import os, socket, sys
+            port, name, program = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(128)
+            os.dup2(listener.fileno(), 3)
+            os.set_inheritable(3, True)
+            os.environ.update(LISTEN_FDS="1", LISTEN_FDNAMES=name, LISTEN_PID=str(os.getpid()))
+            os.execv(program[0], program)
+            """
+
+        @Test("socket activation: an import named like the service manager's socket serves it; its own listen: is not bound")
+        func socketActivation() async throws {
+            let lab = try await GatewayLab()
+            try await lab.startToolServer(.beta, ["echo-server", "--port", "\(lab.echoTarget)"])
+            let beta = try lab.startGateway(.beta, config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: []))
+            let betaUp = await eventually(within: 20) { beta.log.contains("gateway ready") }
+            try #require(betaUp, "\(beta.log)")
+            let activated = lab.port(75)
+            let config = try lab.gatewayConfig(.alpha, exports: [], imports: [lab.echoImport])
+            let gateway = try lab.spawn(
+                .alpha,
+                "python3",
+                [
+                    "-c", Self.activator, "\(activated)", "echo",
+                    executablePath("hmx-gateway") ?? "hmx-gateway", "run", "--config", config,
+                ]
+            )
+            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(activated)", "--timeout", "20"], seconds: 30)
+            #expect(probe.status == 0, "\(probe.output)\n\(gateway.log)")
+            #expect(gateway.log.contains("listen=socket 3 from the service manager mapping=echo"), "\(gateway.log)")
+            let own = try await lab.runTool(.alpha, ["refused", "--port", "\(lab.echoPort)", "--timeout", "3"], seconds: 10)
+            #expect(jsonObject(own.output)?["end"] as? String == "refused", "listen: not bound: \(own.output)")
+            gateway.signal(SIGTERM)
+            #expect(await gateway.wait(seconds: 15) == 0, "\(gateway.log)")
+        }
+
+        @Test(
             "without NOTIFY_SOCKET nothing is sent and the gateway runs as before; a WATCHDOG_PID not ours is ignored"
         )
         func notManaged() async throws {
