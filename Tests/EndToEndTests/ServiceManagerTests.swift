@@ -154,11 +154,16 @@ extension GatewayEndToEndTests {
             os.execv(program[0], program)
             """
 
-        @Test("socket activation: an import named like the service manager's socket serves it; its own listen: is not bound")
+        @Test(
+            "socket activation: an import named like the service manager's socket serves it; its own listen: is not bound"
+        )
         func socketActivation() async throws {
             let lab = try await GatewayLab()
             try await lab.startToolServer(.beta, ["echo-server", "--port", "\(lab.echoTarget)"])
-            let beta = try lab.startGateway(.beta, config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: []))
+            let beta = try lab.startGateway(
+                .beta,
+                config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: [])
+            )
             let betaUp = await eventually(within: 20) { beta.log.contains("gateway ready") }
             try #require(betaUp, "\(beta.log)")
             let activated = lab.port(75)
@@ -171,10 +176,18 @@ extension GatewayEndToEndTests {
                     executablePath("hmx-gateway") ?? "hmx-gateway", "run", "--config", config,
                 ]
             )
-            let probe = try await lab.runTool(.alpha, ["probe", "--port", "\(activated)", "--timeout", "20"], seconds: 30)
+            let probe = try await lab.runTool(
+                .alpha,
+                ["probe", "--port", "\(activated)", "--timeout", "20"],
+                seconds: 30
+            )
             #expect(probe.status == 0, "\(probe.output)\n\(gateway.log)")
             #expect(gateway.log.contains("listen=socket 3 from the service manager mapping=echo"), "\(gateway.log)")
-            let own = try await lab.runTool(.alpha, ["refused", "--port", "\(lab.echoPort)", "--timeout", "3"], seconds: 10)
+            let own = try await lab.runTool(
+                .alpha,
+                ["refused", "--port", "\(lab.echoPort)", "--timeout", "3"],
+                seconds: 10
+            )
             #expect(jsonObject(own.output)?["end"] as? String == "refused", "listen: not bound: \(own.output)")
             gateway.signal(SIGTERM)
             #expect(await gateway.wait(seconds: 15) == 0, "\(gateway.log)")
