@@ -50,11 +50,12 @@ extension Gateway {
         }
         return future.assumeIsolated().map { channel in
             self.listeners[importConfig.name] = (importConfig, channel)
+            let listen = inherited.map { "socket \($0) from the service manager" } ?? "\(importConfig.listen)"
             self.logger.info(
                 "import listening",
                 metadata: [
                     "mapping": "\(importConfig.name)",
-                    "listen": "\(inherited.map { "socket \($0) from the service manager" } ?? "\(importConfig.listen)")",
+                    "listen": "\(listen)",
                     "peer": "\(self.config.name(of: importConfig.peer))", "port": "\(importConfig.port)",
                 ]
             )
