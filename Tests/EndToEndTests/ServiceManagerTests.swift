@@ -35,14 +35,7 @@ extension GatewayEndToEndTests {
             let listener = try lab.spawn(.alpha, "python3", ["-u", "-c", Self.listener, socket])
             let listening = await eventually(within: 10) { listener.output.contains("listening") }
             try #require(listening, "\(listener.log)")
-            try await lab.startToolServer(.beta, ["echo-server", "--port", "\(lab.echoTarget)"])
-            let beta = try lab.startGateway(
-                .beta,
-                config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: [])
-            )
-            // beta's domain runs first, so that alpha's ring for it can exist at once.
-            let betaUp = await eventually(within: 20) { beta.log.contains("gateway ready") }
-            try #require(betaUp, "\(beta.log)")
+            try await lab.startBetaFirst()
             let alphaConfig = try lab.gatewayConfig(.alpha, exports: [], imports: [lab.echoImport])
             let gateway = try lab.startGateway(
                 .alpha,
@@ -159,13 +152,7 @@ extension GatewayEndToEndTests {
         )
         func socketActivation() async throws {
             let lab = try await GatewayLab()
-            try await lab.startToolServer(.beta, ["echo-server", "--port", "\(lab.echoTarget)"])
-            let beta = try lab.startGateway(
-                .beta,
-                config: try lab.gatewayConfig(.beta, exports: [lab.echoExport], imports: [])
-            )
-            let betaUp = await eventually(within: 20) { beta.log.contains("gateway ready") }
-            try #require(betaUp, "\(beta.log)")
+            try await lab.startBetaFirst()
             let activated = lab.port(75)
             let config = try lab.gatewayConfig(.alpha, exports: [], imports: [lab.echoImport])
             let gateway = try lab.spawn(
@@ -211,6 +198,18 @@ extension GatewayEndToEndTests {
 }
 
 extension GatewayLab {
+    /// beta's echo server and gateway, up before alpha starts (so that alpha's ring for
+    /// beta can exist at once).
+    fileprivate func startBetaFirst() async throws {
+        try await self.startToolServer(.beta, ["echo-server", "--port", "\(self.echoTarget)"])
+        let beta = try self.startGateway(
+            .beta,
+            config: try self.gatewayConfig(.beta, exports: [self.echoExport], imports: [])
+        )
+        let up = await eventually(within: 20) { beta.log.contains("gateway ready") }
+        try #require(up, "\(beta.log)")
+    }
+
     /// Both gateways with the echo mapping, each with `environment`.
     fileprivate func startGatewaysWithEnvironment(_ environment: [String: String]) throws {
         try self.startGateway(
