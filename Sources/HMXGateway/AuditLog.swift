@@ -112,7 +112,7 @@ extension Gateway {
                 mapping: String(connection.mapping.split(separator: ":", maxSplits: 1).last ?? ""),
                 direction: id.key.openedLocally ? "import" : "export",
                 peer: id.peer,
-                peerName: self.config.peers.first { $0.value == id.peer }?.key ?? "",
+                peerName: self.config.peerName(of: id.peer) ?? "",
                 servicePort: connection.servicePort,
                 outcome: isEnd ? connection.end?.outcome.rawValue ?? "closed" : ConnectionOutcome.opened.rawValue,
                 reason: connection.end.map(Self.auditReason),

@@ -99,7 +99,7 @@ extension Gateway {
                     mapping: importConfig.name,
                     direction: "import",
                     peer: importConfig.peer,
-                    peerName: self.config.peers.first { $0.value == importConfig.peer }?.key ?? "",
+                    peerName: self.config.peerName(of: importConfig.peer) ?? "",
                     servicePort: importConfig.port,
                     outcome: outcome.rawValue
                 )
@@ -161,7 +161,7 @@ extension Gateway {
                         mapping: exportName ?? "-",
                         direction: "export",
                         peer: id.peer,
-                        peerName: self.config.peers.first { $0.value == id.peer }?.key ?? "",
+                        peerName: self.config.peerName(of: id.peer) ?? "",
                         servicePort: servicePort,
                         outcome: ConnectionOutcome(refused: reason).rawValue,
                         reason: "\(reason)" + (suppressed > 0 ? " (\(suppressed) similar left out)" : "")

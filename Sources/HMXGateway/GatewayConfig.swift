@@ -150,8 +150,13 @@ public struct GatewayConfig: Sendable, Equatable {
     /// True if some export accepts any domain (then a wildcard ring is wanted).
     public var wantsWildcardRing: Bool { self.exports.contains { $0.allow == .any } }
 
+    /// The name `peers:` gives `domain`, if any.
+    public func peerName(of domain: DomainID) -> String? {
+        self.peers.first { $0.value == domain }?.key
+    }
+
     public func name(of domain: DomainID) -> String {
-        self.peers.first { $0.value == domain }.map { "\($0.key)(\(domain))" } ?? "\(domain)"
+        self.peerName(of: domain).map { "\($0)(\(domain))" } ?? "\(domain)"
     }
 }
 
