@@ -43,6 +43,15 @@ let package = Package(
             dependencies: ["CHMXShims", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
+        // A daemon's local control socket (`status`), for the gateway and the emulator.
+        .target(
+            name: "HMXControl",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "HMXConfig",
             dependencies: [.product(name: "Yams", package: "Yams")],
@@ -53,6 +62,7 @@ let package = Package(
             dependencies: [
                 "HMXCore",
                 "HMXConfig",
+                "HMXControl",
                 "CHMXShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -66,6 +76,7 @@ let package = Package(
         .target(
             name: "HMXCommandLine",
             dependencies: [
+                "HMXControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -86,7 +97,8 @@ let package = Package(
         .target(
             name: "HMXGateway",
             dependencies: [
-                "CHMXShims", "HMXCore", "HMXStream", "HMXConfig", "HMXEmulator", "HMXXen", "HMXProxyProtocol",
+                "CHMXShims", "HMXCore", "HMXStream", "HMXConfig", "HMXControl", "HMXEmulator", "HMXXen",
+                "HMXProxyProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -109,6 +121,7 @@ let package = Package(
             dependencies: [
                 "HMXCore",
                 "HMXConfig",
+                "HMXControl",
                 "HMXEmulator",
                 "HMXCommandLine",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -121,7 +134,7 @@ let package = Package(
         .executableTarget(
             name: "hmx-gateway",
             dependencies: [
-                "HMXCore", "HMXConfig", "HMXGateway", "HMXCommandLine",
+                "HMXCore", "HMXConfig", "HMXControl", "HMXGateway", "HMXCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

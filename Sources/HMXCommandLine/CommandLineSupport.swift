@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 import ArgumentParser
 import Dispatch
+import HMXControl
 import Logging
 import ServiceLifecycle
 import UnixSignals
@@ -70,4 +71,22 @@ public func blockUntilDone(_ body: @escaping @Sendable () async throws -> Void) 
     }
     done.wait()
     if let error = outcome.error { throw error }
+}
+
+/// `status`: asks a daemon on its control socket and prints the answer. Exit status 0
+/// when it says it is ready, 1 when it answered but is not, 2 when it could not be asked.
+public func printStatus(tool: String, socket path: String, json: Bool, ready: (String) -> Bool) throws {
+    let answer: String
+    do {
+        answer = try ControlSocket.ask(.status(json: json), path: path)
+    } catch {
+        printError("\(tool): cannot ask the \(tool) at \(path): \(error) (is it running? run as root or its user)")
+        throw ExitCode(2)
+    }
+    if answer.hasPrefix("error: ") || answer.isEmpty {
+        printError("\(tool): \(answer.isEmpty ? "no answer from \(path)" : answer)")
+        throw ExitCode(2)
+    }
+    print(answer, terminator: "")
+    if !ready(answer) { throw ExitCode(1) }
 }

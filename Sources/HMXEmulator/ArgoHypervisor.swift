@@ -125,6 +125,36 @@ public final class ArgoHypervisor {
         self.domains[owner.rawValue]?.rings[RingKey(port: port, partner: partner.rawValue)] != nil
     }
 
+    /// One registered ring, as `hmx-emulator status` shows it.
+    public struct RingStatus: Sendable, Equatable {
+        public var port: UInt32
+        /// The partner domain, or ``ArgoABI/domidAny`` for a wildcard ring.
+        public var partner: UInt16
+        public var length: UInt32
+        /// Bytes of messages the owner has not consumed yet.
+        public var usedBytes: UInt32
+        public var maximumMessageSize: UInt32
+        /// Domains waiting for space on it.
+        public var pendingSenders: Int
+    }
+
+    /// The rings `id` holds, by port then partner.
+    public func rings(of id: DomainID) -> [RingStatus] {
+        guard let domain = self.domains[id.rawValue] else { return [] }
+        return domain.rings.values.map { ring in
+            let rx = ring.writer.sanitizedRxPointer
+            let tx = ring.writer.txPointer
+            return RingStatus(
+                port: ring.key.port,
+                partner: ring.key.partner,
+                length: ring.writer.length,
+                usedBytes: tx >= rx ? tx - rx : ring.writer.length - rx + tx,
+                maximumMessageSize: ring.writer.maximumMessageSize,
+                pendingSenders: ring.pending.count
+            )
+        }.sorted { ($0.port, $0.partner) < ($1.port, $1.partner) }
+    }
+
     /// Number of domains waiting for space on a ring (for tests and diagnostics).
     public func pendingCount(owner: DomainID, port: HMXPort, partner: DomainID) -> Int {
         self.domains[owner.rawValue]?.rings[RingKey(port: port, partner: partner.rawValue)]?.pending.count ?? 0

@@ -55,6 +55,11 @@ final class DomainConnectionHandler: ChannelDuplexHandler {
     private var isDeferredFlushArmed = false
     private var splitter = LinkFrameSplitter()
 
+    /// Bytes of results and events waiting to go to the domain.
+    var queuedOutputBytes: Int { self.output.readableBytes }
+    /// Hypercalls are not read from the domain until it reads its results.
+    var isHeld: Bool { self.isReadHeld }
+
     /// A frame only the emulator may send came from the domain.
     private struct ForbiddenFrame: Error, CustomStringConvertible {
         var description: String { "the domain sent a frame only the emulator may send" }

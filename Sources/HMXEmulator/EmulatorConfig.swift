@@ -33,6 +33,8 @@ public struct EmulatorConfig: Sendable, Equatable {
     public var wildcardRingsAllowed: Bool
     public var domains: [DomainEntry]
     public var policy: EmulatorPolicy
+    /// The local control socket `hmx-emulator status` asks (mode 0600; nil: none).
+    public var controlSocket: String? = nil
 
     public var settings: ArgoHypervisor.Settings {
         ArgoHypervisor.Settings(
@@ -111,13 +113,22 @@ public struct EmulatorConfig: Sendable, Equatable {
                 rules.append(try Self.decodeRule(node, domains: index))
             }
         }
-        try top.finish(known: ["argo", "mac_permissive", "max_memory_mib", "domains", "policy"])
+        var controlSocket: String?
+        if let node = top.optional("control_socket") {
+            let path = try node.string()
+            guard path.hasPrefix("/"), path.utf8.count < 108 else {
+                throw node.error("give an absolute path of at most 107 bytes (a Unix socket's limit)")
+            }
+            controlSocket = path
+        }
+        try top.finish(known: ["argo", "mac_permissive", "max_memory_mib", "domains", "policy", "control_socket"])
         return EmulatorConfig(
             file: root.file,
             argoEnabled: argo,
             wildcardRingsAllowed: wildcard,
             domains: domains,
-            policy: EmulatorPolicy(rules: rules)
+            policy: EmulatorPolicy(rules: rules),
+            controlSocket: controlSocket
         )
     }
 

@@ -58,6 +58,9 @@ final class EmulatorCore {
 
     var attachedDomains: [DomainID] { self.connections.keys.sorted().map { DomainID($0) } }
 
+    /// The attached process of `id`, if any (for status).
+    func connection(of id: DomainID) -> DomainConnectionHandler? { self.connections[id.rawValue] }
+
     /// Flushes a connection's pending output at the end of this loop tick, so that
     /// events raised during a burst of hypercalls go out in one write.
     func scheduleFlush(_ connection: DomainConnectionHandler) {

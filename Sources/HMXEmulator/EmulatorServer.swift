@@ -52,6 +52,7 @@ public final class EmulatorServer: Sendable {
 
     /// Domains of the configuration in force.
     public var domainCount: Int { self.state.withLock { $0.config.domains.count } }
+    let startedAt = NIODeadline.now()
 
     public init(config: EmulatorConfig, logger: Logger, limits: EmulatorLimits = EmulatorLimits()) throws {
         self.logger = logger

@@ -1,10 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 import HMXConfig
+import HMXControl
 import HMXCore
 import Logging
 import NIOCore
 import ServiceLifecycle
 import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Runs an ``EmulatorServer`` as a service: until graceful shutdown (SIGTERM/SIGINT
 /// via the service group), reloading the configuration file on SIGHUP.
@@ -26,6 +31,26 @@ public struct EmulatorService: Service {
         } catch {
             await server.shutdown()
             throw error
+        }
+        // The control socket (`hmx-emulator status`).
+        var control: (any Channel)?
+        if let path = self.initialConfig.controlSocket {
+            do {
+                control = try await ControlSocket.bind(path: path, group: server.eventLoop) { request in
+                    server.status().map { status in
+                        switch request {
+                        case .status(let json): json ? status.json : status.text
+                        }
+                    }
+                }.get()
+            } catch {
+                self.logger.critical(
+                    "cannot listen on the control socket",
+                    metadata: ["path": "\(path)", "error": "\(error)"]
+                )
+                await server.shutdown()
+                throw error
+            }
         }
         // The service manager (systemd Type=notify): ready once every domain's socket
         // listens; the watchdog from the event loop that runs the hypercalls.
@@ -49,6 +74,10 @@ public struct EmulatorService: Service {
             notifier.stopping(status: "detaching every domain")
         }
         watchdog?.cancel()
+        if let control, let path = self.initialConfig.controlSocket {
+            try? await control.close()
+            unlink(path)
+        }
         await server.shutdown()
     }
 

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 import CoreMetrics
+import HMXControl
 import HMXCore
 import HMXStream
 import Logging
@@ -93,6 +94,7 @@ extension Gateway {
                 ]
             )
             self.metrics.count(outcome, imported: true)
+            self.mappingCounters[mapping, default: .init()].outcomes[outcome, default: 0] += 1
             self.audit?.write(
                 AuditLog.Record(
                     event: "refused",
@@ -148,6 +150,14 @@ extension Gateway {
         switch decision {
         case .admitted(let admitted): export = admitted
         case .refused(let reason, let exportName):
+            if let exportName {
+                self.mappingCounters["export:\(exportName)", default: .init()].outcomes[
+                    ConnectionOutcome(refused: reason),
+                    default: 0
+                ] += 1
+            } else {
+                self.unmappedRefusals[ConnectionOutcome(refused: reason), default: 0] += 1
+            }
             // Logged here, where the export is known (the connection has no entry).
             // Audited as often as logged: a peer that floods OPENs cannot fill the
             // audit file either (what is left out is counted, and said once).

@@ -65,6 +65,12 @@ final class Gateway {
     private(set) var isLinkUp = true
     /// Where the driver continues left-over work (after the loop's ready I/O).
     private var loopYield: LoopYield?
+    /// What each mapping carried and how its connections ended, by `import:NAME` /
+    /// `export:NAME` (for `status`); mappings a reload removed are dropped.
+    var mappingCounters: [String: MappingCounters] = [:]
+    /// OPENs refused before any export was found (no such service, shutting down).
+    var unmappedRefusals: [ConnectionOutcome: Int] = [:]
+    let startedAt = NIODeadline.now()
 
     init(
         config: GatewayConfig,
@@ -167,6 +173,12 @@ final class Gateway {
         }
         self.config = newConfig
         self.reopenAudit()
+        let mappings = Set(
+            newConfig.exports.map { "export:\($0.name)" } + newConfig.imports.map { "import:\($0.name)" }
+        )
+        self.mappingCounters = self.mappingCounters.filter { key, _ in
+            mappings.contains(key) || self.countsByMapping[key, default: 0] > 0
+        }
         self.driver.update(Self.driverConfiguration(newConfig).multiplexer)
         for (name, listener) in self.listeners where !newConfig.imports.contains(listener.importConfig) {
             listener.channel.close(promise: nil)
@@ -216,16 +228,23 @@ extension Gateway: StreamDriverDelegate {
         switch action {
         case .opened(let id):
             self.metrics.count(.opened, imported: id.key.openedLocally)
+            if let mapping = self.connections[id]?.mapping {
+                self.mappingCounters[mapping, default: .init()].opened += 1
+            }
             self.connections[id]?.logger.debug("connection open")
             self.auditConnection(id, event: "opened")
         case .ended(let id, let end):
             self.metrics.count(end.outcome, imported: id.key.openedLocally)
             self.log(end, of: id)
             self.connections[id]?.end = end
+            if let mapping = self.connections[id]?.mapping {
+                self.mappingCounters[mapping, default: .init()].outcomes[end.outcome, default: 0] += 1
+            }
         case .removed(let id):
             self.auditConnection(id, event: "ended")
             guard let connection = self.connections.removeValue(forKey: id) else { return }
             connection.handler?.detach()
+            self.mappingCounters[connection.mapping, default: .init()].add(connection.handler)
             self.countsByMapping[connection.mapping, default: 1] -= 1
             let key = PeerMapping(mapping: connection.mapping, peer: id.peer)
             if self.countsByPeer[key, default: 1] <= 1 {
@@ -235,6 +254,7 @@ extension Gateway: StreamDriverDelegate {
             }
         case .openRefused(let id, let reason):
             self.metrics.count(ConnectionOutcome(refused: reason), imported: false)
+            self.unmappedRefusals[ConnectionOutcome(refused: reason), default: 0] += 1
             self.limited(.refusedOpen, from: id.peer) { suppressed in
                 self.logger.warning(
                     "connection refused",

@@ -204,7 +204,17 @@ extension GatewayConfig {
         }
         let user = try top.optional("user")?.string()
         let group = try top.optional("group")?.string()
-        try top.finish(known: ["link", "peers", "exports", "imports", "limits", "metrics", "audit", "user", "group"])
+        var controlSocket: String?
+        if let node = top.optional("control_socket") {
+            let path = try node.string()
+            guard path.hasPrefix("/"), path.utf8.count < 108 else {
+                throw node.error("give an absolute path of at most 107 bytes (a Unix socket's limit)")
+            }
+            controlSocket = path
+        }
+        try top.finish(known: [
+            "link", "peers", "exports", "imports", "limits", "metrics", "audit", "user", "group", "control_socket",
+        ])
         return GatewayConfig(
             file: root.file,
             link: Link(backend: backend, port: port, ringSize: ringSize),
@@ -219,7 +229,8 @@ extension GatewayConfig {
             drainTimeoutMilliseconds: drain,
             audit: audit,
             user: user,
-            group: group
+            group: group,
+            controlSocket: controlSocket
         )
     }
 

@@ -49,6 +49,7 @@ extension GatewayConfig {
         lines.append(flow)
         if let metrics = self.metricsListen { lines.append("metrics: \(metrics)/metrics") }
         if let audit = self.audit { lines.append("audit records: \(audit)") }
+        if let control = self.controlSocket { lines.append("control socket: \(control) (hmx-gateway status)") }
         if self.user != nil || self.group != nil {
             lines.append(
                 "runs as user \(self.user ?? "(unchanged)"), group \(self.group ?? "(the user's)") once started"

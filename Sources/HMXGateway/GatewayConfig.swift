@@ -98,6 +98,8 @@ public struct GatewayConfig: Sendable, Equatable {
     /// opened what needs privileges (nil: it keeps the ones it was started with).
     public var user: String? = nil
     public var group: String? = nil
+    /// The local control socket `hmx-gateway status` asks (mode 0600; nil: none).
+    public var controlSocket: String? = nil
 
     public enum AuditDestination: Sendable, Equatable, CustomStringConvertible {
         case standardError

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 import HMXConfig
+import HMXControl
 import HMXCore
 import HMXEmulator
 import HMXXen
@@ -107,11 +108,45 @@ public struct GatewayService: Service {
                 metadata: ["listen": "\(endpoint)"]
             )
         }
+        // The control socket (`hmx-gateway status`), owned by the user the gateway
+        // will run as.
+        var controlChannel: (any Channel)?
+        if let path = config.controlSocket {
+            do {
+                controlChannel = try await ControlSocket.bind(
+                    path: path,
+                    owner: (identity.uid, identity.gid),
+                    group: loop
+                ) { request in
+                    loop.submit {
+                        switch request {
+                        case .status(let json): json ? core.value.status().json : core.value.status().text
+                        }
+                    }
+                }.get()
+            } catch {
+                self.logger.critical(
+                    "cannot listen on the control socket",
+                    metadata: ["path": "\(path)", "error": "\(error)"]
+                )
+                metricsChannel?.close(promise: nil)
+                _ = try? await link.close().get()
+                throw error
+            }
+        }
+        // Closes the metrics and control listeners (and removes the control socket).
+        let closeEndpoints = {
+            metricsChannel?.close(promise: nil)
+            if let controlChannel, let path = config.controlSocket {
+                controlChannel.close(promise: nil)
+                unlink(path)
+            }
+        }
         do {
             try await loop.flatSubmit { core.value.start() }.get()
         } catch {
             self.logger.critical("cannot start the listeners", metadata: ["error": "\(error)"])
-            metricsChannel?.close(promise: nil)
+            closeEndpoints()
             _ = try? await loop.flatSubmit { core.value.shutdown() }.get()
             _ = try? await link.close().get()
             throw error
@@ -122,7 +157,7 @@ public struct GatewayService: Service {
             } catch {
                 self.logger.critical("cannot drop privileges; stopping", metadata: ["error": "\(error)"])
                 _ = try? await loop.flatSubmit { core.value.shutdown() }.get()
-                metricsChannel?.close(promise: nil)
+                closeEndpoints()
                 _ = try? await link.close().get()
                 throw error
             }
@@ -171,13 +206,13 @@ public struct GatewayService: Service {
             } catch {
                 self.logger.critical("lost the hypervisor link; stopping", metadata: ["error": "\(error)"])
                 tasks.cancelAll()
-                metricsChannel?.close(promise: nil)
+                closeEndpoints()
                 throw error
             }
             tasks.cancelAll()
         }
         try await loop.flatSubmit { core.value.shutdown() }.get()
-        metricsChannel?.close(promise: nil)
+        closeEndpoints()
         _ = try? await link.close().get()
         self.logger.info("gateway stopped")
     }

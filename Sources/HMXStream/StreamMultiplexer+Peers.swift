@@ -108,6 +108,12 @@ extension StreamMultiplexer {
         public var inboxBytes: Int
         /// Frames waiting to be sent to it.
         public var queuedFrames: Int
+        /// Our partner ring for it.
+        public var ring: PeerHealth.RingState
+        /// The largest message its ring takes, once learnt (notify's answer).
+        public var messageSize: Int?
+        /// When it was last heard from (any message).
+        public var lastHeard: NIODeadline
     }
 
     /// The load of `domain`, nil if it never sent or was sent anything.
@@ -116,7 +122,10 @@ extension StreamMultiplexer {
         return PeerLoad(
             framesHandled: peer.framesHandled,
             inboxBytes: peer.inboxBytes,
-            queuedFrames: peer.sender.queuedFrames
+            queuedFrames: peer.sender.queuedFrames,
+            ring: peer.health.ring,
+            messageSize: peer.sender.isMessageSizeKnown ? peer.sender.maximumMessageSize : nil,
+            lastHeard: peer.health.lastHeard
         )
     }
 

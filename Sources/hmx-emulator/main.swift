@@ -18,7 +18,7 @@ struct HMXEmulatorCommand: AsyncParsableCommand {
         commandName: "hmx-emulator",
         abstract:
             "A user-space stand-in for Xen's Argo hypervisor: each domain is a process attached over its own Unix socket.",
-        subcommands: [Run.self, CheckConfig.self],
+        subcommands: [Run.self, CheckConfig.self, Status.self],
         defaultSubcommand: Run.self
     )
 }
@@ -86,5 +86,42 @@ struct CheckConfig: ParsableCommand {
             )
         }
         print("policy default: deny")
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ask a running emulator about its domains: attached or not, their rings and what waits in them.",
+        discussion: """
+            The emulator answers on its control socket (control_socket: in its configuration, \
+            mode 0600). Exit status: 0 answered, 2 no answer.
+            """
+    )
+
+    @Option(name: .shortAndLong, help: "The emulator's configuration file (its control_socket: is asked).")
+    var config: String?
+
+    @Option(help: "The control socket to ask (instead of --config).")
+    var socket: String?
+
+    @Flag(help: "Print JSON (for scripts) instead of text.")
+    var json = false
+
+    func validate() throws {
+        if (self.config == nil) == (self.socket == nil) {
+            throw ValidationError("give --config FILE or --socket PATH")
+        }
+    }
+
+    func run() throws {
+        var path = self.socket ?? ""
+        if let file = self.config {
+            guard let socket = loadConfigOrExit(file).controlSocket else {
+                printError("hmx-emulator: \(file): no control_socket: is configured, so the emulator cannot be asked")
+                throw ExitCode(configErrorExitCode)
+            }
+            path = socket
+        }
+        try printStatus(tool: "hmx-emulator", socket: path, json: self.json) { _ in true }
     }
 }

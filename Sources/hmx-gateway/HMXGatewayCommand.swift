@@ -2,6 +2,7 @@
 import ArgumentParser
 import HMXCommandLine
 import HMXConfig
+import HMXControl
 import HMXCore
 import HMXEmulator
 import HMXGateway
@@ -24,7 +25,7 @@ struct HMXGatewayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hmx-gateway",
         abstract: "Bridge TCP, Unix and vsock sockets onto HMX (Argo) streams between domains.",
-        subcommands: [Run.self, CheckConfig.self, Explain.self],
+        subcommands: [Run.self, CheckConfig.self, Explain.self, Status.self],
         defaultSubcommand: Run.self
     )
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 import HMXConfig
 import HMXCore
+import HMXEmulator
 import HMXGateway
 import Testing
 
@@ -82,6 +83,44 @@ struct GatewayConfigTests {
             _ = try GatewayConfig.parse(base + "audit: logs/audit\n", file: "g.yaml")
         } catch {
             #expect("\(error)" == "g.yaml:2: audit: give stderr or an absolute file path")
+        }
+    }
+
+    @Test("control_socket: an absolute path a Unix socket can have, for both daemons")
+    func controlSocket() throws {
+        let base = "link: {emulator: /a}\n"
+        #expect(try GatewayConfig.parse(base, file: "g.yaml").controlSocket == nil)
+        let config = try GatewayConfig.parse(base + "control_socket: /run/hmx/web.control\n", file: "g.yaml")
+        #expect(config.controlSocket == "/run/hmx/web.control")
+        #expect(config.summary.contains("control socket: /run/hmx/web.control (hmx-gateway status)"))
+        let long = "/" + String(repeating: "x", count: 107)
+        for bad in ["run/web.control", long] {
+            #expect(throws: ConfigError.self) {
+                try GatewayConfig.parse(base + "control_socket: \(bad)\n", file: "g.yaml")
+            }
+            do {
+                _ = try GatewayConfig.parse(base + "control_socket: \(bad)\n", file: "g.yaml")
+            } catch {
+                #expect(
+                    "\(error)"
+                        == "g.yaml:2: control_socket: give an absolute path of at most 107 bytes (a Unix socket's limit)"
+                )
+            }
+        }
+        let emulator = "domains:\n  - {id: 1, name: a, socket: /a}\n"
+        #expect(try EmulatorConfig.parse(emulator, file: "e.yaml").controlSocket == nil)
+        #expect(
+            try EmulatorConfig.parse(emulator + "control_socket: /run/hmx/emulator.control\n", file: "e.yaml")
+                .controlSocket == "/run/hmx/emulator.control"
+        )
+        do {
+            _ = try EmulatorConfig.parse(emulator + "control_socket: emulator.control\n", file: "e.yaml")
+            Issue.record("a relative control_socket was accepted")
+        } catch {
+            #expect(
+                "\(error)"
+                    == "e.yaml:3: control_socket: give an absolute path of at most 107 bytes (a Unix socket's limit)"
+            )
         }
     }
 

@@ -200,6 +200,7 @@ public func startEmulator(
         \(domainLines.joined(separator: "\n"))
         policy:
         \(policy)
+        control_socket: \(directory.path)/emulator.control
 
         """
     )

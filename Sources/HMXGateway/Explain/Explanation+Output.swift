@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+import HMXControl
 import HMXStream
 
 // What `hmx-gateway explain` prints: lines for people, JSON for pipelines.
@@ -66,31 +67,6 @@ extension Explanation {
             ("mappings", "[" + mappings.joined(separator: ",") + "]"),
             ("findings", "[" + findings.joined(separator: ",") + "]"),
         ])
-    }
-}
-
-/// Just enough JSON writing for the explanation (strings escaped as RFC 8259 asks).
-enum JSON {
-    static func string(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
-
-    static func object(_ fields: [(String, String)]) -> String {
-        "{" + fields.map { "\(Self.string($0.0)):\($0.1)" }.joined(separator: ",") + "}"
     }
 }
 

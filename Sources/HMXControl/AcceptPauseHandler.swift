@@ -15,24 +15,24 @@ import Glibc
 /// stays registered for readability, so it keeps accepting on its own. Turning
 /// `autoRead` off takes the listener out of the poll set until the pause is over;
 /// clients wait in the kernel's backlog meanwhile.
-final class AcceptPauseHandler: ChannelInboundHandler {
-    typealias InboundIn = Any
+public final class AcceptPauseHandler: ChannelInboundHandler {
+    public typealias InboundIn = Any
 
     private let pause: TimeAmount
     private let onPause: (IOError) -> Void
     private var isPaused = false
 
     /// - Parameter onPause: called for every failed accept (to count and log it).
-    init(pause: TimeAmount = .milliseconds(100), onPause: @escaping (IOError) -> Void = { _ in }) {
+    public init(pause: TimeAmount = .milliseconds(100), onPause: @escaping (IOError) -> Void = { _ in }) {
         self.pause = pause
         self.onPause = onPause
     }
 
-    static func isResourceShortage(_ error: IOError) -> Bool {
+    public static func isResourceShortage(_ error: IOError) -> Bool {
         [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errnoCode)
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard let error = error as? IOError, Self.isResourceShortage(error) else {
             context.fireErrorCaught(error)
             return
