@@ -40,10 +40,17 @@ extension GatewayEndToEndTests {
             let lab = try await GatewayLab()
             let privileged = 700 + Int.random(in: 0..<200)
             let unprivileged = lab.port(70)
-            try await lab.startGateways(extra: [.alpha: "user: nobody\ngroup: nogroup\n"])
+            let control = "\(lab.directory.path)/alpha.control"
+            try await lab.startGateways(extra: [.alpha: "user: nobody\ngroup: nogroup\ncontrol_socket: \(control)\n"])
             let gateway = try #require(lab.gateways[.alpha])
             Self.expectDropped(gateway.pid, "after start")
             #expect(gateway.log.contains("privileges dropped"), "\(gateway.log)")
+            // The control socket belongs to the user the gateway runs as, mode 0600.
+            var info = stat()
+            #expect(lstat(control, &info) == 0 && info.st_uid == 65534 && info.st_gid == 65534, "\(info)")
+            #expect(info.st_mode & 0o777 == 0o600)
+            let status = try await lab.run(.alpha, "hmx-gateway", ["status", "--socket", control])
+            #expect(status.status == 0 && status.output.contains(", ready, "), "\(status.output)")
 
             // Reload: one import on a privileged port (needs root), one on an ordinary one.
             let config = try lab.gatewayConfig(
