@@ -197,9 +197,12 @@ extension Gateway {
         )
     }
 
+    /// Linux's IP_BIND_ADDRESS_NO_PORT (include/uapi/linux/in.h).
+    static let ipBindAddressNoPort: CInt = 24
+
     private func dial(_ export: GatewayConfig.Export, for id: ConnectionID) {
         let driver = NIOLoopBound(self.driver, eventLoop: self.eventLoop)
-        let bootstrap = ClientBootstrap(group: self.eventLoop)
+        var bootstrap = ClientBootstrap(group: self.eventLoop)
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.maxMessagesPerRead, value: 1)
@@ -213,6 +216,25 @@ extension Gateway {
                     try channel.pipeline.syncOperations.addHandler(StreamGlueHandler(driver: driver.value))
                 }
             }
+        if let prefix = export.sourceAddress {
+            // From the source domain's own address; the port is chosen at connect, so
+            // that many connections from one address to different targets do not run
+            // out of ports (IP_BIND_ADDRESS_NO_PORT).
+            do {
+                bootstrap = bootstrap.bind(to: try prefix.socketAddress(for: id.peer))
+                    .channelOption(
+                        ChannelOptions.Types.SocketOption(
+                            level: NIOBSDSocket.OptionLevel(rawValue: CInt(IPPROTO_IP)),
+                            name: NIOBSDSocket.Option(rawValue: Self.ipBindAddressNoPort)
+                        ),
+                        value: 1
+                    )
+            } catch {
+                self.connections[id]?.dialError = "source address \(prefix.text(for: id.peer)): \(error)"
+                self.driver.refuse(id, .targetRefused)
+                return
+            }
+        }
         let future: EventLoopFuture<any Channel>
         switch export.target {
         case .tcp(let host, let port): future = bootstrap.connect(host: host, port: port)

@@ -104,10 +104,31 @@ extension GatewayConfig {
             } else {
                 proxy = .none
             }
+            var sourceAddress: SourceAddressPrefix?
+            if let node = entry.optional("source_address") {
+                switch SourceAddressPrefix.parse(try node.string()) {
+                case .success(let prefix): sourceAddress = prefix
+                case .failure(let malformed): throw node.error(malformed.reason)
+                }
+                guard case .tcp(let host, _) = target else {
+                    throw node.error("only for tcp:// targets (a Unix or vsock target has no IP source address)")
+                }
+                let hostIsIPv6 = host.contains(":")
+                let hostIsIPv4 = !hostIsIPv6 && host.allSatisfy { $0.isNumber || $0 == "." }
+                if (hostIsIPv6 && !sourceAddress!.isIPv6) || (hostIsIPv4 && sourceAddress!.isIPv6) {
+                    throw node.error(
+                        "\(sourceAddress!) and the target \(target) are not of the same address family"
+                    )
+                }
+                if hostIsIPv4, sourceAddress!.bytes[0] == 127, !host.hasPrefix("127.") {
+                    throw node.error(
+                        "a loopback source (\(sourceAddress!)) reaches only loopback targets; give a prefix of this host's addresses for \(target)"
+                    )
+                }
+            }
             try entry.finish(known: [
                 "name", "port", "target", "allow", "max_connections", "max_connections_per_peer", "connect_timeout",
-                "idle_timeout",
-                "proxy_protocol",
+                "idle_timeout", "proxy_protocol", "source_address",
             ])
             guard exportPorts.insert(servicePort).inserted else {
                 throw portNode.error("port \(servicePort) is exported twice")
@@ -123,7 +144,8 @@ extension GatewayConfig {
                     maxConnectionsPerPeer: perPeer,
                     connectTimeoutMilliseconds: timeout,
                     idleTimeoutMilliseconds: idle,
-                    proxyProtocol: proxy
+                    proxyProtocol: proxy,
+                    sourceAddress: sourceAddress
                 )
             )
         }

@@ -23,6 +23,16 @@ extension GatewayConfig {
             line += "; connect timeout \(export.connectTimeoutMilliseconds) ms"
             if export.idleTimeoutMilliseconds > 0 { line += "; idle timeout \(export.idleTimeoutMilliseconds) ms" }
             if export.proxyProtocol == .v2 { line += "; PROXY v2" }
+            if let prefix = export.sourceAddress {
+                // The address of each domain it names, and the rule for the others.
+                let named: [String] =
+                    switch export.allow {
+                    case .any: []
+                    case .domains(let set): set.sorted().map { "\(self.name(of: $0)) from \(prefix.text(for: $0))" }
+                    }
+                line += "; connections come from \(prefix) + the domain id"
+                if !named.isEmpty { line += " (\(named.joined(separator: ", ")))" }
+            }
             lines.append(line)
         }
         for importConfig in self.imports {

@@ -59,6 +59,9 @@ public struct GatewayConfig: Sendable, Equatable {
         /// A connection without traffic this long is reset (0: never).
         public var idleTimeoutMilliseconds: Int64 = 0
         public var proxyProtocol: ProxyProtocol
+        /// Connections to the target come from the source domain's address in this
+        /// prefix (nil: the system chooses).
+        public var sourceAddress: SourceAddressPrefix? = nil
     }
 
     public struct Import: Sendable, Equatable {

@@ -124,6 +124,58 @@ struct GatewayConfigTests {
         }
     }
 
+    @Test("source_address: per_domain or a prefix; each domain's address; errors name the key")
+    func sourceAddress() throws {
+        func export(_ target: String, _ source: String) -> String {
+            "link: {emulator: /a}\npeers: {web: 1, db: 300}\nexports:\n"
+                + "  - {name: s, port: 1, target: \"\(target)\", allow: [web, db], source_address: \"\(source)\"}\n"
+        }
+        let loopback = try GatewayConfig.parse(export("tcp://127.0.0.1:5432", "per_domain"), file: "g.yaml")
+        let prefix = try #require(loopback.exports.first?.sourceAddress)
+        #expect(prefix == .perDomain && "\(prefix)" == "127.77.0.0/16")
+        #expect(prefix.text(for: DomainID(0)) == "127.77.0.0")
+        #expect(prefix.text(for: DomainID(1)) == "127.77.0.1")
+        #expect(prefix.text(for: DomainID(300)) == "127.77.1.44")
+        #expect(prefix.text(for: DomainID(0x7FEF)) == "127.77.127.239")
+        #expect(
+            loopback.summary.contains {
+                $0.contains(
+                    "connections come from 127.77.0.0/16 + the domain id (web(1) from 127.77.0.1, db(300) from 127.77.1.44)"
+                )
+            }
+        )
+        let v6 = try GatewayConfig.parse(export("tcp://[fd00::1]:80", "fd00:77::/64"), file: "g.yaml")
+        #expect(v6.exports.first?.sourceAddress?.text(for: DomainID(300)) == "fd00:77::12c")
+        #expect(
+            try GatewayConfig.parse(export("tcp://10.0.0.1:80", "10.200.0.0/16"), file: "g.yaml").exports.first?
+                .sourceAddress?.text(for: DomainID(1)) == "10.200.0.1"
+        )
+        let errors: [(String, String, String)] = [
+            ("tcp://127.0.0.1:1", "nope", "expected per_domain or a prefix ADDRESS/LENGTH; found 'nope'"),
+            ("tcp://127.0.0.1:1", "10.1.0.0/24", "the prefix length must be 8 to 17: domain ids need 15 bits"),
+            ("tcp://[::1]:1", "fd00::/120", "the prefix length must be 8 to 113: domain ids need 15 bits"),
+            ("tcp://127.0.0.1:1", "10.1.0.1/16", "10.1.0.1/16 has bits set after its first 16"),
+            ("tcp://127.0.0.1:1", "10.1.0.300/16", "'10.1.0.300' is not an IPv4 address"),
+            ("unix:/run/x", "per_domain", "only for tcp:// targets (a Unix or vsock target has no IP source address)"),
+            (
+                "tcp://127.0.0.1:1", "fd00::/64",
+                "fd00::/64 and the target tcp://127.0.0.1:1 are not of the same address family"
+            ),
+            (
+                "tcp://10.0.0.1:1", "per_domain",
+                "a loopback source (127.77.0.0/16) reaches only loopback targets; give a prefix of this host's addresses for tcp://10.0.0.1:1"
+            ),
+        ]
+        for (target, source, reason) in errors {
+            do {
+                _ = try GatewayConfig.parse(export(target, source), file: "g.yaml")
+                Issue.record("accepted \(source) for \(target)")
+            } catch {
+                #expect("\(error)" == "g.yaml:4: exports[0].source_address: \(reason)")
+            }
+        }
+    }
+
     @Test("errors name file, line, key and reason")
     func errors() {
         let cases: [(String, String)] = [
