@@ -34,7 +34,8 @@ public struct SourceAddressPrefix: Sendable, Equatable, CustomStringConvertible 
         if text == "per_domain" { return .success(.perDomain) }
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, let length = Int(parts[1]) else {
-            return .failure(Endpoint.Malformed(reason: "expected per_domain or a prefix ADDRESS/LENGTH; found '\(text)'"))
+            let reason = "expected per_domain or a prefix ADDRESS/LENGTH; found '\(text)'"
+            return .failure(Endpoint.Malformed(reason: reason))
         }
         var bytes: [UInt8]
         if parts[0].contains(":") {
