@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 int chmx_memfd_create(const char *name) {
@@ -155,6 +156,22 @@ int chmx_set_nonblocking(int fd) {
 
 int chmx_unix_stream_socket(void) {
     return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+}
+
+int chmx_unix_dgram_autobind(void) {
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_un address;
+    memset(&address, 0, sizeof(address));
+    address.sun_family = AF_UNIX;
+    /* Only the family: the kernel picks a unique abstract name (autobind). */
+    if (bind(fd, (struct sockaddr *)&address, sizeof(sa_family_t)) != 0) {
+        int error = errno;
+        close(fd);
+        errno = error;
+        return -1;
+    }
+    return fd;
 }
 
 int chmx_set_malloc_thresholds(int mmap_threshold, int trim_threshold) {

@@ -2,11 +2,22 @@
 import NIOCore
 
 /// A local socket address a mapping listens on or connects to:
-/// `tcp://HOST:PORT`, `tcp://[IPV6]:PORT`, `unix:/PATH` or `vsock://CID:PORT`.
+/// `tcp://HOST:PORT`, `tcp://[IPV6]:PORT`, `unix:/PATH` or `vsock://CID:PORT` (streams),
+/// `udp://HOST:PORT` or `unixgram:/PATH` (datagrams).
 public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     case tcp(host: String, port: Int)
     case unix(path: String)
     case vsock(cid: UInt32, port: UInt32)
+    case udp(host: String, port: Int)
+    case unixDatagram(path: String)
+
+    /// A datagram endpoint (a datagram mapping): `udp://` or `unixgram:`.
+    public var isDatagram: Bool {
+        switch self {
+        case .udp, .unixDatagram: true
+        case .tcp, .unix, .vsock: false
+        }
+    }
 
     /// Why an endpoint is malformed.
     public struct Malformed: Error, Equatable {
@@ -15,35 +26,18 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses an endpoint, or says why it is malformed.
     public static func parse(_ text: String) -> Result<Endpoint, Malformed> {
-        if text.hasPrefix("unix:") {
-            let path = String(text.dropFirst("unix:".count))
+        for (scheme, isDatagram) in [("unix:", false), ("unixgram:", true)] where text.hasPrefix(scheme) {
+            let path = String(text.dropFirst(scheme.count))
             guard !path.isEmpty, path.utf8.count < 108 else {
-                return .failure(Malformed(reason: "unix:PATH needs a path shorter than 108 bytes"))
+                return .failure(Malformed(reason: "\(scheme)PATH needs a path shorter than 108 bytes"))
             }
-            return .success(.unix(path: path))
+            return .success(isDatagram ? .unixDatagram(path: path) : .unix(path: path))
+        }
+        if text.hasPrefix("udp://") {
+            return self.parseHostPort(text, scheme: "udp").map { .udp(host: $0.host, port: $0.port) }
         }
         if text.hasPrefix("tcp://") {
-            let rest = text.dropFirst("tcp://".count)
-            let host: Substring
-            let portText: Substring
-            if rest.hasPrefix("[") {
-                guard let close = rest.firstIndex(of: "]"), rest[rest.index(after: close)...].hasPrefix(":") else {
-                    return .failure(Malformed(reason: "expected tcp://[IPV6]:PORT"))
-                }
-                host = rest[rest.index(after: rest.startIndex)..<close]
-                portText = rest[rest.index(close, offsetBy: 2)...]
-            } else {
-                guard let colon = rest.lastIndex(of: ":") else {
-                    return .failure(Malformed(reason: "expected tcp://HOST:PORT"))
-                }
-                host = rest[..<colon]
-                portText = rest[rest.index(after: colon)...]
-            }
-            guard !host.isEmpty else { return .failure(Malformed(reason: "missing host in \(text)")) }
-            guard let port = Int(portText), (0...65535).contains(port) else {
-                return .failure(Malformed(reason: "bad port '\(portText)' in \(text)"))
-            }
-            return .success(.tcp(host: String(host), port: port))
+            return self.parseHostPort(text, scheme: "tcp").map { .tcp(host: $0.host, port: $0.port) }
         }
         if text.hasPrefix("vsock://") {
             let parts = text.dropFirst("vsock://".count).split(separator: ":", omittingEmptySubsequences: false)
@@ -52,7 +46,36 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
             }
             return .success(.vsock(cid: cid, port: port))
         }
-        return .failure(Malformed(reason: "expected tcp://HOST:PORT, unix:/PATH or vsock://CID:PORT"))
+        return .failure(
+            Malformed(
+                reason: "expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, udp://HOST:PORT or unixgram:/PATH"
+            )
+        )
+    }
+
+    /// `SCHEME://HOST:PORT` or `SCHEME://[IPV6]:PORT`.
+    private static func parseHostPort(_ text: String, scheme: String) -> Result<(host: String, port: Int), Malformed> {
+        let rest = text.dropFirst(scheme.count + 3)
+        let host: Substring
+        let portText: Substring
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]"), rest[rest.index(after: close)...].hasPrefix(":") else {
+                return .failure(Malformed(reason: "expected \(scheme)://[IPV6]:PORT"))
+            }
+            host = rest[rest.index(after: rest.startIndex)..<close]
+            portText = rest[rest.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = rest.lastIndex(of: ":") else {
+                return .failure(Malformed(reason: "expected \(scheme)://HOST:PORT"))
+            }
+            host = rest[..<colon]
+            portText = rest[rest.index(after: colon)...]
+        }
+        guard !host.isEmpty else { return .failure(Malformed(reason: "missing host in \(text)")) }
+        guard let port = Int(portText), (0...65535).contains(port) else {
+            return .failure(Malformed(reason: "bad port '\(portText)' in \(text)"))
+        }
+        return .success((String(host), port))
     }
 
     public var description: String {
@@ -60,6 +83,8 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
         case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
         case .unix(let path): "unix:\(path)"
         case .vsock(let cid, let port): "vsock://\(cid):\(port)"
+        case .udp(let host, let port): host.contains(":") ? "udp://[\(host)]:\(port)" : "udp://\(host):\(port)"
+        case .unixDatagram(let path): "unixgram:\(path)"
         }
     }
 }

@@ -11,6 +11,18 @@ import NIOPosix
 
 extension Gateway {
     func bind(_ importConfig: GatewayConfig.Import) -> EventLoopFuture<Void> {
+        if importConfig.listen.isDatagram {
+            return self.bindDatagram(importConfig).assumeIsolated().map { channel in
+                self.listeners[importConfig.name] = (importConfig, channel)
+                self.logger.info(
+                    "import listening",
+                    metadata: [
+                        "mapping": "\(importConfig.name)", "listen": "\(importConfig.listen)",
+                        "peer": "\(self.config.name(of: importConfig.peer))", "port": "\(importConfig.port)",
+                    ]
+                )
+            }.nonisolated()
+        }
         let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
         let bootstrap = ServerBootstrap(group: self.eventLoop)
             .serverChannelOption(.backlog, value: 1024)
@@ -48,6 +60,8 @@ extension Gateway {
         case .unix(let path): future = bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
         case .vsock(let cid, let port):
             future = bootstrap.bind(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        case .udp, .unixDatagram:
+            preconditionFailure("bound by bindDatagram")
         }
         return future.assumeIsolated().map { channel in
             self.listeners[importConfig.name] = (importConfig, channel)
@@ -241,6 +255,9 @@ extension Gateway {
         case .unix(let path): future = bootstrap.connect(unixDomainSocketPath: path)
         case .vsock(let cid, let port):
             future = bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        case .udp, .unixDatagram:
+            // Admission gives an OPEN only stream exports.
+            preconditionFailure("a datagram target is not dialled")
         }
         future.assumeIsolated().whenComplete { result in
             switch result {

@@ -71,6 +71,12 @@ final class Gateway {
     /// OPENs refused before any export was found (no such service, shutting down).
     var unmappedRefusals: [ConnectionOutcome: Int] = [:]
     let startedAt = NIODeadline.now()
+    /// Datagram flows (datagram mappings).
+    var flows = DatagramFlows()
+    /// Datagram sockets written to in this turn (flushed when it ends).
+    var datagramChannelsToFlush: [any Channel] = []
+    /// Ends idle datagram flows, every second.
+    private var flowExpiry: RepeatedTask?
 
     init(
         config: GatewayConfig,
@@ -119,6 +125,10 @@ final class Gateway {
         }.flatMap {
             EventLoopFuture.andAllSucceed(self.config.imports.map { self.bind($0) }, on: self.eventLoop)
         }.map {
+            let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+            self.flowExpiry = self.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+                bound.value.expireIdleFlows()
+            }
             for (name, descriptor) in self.inheritedListeners.byName {
                 self.logger.warning(
                     "a socket from the service manager names no import; closing it",
@@ -137,6 +147,10 @@ final class Gateway {
         self.driver.stopAccepting()
         for (_, listener) in self.listeners { listener.channel.close(promise: nil) }
         self.listeners.removeAll()
+        self.flowExpiry?.cancel()
+        self.flowExpiry = nil
+        self.endAllFlows()
+        self.flushDatagramSockets()
         let promise = self.eventLoop.makePromise(of: Void.self)
         if self.activeConnectionCount > 0 {
             self.logger.info("draining", metadata: ["connections": "\(self.activeConnectionCount)"])
@@ -266,6 +280,10 @@ extension Gateway: StreamDriverDelegate {
             }
         case .notice(let notice):
             self.log(notice)
+        case .datagram(let id, let servicePort, let bytes):
+            self.receivedDatagram(id, servicePort: servicePort, bytes)
+        case .datagramClosed(let id, let reason):
+            self.datagramFlowClosed(id, reason: reason)
         case .write, .read, .shutdownOutput, .abort, .incomingOpen, .registerRing, .registerRingLater,
             .queryMessageSize, .ringLost:
             // The sockets' and the driver's own.
@@ -274,6 +292,7 @@ extension Gateway: StreamDriverDelegate {
     }
 
     func turnEnded(_ statistics: StreamStatistics) {
+        self.flushDatagramSockets()
         if statistics != self.reportedStatistics {
             self.metrics.report(statistics, since: self.reportedStatistics)
             self.reportedStatistics = statistics

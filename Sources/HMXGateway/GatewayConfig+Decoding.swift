@@ -89,11 +89,13 @@ extension GatewayConfig {
             if let perPeerNode, perPeer > maxConnections {
                 throw perPeerNode.error("must be at most max_connections (\(maxConnections))")
             }
+            let connectTimeoutNode = entry.optional("connect_timeout")
             let timeout =
-                try entry.optional("connect_timeout").map { node throws(ConfigError) in try Self.duration(node) }
-                ?? 5000
-            let idle =
-                try entry.optional("idle_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 0
+                try connectTimeoutNode.map { node throws(ConfigError) in try Self.duration(node) } ?? 5000
+            let idle = try Self.idleTimeout(entry, datagram: target.isDatagram)
+            if target.isDatagram, let connectTimeoutNode {
+                throw connectTimeoutNode.error("a datagram target is not connected to; leave connect_timeout out")
+            }
             let proxyNode = entry.optional("proxy_protocol")
             let proxy: ProxyProtocol
             if let proxyNode {
@@ -101,6 +103,9 @@ extension GatewayConfig {
                     throw proxyNode.error("expected v2 or none")
                 }
                 proxy = value
+                if value == .v2, target.isDatagram {
+                    throw proxyNode.error("PROXY v2 is for stream targets; a datagram target gets the datagrams alone")
+                }
             } else {
                 proxy = .none
             }
@@ -110,8 +115,13 @@ extension GatewayConfig {
                 case .success(let prefix): sourceAddress = prefix
                 case .failure(let malformed): throw node.error(malformed.reason)
                 }
-                guard case .tcp(let host, _) = target else {
-                    throw node.error("only for tcp:// targets (a Unix or vsock target has no IP source address)")
+                let host: String
+                switch target {
+                case .tcp(let name, _), .udp(let name, _): host = name
+                case .unix, .vsock, .unixDatagram:
+                    throw node.error(
+                        "only for tcp:// and udp:// targets (a Unix or vsock target has no IP source address)"
+                    )
                 }
                 let hostIsIPv6 = host.contains(":")
                 let hostIsIPv4 = !hostIsIPv6 && host.allSatisfy { $0.isNumber || $0 == "." }
@@ -162,9 +172,11 @@ extension GatewayConfig {
             let peer = try domain(try entry.required("peer"))
             let servicePort = try entry.required("port").integer(UInt32.self, in: 0...UInt32.max)
             let maxConnections = try entry.optional("max_connections")?.integer(Int.self, in: 1...1_000_000) ?? 1024
-            let idle =
-                try entry.optional("idle_timeout").map { node throws(ConfigError) in try Self.duration(node) } ?? 0
+            let idle = try Self.idleTimeout(entry, datagram: listen.isDatagram)
             let openNode = entry.optional("open_timeout")
+            if listen.isDatagram, let openNode {
+                throw openNode.error("a datagram import opens no connection; leave open_timeout out")
+            }
             let open =
                 try openNode.map { node throws(ConfigError) in try Self.duration(node) }
                 ?? Self.defaultOpenTimeoutMilliseconds
@@ -212,7 +224,9 @@ extension GatewayConfig {
         var metrics: Endpoint?
         if let metricsNode = top.optional("metrics") {
             let mapping = try metricsNode.mapping()
-            metrics = try Self.endpoint(try mapping.required("listen"))
+            let listenNode = try mapping.required("listen")
+            metrics = try Self.endpoint(listenNode)
+            if metrics!.isDatagram { throw listenNode.error("metrics are served over HTTP: give a stream endpoint") }
             try mapping.finish(known: ["listen"])
         }
         var audit: AuditDestination?
@@ -254,6 +268,17 @@ extension GatewayConfig {
             group: group,
             controlSocket: controlSocket
         )
+    }
+
+    /// `idle_timeout`: none by default for streams; datagram flows always expire (60 s
+    /// by default), since nothing else tells that a flow is over.
+    static func idleTimeout(_ entry: ConfigMapping, datagram: Bool) throws(ConfigError) -> Int64 {
+        guard let node = entry.optional("idle_timeout") else {
+            return datagram ? Self.defaultFlowIdleTimeoutMilliseconds : 0
+        }
+        let value = try Self.duration(node)
+        if datagram, value == 0 { throw node.error("a datagram flow needs an idle timeout to end; give one above 0") }
+        return value
     }
 
     static func endpoint(_ node: ConfigNode) throws(ConfigError) -> Endpoint {

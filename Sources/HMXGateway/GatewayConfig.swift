@@ -129,6 +129,9 @@ public struct GatewayConfig: Sendable, Equatable {
     }
 
     public static let defaultWindow = 256 * 1024
+    /// A datagram flow without traffic this long ends (its state and the export's
+    /// socket for it go away).
+    public static let defaultFlowIdleTimeoutMilliseconds: Int64 = 60_000
     /// The peer's answer to OPEN comes after its dial of the target (5 s by default
     /// there); an OPEN unanswered this long was lost (the peer could not reach us).
     public static let defaultOpenTimeoutMilliseconds: Int64 = 30_000
@@ -174,12 +177,17 @@ extension GatewayConfig {
     /// - Parameter counts: connections open now for a mapping (`export:NAME`): in all,
     ///   and those of one peer.
     /// - Returns: the export, or why the OPEN is refused.
+    /// - Parameter datagram: a datagram flow (DGRAM) rather than a connection (OPEN):
+    ///   each finds only exports of its kind.
     public func admission(
         of peer: DomainID,
         to servicePort: UInt32,
+        datagram: Bool = false,
         counts: (_ mapping: String, _ peer: DomainID) -> (all: Int, peer: Int)
     ) -> Admission {
-        guard let export = self.exports.first(where: { $0.port == servicePort }) else {
+        guard let export = self.exports.first(where: { $0.port == servicePort }),
+            export.target.isDatagram == datagram
+        else {
             return .refused(.noSuchService)
         }
         guard export.allow.permits(peer) else { return .refused(.deniedByGateway, export: export.name) }

@@ -26,6 +26,10 @@ struct GatewayMetrics: Sendable {
     let warningsSuppressed: Counter
     /// Times an import listener paused because accepting failed (out of descriptors).
     let acceptPauses: Counter
+    /// Datagrams of datagram flows sent to peers, and from peers to local sockets.
+    let datagramsSent: Counter
+    let datagramsReceived: Counter
+    let datagramsDropped: [DatagramDropReason: Counter]
 
     init() {
         var importOutcomes: [Outcome: Counter] = [:]
@@ -54,6 +58,13 @@ struct GatewayMetrics: Sendable {
         self.windowPoolInUse = Meter(label: "hmx_window_pool_bytes")
         self.warningsSuppressed = Counter(label: "hmx_warnings_suppressed_total")
         self.acceptPauses = Counter(label: "hmx_accept_pauses_total")
+        self.datagramsSent = Counter(label: "hmx_datagrams_total", dimensions: [("direction", "to_peer")])
+        self.datagramsReceived = Counter(label: "hmx_datagrams_total", dimensions: [("direction", "from_peer")])
+        var dropped: [DatagramDropReason: Counter] = [:]
+        for reason in DatagramDropReason.allCases {
+            dropped[reason] = Counter(label: "hmx_datagrams_dropped_total", dimensions: [("reason", reason.rawValue)])
+        }
+        self.datagramsDropped = dropped
     }
 
     func count(_ outcome: Outcome, imported: Bool) {

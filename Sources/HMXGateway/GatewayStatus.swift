@@ -11,9 +11,13 @@ struct MappingCounters {
     var opened = 0
     /// How connections ended or why they were refused (clean closes are not counted).
     var outcomes: [ConnectionOutcome: Int] = [:]
-    /// Bytes of connections that have ended, each way.
+    /// Bytes of connections that have ended, each way (of datagram flows: all).
     var bytesToPeer = 0
     var bytesFromPeer = 0
+    /// Datagrams of a datagram mapping's flows each way, and those dropped by reason.
+    var datagramsToPeer = 0
+    var datagramsFromPeer = 0
+    var datagramsDropped: [DatagramDropReason: Int] = [:]
 
     mutating func add(_ handler: StreamGlueHandler?) {
         self.bytesToPeer += handler?.bytesRead ?? 0
@@ -58,6 +62,12 @@ public struct GatewayStatus: Sendable {
         /// Bytes of ended and live connections each way.
         public var bytesToPeer: Int
         public var bytesFromPeer: Int
+        /// A datagram mapping (its connections are flows).
+        public var datagram: Bool
+        public var datagramsToPeer: Int
+        public var datagramsFromPeer: Int
+        /// Datagrams dropped, by reason, sorted.
+        public var datagramsDropped: [(String, Int)]
     }
 
     public var domain: UInt16
@@ -119,7 +129,7 @@ extension Gateway {
             _ name: String,
             port: UInt32,
             peers: [String],
-            endpoint: String,
+            endpoint: Endpoint,
             listening: Bool?,
             maxConnections: Int
         ) -> GatewayStatus.Mapping {
@@ -131,14 +141,19 @@ extension Gateway {
                 name: name,
                 servicePort: port,
                 peers: peers,
-                endpoint: endpoint,
+                endpoint: "\(endpoint)",
                 listening: listening,
                 active: self.countsByMapping[key] ?? 0,
                 maxConnections: maxConnections,
                 opened: counters.opened,
                 outcomes: outcomes(counters.outcomes),
                 bytesToPeer: counters.bytesToPeer + live.toPeer,
-                bytesFromPeer: counters.bytesFromPeer + live.fromPeer
+                bytesFromPeer: counters.bytesFromPeer + live.fromPeer,
+                datagram: endpoint.isDatagram,
+                datagramsToPeer: counters.datagramsToPeer,
+                datagramsFromPeer: counters.datagramsFromPeer,
+                datagramsDropped: counters.datagramsDropped.filter { $0.value > 0 }.map { ($0.key.rawValue, $0.value) }
+                    .sorted { $0.0 < $1.0 }
             )
         }
         let exports = self.config.exports.map { export in
@@ -152,7 +167,7 @@ extension Gateway {
                 export.name,
                 port: export.port,
                 peers: allowed,
-                endpoint: "\(export.target)",
+                endpoint: export.target,
                 listening: nil,
                 maxConnections: export.maxConnections
             )
@@ -163,7 +178,7 @@ extension Gateway {
                 entry.name,
                 port: entry.port,
                 peers: [self.config.name(of: entry.peer)],
-                endpoint: "\(entry.listen)",
+                endpoint: entry.listen,
                 listening: self.listeners[entry.name] != nil,
                 maxConnections: entry.maxConnections
             )
@@ -220,9 +235,19 @@ extension GatewayStatus {
             let outcomes =
                 mapping.outcomes.isEmpty
                 ? "none failed" : mapping.outcomes.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
-            lines.append(
-                "    connections \(mapping.active)/\(mapping.maxConnections) now, \(mapping.opened) opened; bytes \(mapping.bytesToPeer) to peer, \(mapping.bytesFromPeer) from peer; \(outcomes)"
-            )
+            if mapping.datagram {
+                let dropped =
+                    mapping.datagramsDropped.isEmpty
+                    ? "none dropped"
+                    : "dropped: " + mapping.datagramsDropped.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
+                lines.append(
+                    "    flows \(mapping.active)/\(mapping.maxConnections) now, \(mapping.opened) opened; datagrams \(mapping.datagramsToPeer) to peer, \(mapping.datagramsFromPeer) from peer (bytes \(mapping.bytesToPeer), \(mapping.bytesFromPeer)); \(dropped); \(outcomes)"
+                )
+            } else {
+                lines.append(
+                    "    connections \(mapping.active)/\(mapping.maxConnections) now, \(mapping.opened) opened; bytes \(mapping.bytesToPeer) to peer, \(mapping.bytesFromPeer) from peer; \(outcomes)"
+                )
+            }
         }
         if !self.unmappedRefusals.isEmpty {
             lines.append(
@@ -272,6 +297,10 @@ extension GatewayStatus {
                 ("outcomes", counts(mapping.outcomes)),
                 ("bytes_to_peer", "\(mapping.bytesToPeer)"),
                 ("bytes_from_peer", "\(mapping.bytesFromPeer)"),
+                ("datagram", "\(mapping.datagram)"),
+                ("datagrams_to_peer", "\(mapping.datagramsToPeer)"),
+                ("datagrams_from_peer", "\(mapping.datagramsFromPeer)"),
+                ("datagrams_dropped", counts(mapping.datagramsDropped)),
             ])
         }
         let s = self.statistics

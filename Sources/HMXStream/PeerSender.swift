@@ -143,7 +143,7 @@ public struct PeerSender: Sendable {
     public mutating func enqueue(_ frame: StreamFrame) {
         if self.queue.count >= Self.maximumQueuedFrames {
             switch frame {
-            case .pong, .reset(_, .unknownConnection): return
+            case .pong, .reset(_, .unknownConnection), .datagramClose: return
             default: break
             }
         }

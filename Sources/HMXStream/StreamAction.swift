@@ -49,6 +49,13 @@ public enum StreamAction: Sendable, Equatable {
     /// Gone from the table: socket events for it must no longer reach the multiplexer.
     case removed(ConnectionID)
 
+    // MARK: Datagram flows (the owner keeps them)
+    /// A datagram of a flow from the peer (`servicePort` when the peer opened the flow,
+    /// 0 in replies to ours).
+    case datagram(ConnectionID, servicePort: UInt32, ByteBuffer)
+    /// The peer ended (nil) or refused the flow.
+    case datagramClosed(ConnectionID, StreamFrame.RefuseReason?)
+
     // MARK: The hypervisor
     case registerRing(DomainID, attempt: Int, check: Bool)
     case registerRingLater(DomainID, attempt: Int, delay: TimeAmount)

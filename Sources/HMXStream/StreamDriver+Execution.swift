@@ -62,7 +62,7 @@ extension StreamDriver {
         case .removed(let id):
             self.sockets[id] = nil
             self.delegate?.perform(action)
-        case .openRefused, .opened, .ended, .notice:
+        case .openRefused, .opened, .ended, .notice, .datagram, .datagramClosed:
             self.delegate?.perform(action)
         }
     }

@@ -212,6 +212,23 @@ extension StreamDriver {
         return id!
     }
 
+    /// Sends one datagram of the flow `id` (``StreamMultiplexer/sendDatagram(_:to:servicePort:_:now:)``).
+    /// - Returns: nil if queued, else why it was dropped.
+    public func sendDatagram(
+        _ id: ConnectionID,
+        servicePort: UInt32,
+        _ payload: ByteBuffer
+    ) -> StreamMultiplexer.DatagramDrop? {
+        var drop: StreamMultiplexer.DatagramDrop?
+        self.run { drop = $0.sendDatagram(id.key, to: id.peer, servicePort: servicePort, payload, now: self.now) }
+        return drop
+    }
+
+    /// Tells the peer that the flow `id` ended (nil) or is refused.
+    public func closeDatagramFlow(_ id: ConnectionID, reason: StreamFrame.RefuseReason?) {
+        self.run { $0.closeDatagramFlow(id.key, to: id.peer, reason: reason, now: self.now) }
+    }
+
     public func localRead(_ id: ConnectionID, _ bytes: ByteBuffer) {
         self.run { $0.localRead(id, bytes, now: self.now) }
     }

@@ -21,6 +21,9 @@ public enum StreamFrame: Equatable, Sendable {
     public static let headerSize = 16
     /// Largest DATA body. Keeps one frame well inside the smallest useful ring.
     public static let maximumDataLength = 65536
+    /// Largest DGRAM body: a UDP datagram (65,507 bytes) fits, and so does a Unix
+    /// datagram of up to 64 KiB.
+    public static let maximumDatagramLength = 65536
 
     /// Identifies a connection within one peer: the id chosen by the opener and
     /// which side opened it.
@@ -56,6 +59,13 @@ public enum StreamFrame: Equatable, Sendable {
     /// for this peer, the oldest number the sender has not yet seen delivered (`base`,
     /// at most ``MessageOrder/window`` - 1 behind), and the sender's instance id.
     case sequence(number: UInt32, base: UInt32, instance: UInt64)
+    /// One application datagram of a flow (a datagram mapping). `key` names the flow
+    /// (its id chosen by the importing gateway, which opened it); `servicePort` is the
+    /// export's port when the opener sends (0 in replies). The body may be empty.
+    case datagram(key: ConnectionKey, servicePort: UInt32, payload: ByteBuffer)
+    /// The flow is gone (nil: it ended, idle or closed) or was refused (the reason): the
+    /// other side forgets it.
+    case datagramClose(key: ConnectionKey, reason: RefuseReason?)
 
     enum Kind: UInt8 {
         case open = 1
@@ -68,6 +78,8 @@ public enum StreamFrame: Equatable, Sendable {
         case ping = 8
         case pong = 9
         case sequence = 10
+        case datagram = 11
+        case datagramClose = 12
     }
 
     /// Why a connection was refused.
@@ -170,22 +182,44 @@ public enum StreamFrame: Equatable, Sendable {
             buffer.writeInteger(instance, endianness: .little)
             buffer.writeInteger(base, endianness: .little)
             buffer.writeInteger(UInt32(0), endianness: .little)
+        case .datagram(let key, let servicePort, let payload):
+            Self.writeHeader(
+                &buffer,
+                .datagram,
+                key: key,
+                length: UInt32(payload.readableBytes),
+                value: servicePort
+            )
+            buffer.writeImmutableBuffer(payload)
+        case .datagramClose(let key, let reason):
+            Self.writeHeader(&buffer, .datagramClose, key: key, length: 0, value: reason?.rawValue ?? 0)
         }
     }
 
     /// For a DATA frame, its payload (which the sender can hand to sendv as an iovec
     /// of its own instead of copying it); nil for every other frame.
     public var dataPayload: ByteBuffer? {
-        if case .data(_, let payload) = self { return payload }
-        return nil
+        switch self {
+        case .data(_, let payload), .datagram(_, _, let payload): payload
+        default: nil
+        }
     }
 
     /// Appends this frame without its DATA payload: the whole of any other frame, only
     /// the header of a DATA frame (whose payload must follow it on the wire).
     public func encodeHeader(into buffer: inout ByteBuffer) {
-        if case .data(let key, let payload) = self {
+        switch self {
+        case .data(let key, let payload):
             Self.writeHeader(&buffer, .data, key: key, length: UInt32(payload.readableBytes), value: 0)
-        } else {
+        case .datagram(let key, let servicePort, let payload):
+            Self.writeHeader(
+                &buffer,
+                .datagram,
+                key: key,
+                length: UInt32(payload.readableBytes),
+                value: servicePort
+            )
+        default:
             self.encode(into: &buffer)
         }
     }
@@ -196,8 +230,8 @@ public enum StreamFrame: Equatable, Sendable {
         case .open: Self.headerSize + 16
         case .accept: Self.headerSize + 8
         case .ping, .pong, .sequence: Self.headerSize + 16
-        case .data(_, let payload): Self.headerSize + payload.readableBytes
-        case .refuse, .credit, .fin, .reset: Self.headerSize
+        case .data(_, let payload), .datagram(_, _, let payload): Self.headerSize + payload.readableBytes
+        case .refuse, .credit, .fin, .reset, .datagramClose: Self.headerSize
         }
     }
 
@@ -252,7 +286,8 @@ public enum StreamFrame: Equatable, Sendable {
         case .accept: expected = 8...8
         case .ping, .pong, .sequence: expected = 16...16
         case .data: expected = 1...UInt32(Self.maximumDataLength)
-        case .refuse, .credit, .fin, .reset: expected = 0...0
+        case .datagram: expected = 0...UInt32(Self.maximumDatagramLength)
+        case .refuse, .credit, .fin, .reset, .datagramClose: expected = 0...0
         }
         guard expected.contains(length) else {
             if kind == .data && length == 0 { throw .zeroLengthData }
@@ -262,6 +297,8 @@ public enum StreamFrame: Equatable, Sendable {
         if value != 0, kind == .data || kind == .fin || kind == .ping || kind == .pong { throw .nonZeroReserved }
         // PING, PONG and SEQUENCE belong to no connection.
         if kind == .ping || kind == .pong || kind == .sequence, id != 0 || flags != 0 { throw .nonZeroReserved }
+        // A reply names no service port: only the flow's opener sends one.
+        if kind == .datagram, flags & 1 == 0, value != 0 { throw .nonZeroReserved }
         // The sender opened it <=> we did not.
         let key = ConnectionKey(id: id, openedLocally: flags & 1 == 0)
         // Fixed-size bodies are within `fields.body` (their length was checked above).
@@ -269,6 +306,10 @@ public enum StreamFrame: Equatable, Sendable {
         if kind == .data {
             buffer.moveReaderIndex(forwardBy: Self.headerSize)
             return .data(key: key, payload: buffer.readSlice(length: Int(length))!)
+        }
+        if kind == .datagram {
+            buffer.moveReaderIndex(forwardBy: Self.headerSize)
+            return .datagram(key: key, servicePort: value, payload: buffer.readSlice(length: Int(length))!)
         }
         buffer.moveReaderIndex(forwardBy: Self.headerSize + Int(length))
         switch kind {
@@ -298,7 +339,11 @@ public enum StreamFrame: Equatable, Sendable {
         case .sequence:
             guard second >> 32 == 0 else { throw .nonZeroReserved }
             return .sequence(number: value, base: UInt32(truncatingIfNeeded: second), instance: first)
-        case .data:
+        case .datagramClose:
+            if value == 0 { return .datagramClose(key: key, reason: nil) }
+            guard let reason = RefuseReason(rawValue: value) else { throw .unknownReason(value) }
+            return .datagramClose(key: key, reason: reason)
+        case .data, .datagram:
             preconditionFailure("handled above")
         }
     }

@@ -220,6 +220,12 @@ extension StreamMultiplexer {
         case .pong, .sequence:
             // Hearing from the peer is what a PONG is for; SEQUENCE is taken earlier.
             break
+        case .datagram(let key, let servicePort, let payload):
+            self.statistics.datagramsReceived += 1
+            self.statistics.bytesFromPeer += payload.readableBytes
+            self.actions.append(.datagram(ConnectionID(peer: domain, key: key), servicePort: servicePort, payload))
+        case .datagramClose(let key, let reason):
+            self.actions.append(.datagramClosed(ConnectionID(peer: domain, key: key), reason))
         }
     }
 

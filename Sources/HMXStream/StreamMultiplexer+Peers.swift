@@ -259,3 +259,49 @@ extension StreamMultiplexer {
         }
     }
 }
+
+// MARK: - Datagram flows
+
+extension StreamMultiplexer {
+    /// Why a datagram was not queued for a peer (it is dropped and counted: datagrams
+    /// are lossy, and a flow never holds up a stream or another flow).
+    public enum DatagramDrop: String, Sendable, CaseIterable {
+        /// Larger than one message to the peer takes (or than a DGRAM frame may be).
+        case tooLarge = "too_large"
+        /// What waits for the peer is at its bound (the peer's ring is full or slow).
+        case queueFull = "queue_full"
+    }
+
+    /// Queues one datagram of the flow `key` for `domain`.
+    /// - Returns: nil if queued, else why it was dropped.
+    public mutating func sendDatagram(
+        _ key: StreamFrame.ConnectionKey,
+        to domain: DomainID,
+        servicePort: UInt32,
+        _ payload: ByteBuffer,
+        now: NIODeadline
+    ) -> DatagramDrop? {
+        self.ensurePeer(domain, now: now)
+        let peer = self.peers[domain]!
+        let frame = StreamFrame.datagram(key: key, servicePort: servicePort, payload: payload)
+        guard payload.readableBytes <= StreamFrame.maximumDatagramLength,
+            PeerSender.sequenceLength + frame.encodedLength <= peer.sender.messageLimit
+        else { return .tooLarge }
+        guard peer.sender.hasQueueRoom else { return .queueFull }
+        self.statistics.datagramsSent += 1
+        self.statistics.bytesToPeer += payload.readableBytes
+        self.enqueue(frame, to: peer, domain)
+        return nil
+    }
+
+    /// Tells `domain` that the flow `key` ended (nil) or is refused.
+    public mutating func closeDatagramFlow(
+        _ key: StreamFrame.ConnectionKey,
+        to domain: DomainID,
+        reason: StreamFrame.RefuseReason?,
+        now: NIODeadline
+    ) {
+        self.ensurePeer(domain, now: now)
+        self.enqueue(.datagramClose(key: key, reason: reason), to: domain)
+    }
+}

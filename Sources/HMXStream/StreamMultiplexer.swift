@@ -212,7 +212,7 @@ public struct StreamMultiplexer {
             // its OPENs, RESETs of connections we do not have. Ends of our own
             // connections still go.
             switch frame {
-            case .pong, .refuse, .reset(_, .unknownConnection):
+            case .pong, .refuse, .reset(_, .unknownConnection), .datagramClose:
                 return
             default:
                 break

@@ -17,6 +17,9 @@ public struct StreamStatistics: Sendable, Equatable {
     public var windowGrowths = 0
     /// Bytes by which live connections' windows have grown (out of the pool).
     public var windowPoolInUse = 0
+    /// Datagrams of flows sent to peers and received from them.
+    public var datagramsSent = 0
+    public var datagramsReceived = 0
 
     public init() {}
 }

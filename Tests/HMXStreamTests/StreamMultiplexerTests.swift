@@ -252,6 +252,8 @@ extension StreamFrame {
         case .credit(let key, let increment): return .credit(key: turn(key), increment: increment)
         case .fin(let key): return .fin(key: turn(key))
         case .reset(let key, let reason): return .reset(key: turn(key), reason: reason)
+        case .datagram(let key, let port, let payload): return .datagram(key: turn(key), servicePort: port, payload: payload)
+        case .datagramClose(let key, let reason): return .datagramClose(key: turn(key), reason: reason)
         case .open, .ping, .pong, .sequence: return self
         }
     }

@@ -61,6 +61,10 @@ int chmx_accept_nonblock_cloexec(int fd);
 int chmx_set_nonblocking(int fd);
 /// A close-on-exec AF_UNIX SOCK_STREAM socket.
 int chmx_unix_stream_socket(void);
+
+/* A Unix datagram socket bound to a kernel-chosen abstract name (so that a peer can
+   answer it), non-blocking, close-on-exec; -1 with errno on failure. */
+int chmx_unix_dgram_autobind(void);
 /// setresuid(2) and setresgid(2) with all three ids (all threads, as glibc does
 /// them): 0 or -1 with errno.
 int chmx_setresuid(uid_t uid);
