@@ -45,6 +45,56 @@ struct StreamFrameTests {
         #expect(parsed[9] == .sequence(number: 0xFFFF_FFFF, base: 0xFFFF_FFFA, instance: 9))
     }
 
+    @Test("DGRAM and DGRAM_CLOSE: layout, empty and largest bodies, hostile variants")
+    func datagramFrames() throws {
+        let mine = StreamFrame.ConnectionKey(id: 9, openedLocally: true)
+        let theirs = StreamFrame.ConnectionKey(id: 9, openedLocally: false)
+        var buffer = ByteBuffer()
+        StreamFrame.datagram(key: mine, servicePort: 53, payload: ByteBuffer(string: "q")).encode(into: &buffer)
+        #expect(
+            Array(buffer.readableBytesView) == [11, 1, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 53, 0, 0, 0, UInt8(ascii: "q")]
+        )
+        let largest = ByteBuffer(repeating: 7, count: StreamFrame.maximumDatagramLength)
+        let frames: [StreamFrame] = [
+            .datagram(key: mine, servicePort: 53, payload: ByteBuffer(string: "query")),
+            .datagram(key: theirs, servicePort: 0, payload: ByteBuffer()),
+            .datagram(key: mine, servicePort: 7, payload: largest),
+            .datagramClose(key: mine, reason: nil),
+            .datagramClose(key: theirs, reason: .deniedByGateway),
+        ]
+        let parsed = try self.roundTrip(frames)
+        #expect(
+            parsed == [
+                .datagram(key: theirs, servicePort: 53, payload: ByteBuffer(string: "query")),
+                .datagram(key: mine, servicePort: 0, payload: ByteBuffer()),
+                .datagram(key: theirs, servicePort: 7, payload: largest),
+                .datagramClose(key: theirs, reason: nil),
+                .datagramClose(key: mine, reason: .deniedByGateway),
+            ]
+        )
+        // A reply (not from the flow's opener) names no service port.
+        var reply = ByteBuffer()
+        StreamFrame.datagram(key: theirs, servicePort: 0, payload: ByteBuffer(string: "a")).encode(into: &reply)
+        var replyBytes = Array(reply.readableBytesView)
+        replyBytes[12] = 53
+        #expect(self.parseError(replyBytes) == .nonZeroReserved)
+        // Larger than any datagram a flow carries.
+        var big = ByteBuffer()
+        StreamFrame.datagram(key: mine, servicePort: 1, payload: ByteBuffer(repeating: 0, count: 65537)).encode(
+            into: &big
+        )
+        #expect(self.parseError(Array(big.readableBytesView)) == .badBodyLength(type: 11, length: 65537))
+        // A close with a body, or an unknown reason.
+        var close = ByteBuffer()
+        StreamFrame.datagramClose(key: mine, reason: .limitReached).encode(into: &close)
+        var closeBytes = Array(close.readableBytesView)
+        closeBytes[12] = 99
+        #expect(self.parseError(closeBytes) == .unknownReason(99))
+        closeBytes = Array(close.readableBytesView)
+        closeBytes[8] = 1
+        #expect(self.parseError(closeBytes + [0]) == .badBodyLength(type: 12, length: 1))
+    }
+
     @Test func sequenceLayout() {
         var buffer = ByteBuffer()
         StreamFrame.sequence(number: 0x0102_0304, base: 0x0A0B_0C0D, instance: 0x1122_3344_5566_7788).encode(

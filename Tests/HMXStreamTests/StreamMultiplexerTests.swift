@@ -78,6 +78,103 @@ struct StreamMultiplexerTests {
         #expect(try Self.sent(&mux, to: Self.mallory) == [.pong(instance: 42, nonce: 3)])
     }
 
+    @Test("datagrams: queued in order within a message's size and the queue bound, else dropped and said why")
+    func datagrams() throws {
+        var multiplexer = Self.multiplexer()
+        let flow = StreamFrame.ConnectionKey(id: 5, openedLocally: true)
+        // Until notify tells the size of the peer's ring, messages are 4000 bytes.
+        #expect(
+            multiplexer.sendDatagram(
+                flow,
+                to: Self.alpha,
+                servicePort: 53,
+                ByteBuffer(repeating: 1, count: 4000),
+                now: Self.now
+            )
+                == .tooLarge
+        )
+        multiplexer.messageSizeQueried(for: Self.alpha, maximumMessageSize: 1 << 20)
+        for size in [0, 1, 4000, 65536] {
+            #expect(
+                multiplexer.sendDatagram(
+                    flow,
+                    to: Self.alpha,
+                    servicePort: 53,
+                    ByteBuffer(repeating: UInt8(size % 251), count: size),
+                    now: Self.now
+                ) == nil
+            )
+        }
+        #expect(
+            multiplexer.sendDatagram(
+                flow,
+                to: Self.alpha,
+                servicePort: 53,
+                ByteBuffer(repeating: 1, count: 65537),
+                now: Self.now
+            )
+                == .tooLarge
+        )
+        #expect(multiplexer.statistics.datagramsSent == 4)
+        let sent = try Self.sent(&multiplexer, to: Self.alpha)
+        #expect(
+            sent.map { frame -> Int in
+                guard case .datagram(let key, 53, let payload) = frame, key == flow else { return -1 }
+                return payload.readableBytes
+            } == [0, 1, 4000, 65536]
+        )
+        // The queue bound: datagrams beyond it are dropped (a flow never holds up others).
+        var dropped = 0
+        for _ in 0..<200 {
+            if multiplexer.sendDatagram(
+                flow,
+                to: Self.alpha,
+                servicePort: 53,
+                ByteBuffer(repeating: 2, count: 60000),
+                now: Self.now
+            )
+                == .queueFull
+            {
+                dropped += 1
+            }
+        }
+        #expect(dropped > 0 && dropped < 200, "\(dropped)")
+        // From the peer: datagrams and closes go to the owner.
+        _ = Self.actions(&multiplexer)
+        Self.receive(
+            &multiplexer,
+            Self.message(
+                0,
+                [
+                    .datagram(
+                        // As the peer names them: it opened flow 8; flow 5 is ours.
+                        key: .init(id: 8, openedLocally: true),
+                        servicePort: 53,
+                        payload: ByteBuffer(string: "q")
+                    ),
+                    .datagramClose(key: .init(id: 5, openedLocally: false), reason: .noSuchService),
+                ]
+            ),
+            from: Self.alpha
+        )
+        let actions = Self.actions(&multiplexer).filter {
+            if case .datagram = $0 { return true }
+            if case .datagramClosed = $0 { return true }
+            return false
+        }
+        #expect(
+            actions == [
+                // The peer opened flow 8; flow 5 is ours.
+                .datagram(
+                    ConnectionID(peer: Self.alpha, key: .init(id: 8, openedLocally: false)),
+                    servicePort: 53,
+                    ByteBuffer(string: "q")
+                ),
+                .datagramClosed(ConnectionID(peer: Self.alpha, key: .init(id: 5, openedLocally: true)), .noSuchService),
+            ]
+        )
+    }
+
     @Test("an OPEN asks the owner; a refusal answers REFUSE and forgets the connection")
     func admission() throws {
         var mux = Self.multiplexer()
@@ -252,7 +349,8 @@ extension StreamFrame {
         case .credit(let key, let increment): return .credit(key: turn(key), increment: increment)
         case .fin(let key): return .fin(key: turn(key))
         case .reset(let key, let reason): return .reset(key: turn(key), reason: reason)
-        case .datagram(let key, let port, let payload): return .datagram(key: turn(key), servicePort: port, payload: payload)
+        case .datagram(let key, let port, let payload):
+            return .datagram(key: turn(key), servicePort: port, payload: payload)
         case .datagramClose(let key, let reason): return .datagramClose(key: turn(key), reason: reason)
         case .open, .ping, .pong, .sequence: return self
         }
