@@ -93,8 +93,10 @@ extension Gateway {
         let bootstrap = DatagramBootstrap(group: self.eventLoop)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: Self.datagramReadSize))
+            .channelOption(.writeBufferWaterMark, value: Self.datagramWriteBuffer)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    Self.setBufferSizes(of: channel, to: Self.listenerBufferSize)
                     let handler = DatagramSocketHandler { envelope in
                         bound.value.importDatagram(importConfig, from: envelope.remoteAddress, envelope.data)
                     }
@@ -111,6 +113,31 @@ extension Gateway {
     /// A read buffer one byte larger than the largest datagram a flow carries: a read
     /// that fills it was a larger datagram, cut (dropped, not sent on truncated).
     static let datagramReadSize = StreamFrame.maximumDatagramLength + 1
+
+    /// Kernel buffers of a datagram import's socket and of an export flow's socket:
+    /// what a burst of datagrams finds before the gateway reads them (the kernel drops
+    /// what does not fit, and counts it in its UDP RcvbufErrors).
+    static let listenerBufferSize = 4 << 20
+    /// Datagrams written to a socket and not yet taken by the kernel: up to this many
+    /// bytes before its next ones are dropped (`socket_full`), so that what one turn
+    /// writes fits.
+    static let datagramWriteBuffer = ChannelOptions.Types.WriteBufferWaterMark(low: 2 << 20, high: 4 << 20)
+    static let flowBufferSize = 1 << 20
+
+    /// Sets a datagram socket's receive and send buffers: beyond the system's maximum
+    /// (`net.core.rmem_max`) when the gateway may (root, before it drops privileges,
+    /// or CAP_NET_ADMIN), else up to that maximum.
+    static func setBufferSizes(of channel: any Channel, to size: Int) {
+        guard let options = channel.syncOptions else { return }
+        // SO_RCVBUFFORCE, SO_SNDBUFFORCE
+        let force: [(CInt, NIOBSDSocket.Option)] = [(33, .so_rcvbuf), (32, .so_sndbuf)]
+        for (forced, plain) in force {
+            let option = ChannelOptions.Types.SocketOption(level: .socket, name: .init(rawValue: forced))
+            if (try? options.setOption(option, value: SocketOptionValue(size))) == nil {
+                try? options.setOption(.socketOption(plain), value: SocketOptionValue(size))
+            }
+        }
+    }
 
     /// A datagram from a local client of a datagram import: into its flow (made on
     /// the client's first datagram), to the peer.
@@ -364,8 +391,10 @@ extension Gateway {
         let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
         let bootstrap = DatagramBootstrap(group: self.eventLoop)
             .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: Self.datagramReadSize))
+            .channelOption(.writeBufferWaterMark, value: Self.datagramWriteBuffer)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    Self.setBufferSizes(of: channel, to: Self.flowBufferSize)
                     let handler = DatagramSocketHandler { envelope in
                         bound.value.targetReplied(id, from: envelope.remoteAddress, envelope.data)
                     }

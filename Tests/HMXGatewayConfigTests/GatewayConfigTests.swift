@@ -3,6 +3,7 @@ import HMXConfig
 import HMXCore
 import HMXEmulator
 import HMXGateway
+import HMXStream
 import Testing
 
 @Suite("Gateway configuration")
@@ -172,6 +173,75 @@ struct GatewayConfigTests {
                 Issue.record("accepted \(source) for \(target)")
             } catch {
                 #expect("\(error)" == "g.yaml:4: exports[0].source_address: \(reason)")
+            }
+        }
+    }
+
+    @Test("datagram mappings: udp:// and unixgram:, flows expire (60 s by default), stream-only keys refused")
+    func datagramMappings() throws {
+        let config = try GatewayConfig.parse(
+            """
+            link: {emulator: /a}
+            peers: {dns: 2}
+            exports:
+              - {name: resolver, port: 53, target: "udp://127.0.0.1:53", allow: [dns], source_address: per_domain}
+              - {name: log, port: 514, target: "unixgram:/dev/log", allow: [dns], idle_timeout: 5s}
+            imports:
+              - {name: dns, listen: "udp://127.0.0.1:5353", peer: dns, port: 53, max_connections: 10}
+              - {name: syslog, listen: "unixgram:/run/hmx/log", peer: dns, port: 514}
+
+            """,
+            file: "g.yaml"
+        )
+        #expect(config.exports.map(\.target) == [.udp(host: "127.0.0.1", port: 53), .unixDatagram(path: "/dev/log")])
+        #expect(config.exports.map(\.idleTimeoutMilliseconds) == [60_000, 5000])
+        #expect(
+            config.imports.map(\.listen) == [.udp(host: "127.0.0.1", port: 5353), .unixDatagram(path: "/run/hmx/log")]
+        )
+        #expect(config.imports.map(\.idleTimeoutMilliseconds) == [60_000, 60_000])
+        #expect(config.imports.allSatisfy { $0.listen.isDatagram })
+        #expect("\(Endpoint.udp(host: "::1", port: 53))" == "udp://[::1]:53")
+        // A datagram flow never dials, so stream admission never finds a datagram export.
+        #expect(config.admission(of: DomainID(2), to: 53) { _, _ in (0, 0) } == .refused(.noSuchService))
+        #expect(
+            config.admission(of: DomainID(2), to: 53, datagram: true) { _, _ in (0, 0) } == .admitted(config.exports[0])
+        )
+        let errors: [(String, String)] = [
+            (
+                "exports:\n  - {name: e, port: 1, target: \"udp://127.0.0.1:1\", allow: [2], proxy_protocol: v2}\n",
+                "g.yaml:3: exports[0].proxy_protocol: PROXY v2 is for stream targets; a datagram target gets the datagrams alone"
+            ),
+            (
+                "exports:\n  - {name: e, port: 1, target: \"udp://127.0.0.1:1\", allow: [2], connect_timeout: 1s}\n",
+                "g.yaml:3: exports[0].connect_timeout: a datagram target is not connected to; leave connect_timeout out"
+            ),
+            (
+                "imports:\n  - {name: i, listen: \"udp://127.0.0.1:1\", peer: 2, port: 1, idle_timeout: 0}\n",
+                "g.yaml:3: imports[0].idle_timeout: a datagram flow needs an idle timeout to end; give one above 0"
+            ),
+            (
+                "imports:\n  - {name: i, listen: \"unixgram:/x\", peer: 2, port: 1, open_timeout: 5s}\n",
+                "g.yaml:3: imports[0].open_timeout: a datagram import opens no connection; leave open_timeout out"
+            ),
+            (
+                "exports:\n  - {name: e, port: 1, target: \"unixgram:/x\", allow: [2], source_address: per_domain}\n",
+                "g.yaml:3: exports[0].source_address: only for tcp:// and udp:// targets (a Unix or vsock target has no IP source address)"
+            ),
+            (
+                "metrics: {listen: \"udp://127.0.0.1:9\"}\n",
+                "g.yaml:2: metrics.listen: metrics are served over HTTP: give a stream endpoint"
+            ),
+            (
+                "imports:\n  - {name: i, listen: \"seqpacket:/x\", peer: 2, port: 1}\n",
+                "g.yaml:3: imports[0].listen: expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, udp://HOST:PORT or unixgram:/PATH"
+            ),
+        ]
+        for (text, message) in errors {
+            do {
+                _ = try GatewayConfig.parse("link: {emulator: /a}\n" + text, file: "g.yaml")
+                Issue.record("accepted: \(text)")
+            } catch {
+                #expect("\(error)" == message)
             }
         }
     }

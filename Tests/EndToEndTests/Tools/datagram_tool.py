@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Datagram programs for the end-to-end tests of datagram mappings.
+
+  receive --port P [--ack-every N] [--slow S]  numbered datagrams: checks order and
+                                               contents, acks to the sender, prints a
+                                               JSON summary when idle for 2 s
+  send --port P --count N --seed S [--window W --window-bytes B]
+                                               numbered datagrams of random sizes
+                                               (log-uniform 8..65507); with a window,
+                                               waits for acks (a receiver that keeps up)
+  echo (--port P | --unix PATH)                 answers each datagram with it in capitals
+  dropstat                                     UDP receive-buffer drops of this network
+                                               namespace (/proc/net/snmp RcvbufErrors)
+
+A numbered datagram: 8-byte big-endian number, then bytes that are a function of the
+number and the length, so that a cut, merged or corrupted datagram is seen.
+"""
+import argparse
+import json
+import math
+import random
+import socket
+import struct
+import sys
+import time
+
+LARGEST = 65507
+
+
+def big_buffers(sock):
+    """4 MiB each way, beyond net.core.rmem_max when root (SO_RCVBUFFORCE)."""
+    for force, plain in ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, 4 << 20)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, 4 << 20)
+
+
+def payload(number, size):
+    head = struct.pack(">Q", number)
+    body = bytes(((number * 31 + i) & 0xFF) for i in range(min(size - 8, 64)))
+    filler = bytes([number & 0xFF]) * (size - 8 - len(body))
+    return head + body + filler
+
+
+def sizes(seed, count):
+    rng = random.Random(seed)
+    # Log-uniform from 8 to the largest UDP datagram: every order of magnitude.
+    return [int(math.exp(rng.uniform(math.log(8), math.log(LARGEST)))) for _ in range(count)]
+
+
+def receive(args):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    big_buffers(sock)
+    sock.bind(("127.0.0.1", args.port))
+    print("listening", flush=True)
+    state = {"received": 0, "last": -1, "bytes": 0}
+    errors = []
+
+    def take(data, address):
+        if args.slow:
+            time.sleep(args.slow)
+        state["received"] += 1
+        state["bytes"] += len(data)
+        if len(data) < 8:
+            errors.append(f"short datagram of {len(data)} bytes")
+        else:
+            number = struct.unpack(">Q", data[:8])[0]
+            if number <= state["last"]:
+                errors.append(f"{number} after {state['last']}: out of order")
+            if data != payload(number, len(data)):
+                errors.append(f"datagram {number} of {len(data)} bytes is corrupt")
+            state["last"] = number
+        if args.ack_every and state["received"] % args.ack_every == 0:
+            sock.sendto(struct.pack(">Q", state["received"]), address)
+
+    take(*sock.recvfrom(70000))
+    sock.settimeout(2)
+    try:
+        while True:
+            take(*sock.recvfrom(70000))
+    except socket.timeout:
+        print(json.dumps({**state, "errors": errors[:20]}), flush=True)
+        return 0
+
+
+def send(args):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    big_buffers(sock)
+    sock.connect(("127.0.0.1", args.port))
+    acked, sent, total = 0, 0, 0
+    in_flight = []  # sizes of datagrams not acknowledged yet, oldest first
+    deadline = time.monotonic() + args.timeout
+    for number, size in enumerate(sizes(args.seed, args.count)):
+        if args.window:
+            while len(in_flight) >= args.window or (in_flight and sum(in_flight) + size > args.window_bytes):
+                # An ack that does not come in 10 s was lost with its datagram.
+                sock.settimeout(min(10, max(0.1, deadline - time.monotonic())))
+                try:
+                    data = sock.recv(64)
+                except socket.timeout:
+                    print(json.dumps({"sent": sent, "bytes": total, "acked": acked, "error": "no ack"}), flush=True)
+                    return 1
+                now_acked = struct.unpack(">Q", data[:8])[0]
+                del in_flight[:now_acked - acked]
+                acked = now_acked
+        sock.send(payload(number, size))
+        in_flight.append(size)
+        sent += 1
+        total += size
+    print(json.dumps({"sent": sent, "bytes": total}), flush=True)
+    return 0
+
+
+def echo(args):
+    if args.unix:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(args.unix)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", args.port))
+    print("listening", flush=True)
+    while True:
+        data, address = sock.recvfrom(70000)
+        sock.sendto(data.upper(), address)
+
+
+def dropstat(_args):
+    with open("/proc/net/snmp") as snmp:
+        lines = [line.split() for line in snmp if line.startswith("Udp:")]
+    fields = dict(zip(lines[0][1:], lines[1][1:]))
+    print(fields["RcvbufErrors"])
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("receive")
+    command.add_argument("--port", type=int, required=True)
+    command.add_argument("--ack-every", type=int, default=0)
+    command.add_argument("--slow", type=float, default=0)
+    command = commands.add_parser("send")
+    command.add_argument("--port", type=int, required=True)
+    command.add_argument("--count", type=int, required=True)
+    command.add_argument("--seed", type=int, default=1)
+    command.add_argument("--window", type=int, default=0)
+    command.add_argument("--window-bytes", type=int, default=1 << 30)
+    command.add_argument("--timeout", type=float, default=240)
+    command = commands.add_parser("echo")
+    command.add_argument("--port", type=int, default=0)
+    command.add_argument("--unix")
+    commands.add_parser("dropstat")
+    args = parser.parse_args()
+    return {"receive": receive, "send": send, "echo": echo, "dropstat": dropstat}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
