@@ -72,10 +72,14 @@ final class GatewayLab: @unchecked Sendable {
     ///   - extraDomains: more domains the emulator knows (no gateway of the lab runs in
     ///     them: the test attaches to their sockets itself).
     ///   - macPermissive: wildcard rings allowed (exports with `allow: [any]`).
+    ///   - emulatorConfig: the emulator's configuration instead of the generated one (its
+    ///     text, made for the lab's directory, and the domain sockets it names, which the
+    ///     lab waits for); the test decides which of its domains runs in which namespace.
     init(
         policy: String = GatewayLab.openPolicy,
         extraDomains: [(id: UInt16, name: String)] = [],
-        macPermissive: Bool = false
+        macPermissive: Bool = false,
+        emulatorConfig: ((_ directory: String) throws -> (text: String, sockets: [String]))? = nil
     ) async throws {
         try #require(executablePath("hmx-gateway") != nil, "hmx-gateway is not built in \(binDirectory)")
         self.directory = try TemporaryDirectory()
@@ -98,6 +102,16 @@ final class GatewayLab: @unchecked Sendable {
         }
         self.namespaces = namespaces
         self.basePort = useNamespaces ? 20000 : Int.random(in: 200..<600) * 100
+        if let emulatorConfig {
+            let (text, sockets) = try emulatorConfig(self.directory.path)
+            let file = try self.directory.write("emulator.yaml", text)
+            self.emulator = try ChildProcess("hmx-emulator", ["run", "--config", file])
+            let ready = await eventually(within: 10) {
+                sockets.allSatisfy { FileManager.default.fileExists(atPath: $0) }
+            }
+            try #require(ready, "the emulator did not start: \(self.emulator.log)")
+            return
+        }
         (self.emulator, _) = try await startEmulator(
             in: self.directory,
             domains: Domain.allCases.map { (UInt16($0.id), $0.rawValue) } + extraDomains,
