@@ -302,7 +302,8 @@ extension Gateway {
 
     /// Writes a datagram to a local socket (flushed when the turn ends), or drops it if
     /// the socket cannot take more now.
-    private func writeDatagram(_ bytes: ByteBuffer, to address: SocketAddress, on channel: any Channel, mapping: String) {
+    private func writeDatagram(_ bytes: ByteBuffer, to address: SocketAddress, on channel: any Channel, mapping: String)
+    {
         guard channel.isWritable else { return self.dropDatagram(.socketFull, mapping: mapping) }
         self.mappingCounters[mapping, default: .init()].datagramsFromPeer += 1
         self.mappingCounters[mapping, default: .init()].bytesFromPeer += bytes.readableBytes
@@ -467,8 +468,8 @@ extension Gateway {
             guard let flow = self.flows.imports[id] else { return }
             if let reason {
                 let mapping = "import:\(flow.mapping)"
-                self.mappingCounters[mapping, default: .init()].outcomes[ConnectionOutcome(refused: reason), default: 0] +=
-                    1
+                let outcome = ConnectionOutcome(refused: reason)
+                self.mappingCounters[mapping, default: .init()].outcomes[outcome, default: 0] += 1
                 self.dropDatagram(.refused, mapping: mapping)
                 self.limited(.refusedOpen, from: id.peer) { suppressed in
                     var logger = self.connectionLogger(id, mapping: flow.mapping)
