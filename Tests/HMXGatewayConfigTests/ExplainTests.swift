@@ -73,6 +73,19 @@ struct ExplainTests {
     static let cases: [Case] = [
         Case(name: "everything fits"),
         Case(
+            name: "a datagram import of a stream export",
+            alpha: """
+                link: {emulator: /run/a.sock}
+                peers: {beta: 2}
+                imports:
+                  - {name: redis, listen: "udp://127.0.0.1:16379", peer: beta, port: 6379}
+                """,
+            failure: (
+                .exportingGateway, .noSuchService,
+                "redis is a datagram import, but beta(2)'s export redis on port 6379 is a stream export (tcp://127.0.0.1:6380)"
+            )
+        ),
+        Case(
             name: "an import names a port nobody exports",
             alpha: alpha(port: 5432),
             failure: (

@@ -157,7 +157,10 @@ struct GatewayConfigTests {
             ("tcp://[::1]:1", "fd00::/120", "the prefix length must be 8 to 113: domain ids need 15 bits"),
             ("tcp://127.0.0.1:1", "10.1.0.1/16", "10.1.0.1/16 has bits set after its first 16"),
             ("tcp://127.0.0.1:1", "10.1.0.300/16", "'10.1.0.300' is not an IPv4 address"),
-            ("unix:/run/x", "per_domain", "only for tcp:// targets (a Unix or vsock target has no IP source address)"),
+            (
+                "unix:/run/x", "per_domain",
+                "only for tcp:// and udp:// targets (a Unix or vsock target has no IP source address)"
+            ),
             (
                 "tcp://127.0.0.1:1", "fd00::/64",
                 "fd00::/64 and the target tcp://127.0.0.1:1 are not of the same address family"
@@ -259,7 +262,7 @@ struct GatewayConfigTests {
             ("link: {emulator: /a, ring_size: 4040}\n", "gw.yaml:1: link.ring_size: must be a multiple of 16"),
             (
                 "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"http://x\", allow: [any]}\n",
-                "gw.yaml:3: exports[0].target: expected tcp://HOST:PORT, unix:/PATH or vsock://CID:PORT"
+                "gw.yaml:3: exports[0].target: expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, udp://HOST:PORT or unixgram:/PATH"
             ),
             (
                 "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"tcp://h:99999\", allow: [any]}\n",

@@ -177,6 +177,14 @@ public struct DeploymentExplainer: Sendable {
         }
         mapping.export = export.name
         mapping.target = "\(export.target)"
+        guard export.target.isDatagram == entry.listen.isDatagram else {
+            let kinds = entry.listen.isDatagram ? ("a datagram", "a stream") : ("a stream", "a datagram")
+            return fail(
+                .exportingGateway,
+                .noSuchService,
+                "\(entry.name) is \(kinds.0) import, but \(mapping.peer)'s export \(export.name) on port \(entry.port) is \(kinds.1) export (\(export.target))"
+            )
+        }
         guard export.allow.permits(importer.domain) else {
             return fail(
                 .exportingGateway,
@@ -185,6 +193,15 @@ public struct DeploymentExplainer: Sendable {
             )
         }
         guard hypervisor.allows(peer, importer.domain, port: port) else {
+            if entry.listen.isDatagram {
+                // The datagrams arrive; no reply can.
+                return fail(
+                    .hypervisor,
+                    .deniedByHypervisor,
+                    "the hypervisor's policy denies the replies \(mapping.peer) -> \(importerName) port \(port) (\(hypervisor.place)): "
+                        + "datagrams reach \(export.target), their replies are dropped"
+                )
+            }
             // The OPEN arrives; the answer cannot: the connection waits for its
             // open_timeout and ends as a lost peer.
             return fail(
