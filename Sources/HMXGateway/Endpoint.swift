@@ -3,19 +3,27 @@ import NIOCore
 
 /// A local socket address a mapping listens on or connects to:
 /// `tcp://HOST:PORT`, `tcp://[IPV6]:PORT`, `unix:/PATH` or `vsock://CID:PORT` (streams),
-/// `udp://HOST:PORT` or `unixgram:/PATH` (datagrams).
+/// `seqpacket:/PATH` (a stream of records: connections whose messages keep their
+/// boundaries), `udp://HOST:PORT` or `unixgram:/PATH` (datagrams).
 public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     case tcp(host: String, port: Int)
     case unix(path: String)
     case vsock(cid: UInt32, port: UInt32)
     case udp(host: String, port: Int)
     case unixDatagram(path: String)
+    case seqpacket(path: String)
+
+    /// A SEQPACKET endpoint: its stream carries records (each after its length).
+    public var isRecords: Bool {
+        if case .seqpacket = self { return true }
+        return false
+    }
 
     /// A datagram endpoint (a datagram mapping): `udp://` or `unixgram:`.
     public var isDatagram: Bool {
         switch self {
         case .udp, .unixDatagram: true
-        case .tcp, .unix, .vsock: false
+        case .tcp, .unix, .vsock, .seqpacket: false
         }
     }
 
@@ -26,12 +34,16 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses an endpoint, or says why it is malformed.
     public static func parse(_ text: String) -> Result<Endpoint, Malformed> {
-        for (scheme, isDatagram) in [("unix:", false), ("unixgram:", true)] where text.hasPrefix(scheme) {
+        let unixSchemes: [(String, (String) -> Endpoint)] = [
+            ("unix:", { .unix(path: $0) }), ("unixgram:", { .unixDatagram(path: $0) }),
+            ("seqpacket:", { .seqpacket(path: $0) }),
+        ]
+        for (scheme, make) in unixSchemes where text.hasPrefix(scheme) {
             let path = String(text.dropFirst(scheme.count))
             guard !path.isEmpty, path.utf8.count < 108 else {
                 return .failure(Malformed(reason: "\(scheme)PATH needs a path shorter than 108 bytes"))
             }
-            return .success(isDatagram ? .unixDatagram(path: path) : .unix(path: path))
+            return .success(make(path))
         }
         if text.hasPrefix("udp://") {
             return self.parseHostPort(text, scheme: "udp").map { .udp(host: $0.host, port: $0.port) }
@@ -48,7 +60,8 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
         }
         return .failure(
             Malformed(
-                reason: "expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, udp://HOST:PORT or unixgram:/PATH"
+                reason:
+                    "expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, seqpacket:/PATH, udp://HOST:PORT or unixgram:/PATH"
             )
         )
     }
@@ -85,6 +98,7 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
         case .vsock(let cid, let port): "vsock://\(cid):\(port)"
         case .udp(let host, let port): host.contains(":") ? "udp://[\(host)]:\(port)" : "udp://\(host):\(port)"
         case .unixDatagram(let path): "unixgram:\(path)"
+        case .seqpacket(let path): "seqpacket:\(path)"
         }
     }
 }

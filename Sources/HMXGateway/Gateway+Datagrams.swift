@@ -106,7 +106,7 @@ extension Gateway {
         switch importConfig.listen {
         case .udp(let host, let port): return bootstrap.bind(host: host, port: port)
         case .unixDatagram(let path): return bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
-        case .tcp, .unix, .vsock: preconditionFailure("a stream listener")
+        case .tcp, .unix, .vsock, .seqpacket: preconditionFailure("a stream listener")
         }
     }
 
@@ -359,7 +359,7 @@ extension Gateway {
             switch export.target {
             case .udp(let host, let port): target = try SocketAddress.makeAddressResolvingHost(host, port: port)
             case .unixDatagram(let path): target = try SocketAddress(unixDomainSocketPath: path)
-            case .tcp, .unix, .vsock: preconditionFailure("a stream target")
+            case .tcp, .unix, .vsock, .seqpacket: preconditionFailure("a stream target")
             }
         } catch {
             self.limited(.refusedOpen, from: id.peer) { _ in

@@ -48,6 +48,7 @@ extension Gateway {
                         bound.value.accepted(channel, for: importConfig)
                     }
                     try channel.pipeline.syncOperations.addHandler(handler)
+                    if case .seqpacket = importConfig.listen { try SeqpacketFramingHandler.configure(channel) }
                 }
             }
         let future: EventLoopFuture<any Channel>
@@ -60,6 +61,12 @@ extension Gateway {
         case .unix(let path): future = bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
         case .vsock(let cid, let port):
             future = bootstrap.bind(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        case .seqpacket(let path):
+            do {
+                future = bootstrap.withBoundSocket(try SeqpacketFramingHandler.listen(path: path))
+            } catch {
+                future = self.eventLoop.makeFailedFuture(error)
+            }
         case .udp, .unixDatagram:
             preconditionFailure("bound by bindDatagram")
         }
@@ -126,6 +133,7 @@ extension Gateway {
         let id = self.driver.open(
             to: importConfig.peer,
             servicePort: importConfig.port,
+            records: importConfig.listen.isRecords,
             idleTimeout: importConfig.idleTimeoutMilliseconds > 0
                 ? .milliseconds(importConfig.idleTimeoutMilliseconds) : nil,
             openTimeout: .milliseconds(importConfig.openTimeoutMilliseconds)
@@ -154,7 +162,11 @@ extension Gateway {
     /// OPEN from a peer: check the export, its allow-list (by the domain the
     /// hypervisor stamped on the message, never payload) and its limits, then dial.
     func admit(_ id: ConnectionID, servicePort: UInt32) -> StreamDriver.Admission {
-        let decision = self.config.admission(of: id.peer, to: servicePort) { mapping, peer in
+        self.admit(id, servicePort: servicePort, records: false)
+    }
+
+    func admit(_ id: ConnectionID, servicePort: UInt32, records: Bool) -> StreamDriver.Admission {
+        let decision = self.config.admission(of: id.peer, to: servicePort, records: records) { mapping, peer in
             (
                 self.countsByMapping[mapping, default: 0],
                 self.countsByPeer[PeerMapping(mapping: mapping, peer: peer), default: 0]
@@ -228,6 +240,7 @@ extension Gateway {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(StreamGlueHandler(driver: driver.value))
+                    if case .seqpacket = export.target { try SeqpacketFramingHandler.configure(channel) }
                 }
             }
         if let prefix = export.sourceAddress {
@@ -255,6 +268,12 @@ extension Gateway {
         case .unix(let path): future = bootstrap.connect(unixDomainSocketPath: path)
         case .vsock(let cid, let port):
             future = bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
+        case .seqpacket(let path):
+            do {
+                future = bootstrap.withConnectedSocket(try SeqpacketFramingHandler.connect(path: path))
+            } catch {
+                future = self.eventLoop.makeFailedFuture(error)
+            }
         case .udp, .unixDatagram:
             // Admission gives an OPEN only stream exports.
             preconditionFailure("a datagram target is not dialled")

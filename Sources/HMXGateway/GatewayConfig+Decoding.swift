@@ -106,6 +106,9 @@ extension GatewayConfig {
                 if value == .v2, target.isDatagram {
                     throw proxyNode.error("PROXY v2 is for stream targets; a datagram target gets the datagrams alone")
                 }
+                if value == .v2, case .seqpacket = target {
+                    throw proxyNode.error("PROXY v2 is for byte streams; a seqpacket target gets its records alone")
+                }
             } else {
                 proxy = .none
             }
@@ -118,7 +121,7 @@ extension GatewayConfig {
                 let host: String
                 switch target {
                 case .tcp(let name, _), .udp(let name, _): host = name
-                case .unix, .vsock, .unixDatagram:
+                case .unix, .vsock, .unixDatagram, .seqpacket:
                     throw node.error(
                         "only for tcp:// and udp:// targets (a Unix or vsock target has no IP source address)"
                     )
@@ -226,7 +229,11 @@ extension GatewayConfig {
             let mapping = try metricsNode.mapping()
             let listenNode = try mapping.required("listen")
             metrics = try Self.endpoint(listenNode)
-            if metrics!.isDatagram { throw listenNode.error("metrics are served over HTTP: give a stream endpoint") }
+            switch metrics! {
+            case .tcp, .unix, .vsock: break
+            case .udp, .unixDatagram, .seqpacket:
+                throw listenNode.error("metrics are served over HTTP: give tcp://, unix: or vsock://")
+            }
             try mapping.finish(known: ["listen"])
         }
         var audit: AuditDestination?

@@ -183,10 +183,11 @@ extension GatewayConfig {
         of peer: DomainID,
         to servicePort: UInt32,
         datagram: Bool = false,
+        records: Bool = false,
         counts: (_ mapping: String, _ peer: DomainID) -> (all: Int, peer: Int)
     ) -> Admission {
         guard let export = self.exports.first(where: { $0.port == servicePort }),
-            export.target.isDatagram == datagram
+            export.target.isDatagram == datagram, export.target.isRecords == records
         else {
             return .refused(.noSuchService)
         }

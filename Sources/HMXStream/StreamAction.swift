@@ -40,7 +40,8 @@ public enum StreamAction: Sendable, Equatable {
     /// The peer asks to open a connection to the export at `servicePort`: admit it
     /// (dial, then ``StreamMultiplexer/dialSucceeded(_:)``) or refuse it
     /// (``StreamMultiplexer/refuse(_:_:)``).
-    case incomingOpen(ConnectionID, servicePort: UInt32)
+    /// `records`: the opener's socket is a SEQPACKET one (only such an export fits).
+    case incomingOpen(ConnectionID, servicePort: UInt32, records: Bool = false)
     /// The peer's OPEN was refused before any connection existed.
     case openRefused(ConnectionID, StreamFrame.RefuseReason)
     case opened(ConnectionID)

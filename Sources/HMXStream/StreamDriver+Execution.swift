@@ -32,8 +32,8 @@ extension StreamDriver {
 
     private func execute(_ action: StreamAction) {
         switch action {
-        case .incomingOpen(let id, let servicePort):
-            switch self.delegate?.admit(id, servicePort: servicePort) ?? .refuse(.shuttingDown) {
+        case .incomingOpen(let id, let servicePort, let records):
+            switch self.delegate?.admit(id, servicePort: servicePort, records: records) ?? .refuse(.shuttingDown) {
             case .dial(let idleTimeout?): self.multiplexer.setIdleTimeout(id, idleTimeout)
             case .dial(nil): break
             case .refuse(let reason): self.multiplexer.refuse(id, reason)

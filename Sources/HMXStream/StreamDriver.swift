@@ -10,12 +10,22 @@ public protocol StreamDriverDelegate: AnyObject {
     /// or dial the export's target and report with ``StreamDriver/dialSucceeded(_:)``
     /// or ``StreamDriver/refuse(_:_:)``.
     func admit(_ id: ConnectionID, servicePort: UInt32) -> StreamDriver.Admission
+    /// The same for an OPEN that says whether the opener's socket carries records
+    /// (SEQPACKET): only an export of the same kind may take it. By default, one with
+    /// records finds no such service.
+    func admit(_ id: ConnectionID, servicePort: UInt32, records: Bool) -> StreamDriver.Admission
     /// A lifecycle action for one connection, or a notice for the log: `.opened`,
     /// `.ended`, `.removed`, `.openRefused`, `.notice`. (Socket actions go to the
     /// connection's ``StreamSocket``; ring and link actions are the driver's.)
     func perform(_ action: StreamAction)
     /// A turn of work ended (sockets are flushed): update metrics.
     func turnEnded(_ statistics: StreamStatistics)
+}
+
+extension StreamDriverDelegate {
+    public func admit(_ id: ConnectionID, servicePort: UInt32, records: Bool) -> StreamDriver.Admission {
+        records ? .refuse(.noSuchService) : self.admit(id, servicePort: servicePort)
+    }
 }
 
 /// Runs a ``StreamMultiplexer`` over an ``HMXLink`` on the link's event loop: executes
@@ -196,6 +206,7 @@ extension StreamDriver {
     public func open(
         to peer: DomainID,
         servicePort: UInt32,
+        records: Bool = false,
         idleTimeout: TimeAmount?,
         openTimeout: TimeAmount?
     ) -> ConnectionID {
@@ -204,6 +215,7 @@ extension StreamDriver {
             id = $0.open(
                 to: peer,
                 servicePort: servicePort,
+                records: records,
                 idleTimeout: idleTimeout,
                 openTimeout: openTimeout,
                 now: self.now

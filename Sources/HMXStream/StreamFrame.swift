@@ -40,12 +40,15 @@ public enum StreamFrame: Equatable, Sendable {
         public var description: String { "\(self.openedLocally ? "L" : "R")\(self.id)" }
     }
 
+    /// `records`: the opener's socket is a SEQPACKET one (its stream carries records,
+    /// each after its length), so only a SEQPACKET export may take it.
     case open(
         id: UInt32,
         servicePort: UInt32,
         initialCredit: UInt32,
         instance: UInt64,
-        version: UInt16 = StreamFrame.version
+        version: UInt16 = StreamFrame.version,
+        records: Bool = false
     )
     case accept(key: ConnectionKey, initialCredit: UInt32, instance: UInt64)
     case refuse(key: ConnectionKey, reason: RefuseReason)
@@ -149,10 +152,10 @@ public enum StreamFrame: Equatable, Sendable {
     /// Appends this frame to `buffer`.
     public func encode(into buffer: inout ByteBuffer) {
         switch self {
-        case .open(let id, let servicePort, let initialCredit, let instance, let version):
+        case .open(let id, let servicePort, let initialCredit, let instance, let version, let records):
             Self.writeHeader(&buffer, .open, opener: true, id: id, length: 16, value: servicePort)
             buffer.writeInteger(version, endianness: .little)
-            buffer.writeInteger(UInt16(0), endianness: .little)
+            buffer.writeInteger(UInt16(records ? 1 : 0), endianness: .little)
             buffer.writeInteger(initialCredit, endianness: .little)
             buffer.writeInteger(instance, endianness: .little)
         case .accept(let key, let initialCredit, let instance):
@@ -315,11 +318,20 @@ public enum StreamFrame: Equatable, Sendable {
         switch kind {
         case .open:
             let version = UInt16(truncatingIfNeeded: first)
-            guard UInt16(truncatingIfNeeded: first >> 16) == 0 else { throw .nonZeroReserved }
+            // Flags: bit 0, records (SEQPACKET); the others are reserved.
+            let openFlags = UInt16(truncatingIfNeeded: first >> 16)
+            guard openFlags & ~1 == 0 else { throw .nonZeroReserved }
             let credit = UInt32(truncatingIfNeeded: first >> 32)
             // An OPEN must come from the opener; the receiver refuses unknown versions.
             guard flags & 1 == 1 else { throw .unknownFlags(flags) }
-            return .open(id: id, servicePort: value, initialCredit: credit, instance: second, version: version)
+            return .open(
+                id: id,
+                servicePort: value,
+                initialCredit: credit,
+                instance: second,
+                version: version,
+                records: openFlags & 1 == 1
+            )
         case .accept:
             return .accept(key: key, initialCredit: value, instance: first)
         case .refuse:

@@ -262,6 +262,7 @@ extension StreamMultiplexer {
     public mutating func open(
         to peer: DomainID,
         servicePort: UInt32,
+        records: Bool = false,
         idleTimeout: TimeAmount?,
         openTimeout: TimeAmount?,
         now: NIODeadline
@@ -290,7 +291,8 @@ extension StreamMultiplexer {
                 id: id,
                 servicePort: servicePort,
                 initialCredit: UInt32(self.configuration.window),
-                instance: self.instance
+                instance: self.instance,
+                records: records
             ),
             to: peer
         )

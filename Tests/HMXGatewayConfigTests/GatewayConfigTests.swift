@@ -204,6 +204,25 @@ struct GatewayConfigTests {
         #expect(config.imports.map(\.idleTimeoutMilliseconds) == [60_000, 60_000])
         #expect(config.imports.allSatisfy { $0.listen.isDatagram })
         #expect("\(Endpoint.udp(host: "::1", port: 53))" == "udp://[::1]:53")
+        let records = try GatewayConfig.parse(
+            """
+            link: {emulator: /a}
+            exports:
+              - {name: ipc, port: 60, target: "seqpacket:/run/app.sock", allow: [2]}
+            imports:
+              - {name: ipc, listen: "seqpacket:/run/hmx/app.sock", peer: 2, port: 61}
+
+            """,
+            file: "g.yaml"
+        )
+        #expect(records.exports[0].target == .seqpacket(path: "/run/app.sock") && records.exports[0].target.isRecords)
+        #expect(!records.imports[0].listen.isDatagram && records.imports[0].idleTimeoutMilliseconds == 0)
+        // An OPEN finds an export of its own kind only.
+        #expect(records.admission(of: DomainID(2), to: 60) { _, _ in (0, 0) } == .refused(.noSuchService))
+        #expect(
+            records.admission(of: DomainID(2), to: 60, records: true) { _, _ in (0, 0) }
+                == .admitted(records.exports[0])
+        )
         // A datagram flow never dials, so stream admission never finds a datagram export.
         #expect(config.admission(of: DomainID(2), to: 53) { _, _ in (0, 0) } == .refused(.noSuchService))
         #expect(
@@ -232,11 +251,19 @@ struct GatewayConfigTests {
             ),
             (
                 "metrics: {listen: \"udp://127.0.0.1:9\"}\n",
-                "g.yaml:2: metrics.listen: metrics are served over HTTP: give a stream endpoint"
+                "g.yaml:2: metrics.listen: metrics are served over HTTP: give tcp://, unix: or vsock://"
             ),
             (
-                "imports:\n  - {name: i, listen: \"seqpacket:/x\", peer: 2, port: 1}\n",
-                "g.yaml:3: imports[0].listen: expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, udp://HOST:PORT or unixgram:/PATH"
+                "imports:\n  - {name: i, listen: \"sctp://x:1\", peer: 2, port: 1}\n",
+                "g.yaml:3: imports[0].listen: expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, seqpacket:/PATH, udp://HOST:PORT or unixgram:/PATH"
+            ),
+            (
+                "exports:\n  - {name: e, port: 1, target: \"seqpacket:/x\", allow: [2], proxy_protocol: v2}\n",
+                "g.yaml:3: exports[0].proxy_protocol: PROXY v2 is for byte streams; a seqpacket target gets its records alone"
+            ),
+            (
+                "metrics: {listen: \"seqpacket:/x\"}\n",
+                "g.yaml:2: metrics.listen: metrics are served over HTTP: give tcp://, unix: or vsock://"
             ),
         ]
         for (text, message) in errors {
@@ -262,7 +289,7 @@ struct GatewayConfigTests {
             ("link: {emulator: /a, ring_size: 4040}\n", "gw.yaml:1: link.ring_size: must be a multiple of 16"),
             (
                 "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"http://x\", allow: [any]}\n",
-                "gw.yaml:3: exports[0].target: expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, udp://HOST:PORT or unixgram:/PATH"
+                "gw.yaml:3: exports[0].target: expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, seqpacket:/PATH, udp://HOST:PORT or unixgram:/PATH"
             ),
             (
                 "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"tcp://h:99999\", allow: [any]}\n",

@@ -95,6 +95,20 @@ struct StreamFrameTests {
         #expect(self.parseError(closeBytes + [0]) == .badBodyLength(type: 12, length: 1))
     }
 
+    @Test("OPEN's flags: bit 0 says the opener's socket carries records (SEQPACKET); other bits are refused")
+    func openRecords() throws {
+        var buffer = ByteBuffer()
+        StreamFrame.open(id: 3, servicePort: 60, initialCredit: 4096, instance: 5, records: true).encode(into: &buffer)
+        #expect(Array(buffer.readableBytesView)[16...19] == [2, 0, 1, 0])  // version 2, flags 1
+        #expect(
+            try self.roundTrip([.open(id: 3, servicePort: 60, initialCredit: 4096, instance: 5, records: true)])
+                == [.open(id: 3, servicePort: 60, initialCredit: 4096, instance: 5, records: true)]
+        )
+        var bytes = Array(buffer.readableBytesView)
+        bytes[18] = 2
+        #expect(self.parseError(bytes) == .nonZeroReserved)
+    }
+
     @Test func sequenceLayout() {
         var buffer = ByteBuffer()
         StreamFrame.sequence(number: 0x0102_0304, base: 0x0A0B_0C0D, instance: 0x1122_3344_5566_7788).encode(

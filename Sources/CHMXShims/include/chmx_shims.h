@@ -65,6 +65,14 @@ int chmx_unix_stream_socket(void);
 /* A Unix datagram socket bound to a kernel-chosen abstract name (so that a peer can
    answer it), non-blocking, close-on-exec; -1 with errno on failure. */
 int chmx_unix_dgram_autobind(void);
+
+/* A listening Unix SEQPACKET socket at path (non-blocking, close-on-exec); -1 with
+   errno on failure. */
+int chmx_unix_seqpacket_listen(const char *path, int backlog);
+
+/* A Unix SEQPACKET socket connected to path (non-blocking, close-on-exec; a Unix
+   socket's connect completes at once or fails); -1 with errno on failure. */
+int chmx_unix_seqpacket_connect(const char *path);
 /// setresuid(2) and setresgid(2) with all three ids (all threads, as glibc does
 /// them): 0 or -1 with errno.
 int chmx_setresuid(uid_t uid);

@@ -177,8 +177,12 @@ public struct DeploymentExplainer: Sendable {
         }
         mapping.export = export.name
         mapping.target = "\(export.target)"
-        guard export.target.isDatagram == entry.listen.isDatagram else {
-            let kinds = entry.listen.isDatagram ? ("a datagram", "a stream") : ("a stream", "a datagram")
+        guard export.target.isDatagram == entry.listen.isDatagram, export.target.isRecords == entry.listen.isRecords
+        else {
+            func kind(_ endpoint: Endpoint) -> String {
+                endpoint.isDatagram ? "a datagram" : endpoint.isRecords ? "a seqpacket" : "a stream"
+            }
+            let kinds = (kind(entry.listen), kind(export.target))
             return fail(
                 .exportingGateway,
                 .noSuchService,

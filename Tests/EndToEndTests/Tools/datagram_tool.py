@@ -2,14 +2,24 @@
 # SPDX-License-Identifier: Apache-2.0
 """Datagram programs for the end-to-end tests of datagram mappings.
 
-  receive --port P [--ack-every N] [--slow S]  numbered datagrams: checks order and
+  receive --port P [--ack-every N] [--slow S] [--forever]
+                                               numbered datagrams: checks order and
                                                contents, acks to the sender, prints a
-                                               JSON summary when idle for 2 s
+                                               JSON summary when idle for 2 s (and goes
+                                               on with --forever)
   send --port P --count N --seed S [--window W --window-bytes B]
                                                numbered datagrams of random sizes
                                                (log-uniform 8..65507); with a window,
                                                waits for acks (a receiver that keeps up)
+  rate --port P --size N --count C [--window W --ack-every A]
+                                               datagrams of N bytes with at most W
+                                               unacknowledged (a receiver that keeps up):
+                                               prints "datagrams/s lost"
   echo (--port P | --unix PATH)                 answers each datagram with it in capitals
+  seqpacket-echo --unix PATH                   a SEQPACKET server: each record back, as is;
+                                               half-closes when the client does
+  seqpacket-check --unix PATH --seed S         records of sizes 1..200,000 and back: each
+                                               whole and in order, then a half-close
   dropstat                                     UDP receive-buffer drops of this network
                                                namespace (/proc/net/snmp RcvbufErrors)
 
@@ -75,14 +85,19 @@ def receive(args):
         if args.ack_every and state["received"] % args.ack_every == 0:
             sock.sendto(struct.pack(">Q", state["received"]), address)
 
-    take(*sock.recvfrom(70000))
-    sock.settimeout(2)
-    try:
-        while True:
-            take(*sock.recvfrom(70000))
-    except socket.timeout:
-        print(json.dumps({**state, "errors": errors[:20]}), flush=True)
-        return 0
+    while True:
+        sock.settimeout(None)
+        take(*sock.recvfrom(70000))
+        sock.settimeout(2)
+        try:
+            while True:
+                take(*sock.recvfrom(70000))
+        except socket.timeout:
+            print(json.dumps({**state, "errors": errors[:20]}), flush=True)
+            if not args.forever:
+                return 0
+            state.update(received=0, last=-1, bytes=0)
+            errors.clear()
 
 
 def send(args):
@@ -113,6 +128,35 @@ def send(args):
     return 0
 
 
+def rate(args):
+    """Numbered datagrams of one size through a window of acknowledgements (the
+    receiver acknowledges its count of datagrams every --ack-every). Prints the rate of
+    acknowledged datagrams and how many were lost (a lost one stalls the window for 2 s
+    and ends the run)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    big_buffers(sock)
+    sock.connect(("127.0.0.1", args.port))
+    sock.settimeout(2)
+    acked, sent = 0, 0
+    start = time.monotonic()
+    try:
+        for number in range(args.count):
+            while number - acked >= args.window:
+                acked = max(acked, struct.unpack(">Q", sock.recv(64)[:8])[0])
+            sock.send(payload(number, args.size))
+            sent += 1
+        expected = args.count - args.count % args.ack_every
+        while acked < expected:
+            acked = max(acked, struct.unpack(">Q", sock.recv(64)[:8])[0])
+        elapsed = time.monotonic() - start
+        lost = 0
+    except socket.timeout:
+        elapsed = time.monotonic() - start - 2
+        lost = sent - acked
+    print(f"{acked / elapsed:.0f} {lost}", flush=True)
+    return 0
+
+
 def echo(args):
     if args.unix:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -124,6 +168,52 @@ def echo(args):
     while True:
         data, address = sock.recvfrom(70000)
         sock.sendto(data.upper(), address)
+
+
+def seqpacket_echo(args):
+    import threading
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(args.unix)
+    server.listen(16)
+    print("listening", flush=True)
+
+    def serve(connection):
+        with connection:
+            while record := connection.recv(300000):
+                connection.send(record)
+            connection.shutdown(socket.SHUT_WR)
+
+    while True:
+        connection, _ = server.accept()
+        threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+
+def seqpacket_check(args):
+    rng = random.Random(args.seed)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    sock.settimeout(30)
+    sock.connect(args.unix)
+    # Every order of magnitude, and the largest a default socket takes.
+    sizes = [1, 2, 3, 100, 4096, 65536, 65537, 200000] + [
+        int(math.exp(rng.uniform(0, math.log(200000)))) for _ in range(200)]
+    errors = []
+    for number, size in enumerate(sizes):
+        sock.send(bytes([number & 0xFF]) * size)
+        record = sock.recv(300000)
+        if record != bytes([number & 0xFF]) * size:
+            errors.append(f"record {number}: sent {size} bytes, got {len(record)}")
+    # Several in flight at once keep their boundaries too.
+    for number, size in enumerate(sizes[:20]):
+        sock.send(bytes([number & 0xFF]) * size)
+    for number, size in enumerate(sizes[:20]):
+        record = sock.recv(300000)
+        if record != bytes([number & 0xFF]) * size:
+            errors.append(f"pipelined record {number}: sent {size} bytes, got {len(record)}")
+    sock.shutdown(socket.SHUT_WR)
+    end = sock.recv(10)
+    print(json.dumps({"records": len(sizes) + 20, "eof": end == b"", "errors": errors[:10]}), flush=True)
+    return 0
 
 
 def dropstat(_args):
@@ -141,6 +231,7 @@ def main():
     command.add_argument("--port", type=int, required=True)
     command.add_argument("--ack-every", type=int, default=0)
     command.add_argument("--slow", type=float, default=0)
+    command.add_argument("--forever", action="store_true")
     command = commands.add_parser("send")
     command.add_argument("--port", type=int, required=True)
     command.add_argument("--count", type=int, required=True)
@@ -148,12 +239,24 @@ def main():
     command.add_argument("--window", type=int, default=0)
     command.add_argument("--window-bytes", type=int, default=1 << 30)
     command.add_argument("--timeout", type=float, default=240)
+    command = commands.add_parser("rate")
+    command.add_argument("--port", type=int, required=True)
+    command.add_argument("--size", type=int, required=True)
+    command.add_argument("--count", type=int, required=True)
+    command.add_argument("--window", type=int, default=256)
+    command.add_argument("--ack-every", type=int, default=8)
     command = commands.add_parser("echo")
     command.add_argument("--port", type=int, default=0)
     command.add_argument("--unix")
+    command = commands.add_parser("seqpacket-echo")
+    command.add_argument("--unix", required=True)
+    command = commands.add_parser("seqpacket-check")
+    command.add_argument("--unix", required=True)
+    command.add_argument("--seed", type=int, default=1)
     commands.add_parser("dropstat")
     args = parser.parse_args()
-    return {"receive": receive, "send": send, "echo": echo, "dropstat": dropstat}[args.command](args)
+    return {"receive": receive, "send": send, "rate": rate, "echo": echo,
+            "seqpacket-echo": seqpacket_echo, "seqpacket-check": seqpacket_check, "dropstat": dropstat}[args.command](args)
 
 
 if __name__ == "__main__":
