@@ -21,5 +21,6 @@ fuzz_options() {
 fuzz_seeds() {
     case "$1" in
     FuzzConfig) echo "Configs Fuzz/Regressions/FuzzConfig" ;;
+    FuzzStreamFrame) echo "Fuzz/Seeds/FuzzStreamFrame" ;;
     esac
 }
