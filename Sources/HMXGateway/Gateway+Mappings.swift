@@ -12,7 +12,13 @@ import NIOPosix
 extension Gateway {
     func bind(_ importConfig: GatewayConfig.Import) -> EventLoopFuture<Void> {
         if importConfig.listen.isDatagram {
-            return self.bindDatagram(importConfig).assumeIsolated().map { channel in
+            return self.bindDatagram(importConfig).assumeIsolated().flatMapThrowing { channel in
+                do {
+                    try Self.setPermissions(of: importConfig)
+                } catch {
+                    channel.close(promise: nil)
+                    throw error
+                }
                 self.listeners[importConfig.name] = (importConfig, channel)
                 self.logger.info(
                     "import listening",
@@ -70,7 +76,13 @@ extension Gateway {
         case .udp, .unixDatagram:
             preconditionFailure("bound by bindDatagram")
         }
-        return future.assumeIsolated().map { channel in
+        return future.assumeIsolated().flatMapThrowing { channel in
+            do {
+                if inherited == nil { try Self.setPermissions(of: importConfig) }
+            } catch {
+                channel.close(promise: nil)
+                throw error
+            }
             self.listeners[importConfig.name] = (importConfig, channel)
             let listen = inherited.map { "socket \($0) from the service manager" } ?? "\(importConfig.listen)"
             self.logger.info(
@@ -82,6 +94,36 @@ extension Gateway {
                 ]
             )
         }.nonisolated()
+    }
+
+    struct ListenerPermissionsFailed: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Gives a Unix listener the configuration's `mode` and `group`.
+    static func setPermissions(of importConfig: GatewayConfig.Import) throws {
+        let path: String
+        switch importConfig.listen {
+        case .unix(let socket), .unixDatagram(let socket), .seqpacket(let socket): path = socket
+        case .tcp, .udp, .vsock: return
+        }
+        if let group = importConfig.group {
+            guard let entry = getgrnam(group) else {
+                throw ListenerPermissionsFailed(description: "import \(importConfig.name): group: no such group '\(group)'")
+            }
+            guard chown(path, uid_t.max, entry.pointee.gr_gid) == 0 else {
+                let reason = String(cString: strerror(errno))
+                throw ListenerPermissionsFailed(
+                    description: "import \(importConfig.name): cannot give \(path) to group \(group): \(reason)"
+                )
+            }
+        }
+        if let mode = importConfig.mode, chmod(path, mode_t(mode)) != 0 {
+            let reason = String(cString: strerror(errno))
+            throw ListenerPermissionsFailed(
+                description: "import \(importConfig.name): cannot set mode \(String(mode, radix: 8)) on \(path): \(reason)"
+            )
+        }
     }
 
     /// Accepting on an import's listener failed: pause it for a moment; say so once

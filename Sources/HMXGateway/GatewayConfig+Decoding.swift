@@ -180,12 +180,31 @@ extension GatewayConfig {
             if listen.isDatagram, let openNode {
                 throw openNode.error("a datagram import opens no connection; leave open_timeout out")
             }
+            // A Unix listener's permissions, as systemd's SocketMode= and SocketGroup=.
+            var mode: UInt32?
+            let modeNode = entry.optional("mode")
+            if let modeNode {
+                let text = try modeNode.string()
+                guard text.count >= 3, text.count <= 4, let value = UInt32(text, radix: 8), value <= 0o777 else {
+                    throw modeNode.error("expected permissions in octal, like \"0660\"; found '\(text)'")
+                }
+                mode = value
+            }
+            let groupNode = entry.optional("group")
+            let socketGroup = try groupNode?.string()
+            switch listen {
+            case .unix, .unixDatagram, .seqpacket: break
+            case .tcp, .udp, .vsock:
+                if let node = modeNode ?? groupNode {
+                    throw node.error("only for a Unix listener (unix:, unixgram:, seqpacket:)")
+                }
+            }
             let open =
                 try openNode.map { node throws(ConfigError) in try Self.duration(node) }
                 ?? Self.defaultOpenTimeoutMilliseconds
             if let openNode, open == 0 { throw openNode.error("must be longer than 0") }
             try entry.finish(known: [
-                "name", "listen", "peer", "port", "max_connections", "idle_timeout", "open_timeout",
+                "name", "listen", "peer", "port", "max_connections", "idle_timeout", "open_timeout", "mode", "group",
             ])
             guard importListeners.insert(listen).inserted else {
                 throw listenNode.error("\(listen) is listened on twice")
@@ -199,7 +218,9 @@ extension GatewayConfig {
                     port: servicePort,
                     maxConnections: maxConnections,
                     idleTimeoutMilliseconds: idle,
-                    openTimeoutMilliseconds: open
+                    openTimeoutMilliseconds: open,
+                    mode: mode,
+                    group: socketGroup
                 )
             )
         }

@@ -73,6 +73,10 @@ public struct GatewayConfig: Sendable, Equatable {
         public var idleTimeoutMilliseconds: Int64
         /// How long a new connection waits for the peer's ACCEPT or REFUSE.
         public var openTimeoutMilliseconds: Int64 = GatewayConfig.defaultOpenTimeoutMilliseconds
+        /// A Unix listener's permissions and group (nil: the umask's, and the
+        /// gateway's group).
+        public var mode: UInt32? = nil
+        public var group: String? = nil
     }
 
     public var file: String

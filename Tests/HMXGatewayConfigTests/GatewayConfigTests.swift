@@ -217,6 +217,11 @@ struct GatewayConfigTests {
         )
         #expect(records.exports[0].target == .seqpacket(path: "/run/app.sock") && records.exports[0].target.isRecords)
         #expect(!records.imports[0].listen.isDatagram && records.imports[0].idleTimeoutMilliseconds == 0)
+        let permissions = try GatewayConfig.parse(
+            "link: {emulator: /a}\nimports:\n  - {name: i, listen: \"unix:/run/x\", peer: 2, port: 1, mode: \"0660\", group: adm}\n",
+            file: "g.yaml"
+        )
+        #expect(permissions.imports[0].mode == 0o660 && permissions.imports[0].group == "adm")
         // An OPEN finds an export of its own kind only.
         #expect(records.admission(of: DomainID(2), to: 60) { _, _ in (0, 0) } == .refused(.noSuchService))
         #expect(
@@ -260,6 +265,14 @@ struct GatewayConfigTests {
             (
                 "exports:\n  - {name: e, port: 1, target: \"seqpacket:/x\", allow: [2], proxy_protocol: v2}\n",
                 "g.yaml:3: exports[0].proxy_protocol: PROXY v2 is for byte streams; a seqpacket target gets its records alone"
+            ),
+            (
+                "imports:\n  - {name: i, listen: \"unix:/x\", peer: 2, port: 1, mode: \"0999\"}\n",
+                "g.yaml:3: imports[0].mode: expected permissions in octal, like \"0660\"; found '0999'"
+            ),
+            (
+                "imports:\n  - {name: i, listen: \"tcp://127.0.0.1:1\", peer: 2, port: 1, group: adm}\n",
+                "g.yaml:3: imports[0].group: only for a Unix listener (unix:, unixgram:, seqpacket:)"
             ),
             (
                 "metrics: {listen: \"seqpacket:/x\"}\n",
