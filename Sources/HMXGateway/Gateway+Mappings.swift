@@ -107,22 +107,20 @@ extension Gateway {
         case .unix(let socket), .unixDatagram(let socket), .seqpacket(let socket): path = socket
         case .tcp, .udp, .vsock: return
         }
+        let name = "import \(importConfig.name)"
         if let group = importConfig.group {
             guard let entry = getgrnam(group) else {
-                throw ListenerPermissionsFailed(description: "import \(importConfig.name): group: no such group '\(group)'")
+                throw ListenerPermissionsFailed(description: "\(name): group: no such group '\(group)'")
             }
             guard chown(path, uid_t.max, entry.pointee.gr_gid) == 0 else {
                 let reason = String(cString: strerror(errno))
-                throw ListenerPermissionsFailed(
-                    description: "import \(importConfig.name): cannot give \(path) to group \(group): \(reason)"
-                )
+                throw ListenerPermissionsFailed(description: "\(name): cannot give \(path) to group \(group): \(reason)")
             }
         }
         if let mode = importConfig.mode, chmod(path, mode_t(mode)) != 0 {
             let reason = String(cString: strerror(errno))
-            throw ListenerPermissionsFailed(
-                description: "import \(importConfig.name): cannot set mode \(String(mode, radix: 8)) on \(path): \(reason)"
-            )
+            let octal = String(mode, radix: 8)
+            throw ListenerPermissionsFailed(description: "\(name): cannot set mode \(octal) on \(path): \(reason)")
         }
     }
 
