@@ -114,7 +114,8 @@ extension Gateway {
             }
             guard chown(path, uid_t.max, entry.pointee.gr_gid) == 0 else {
                 let reason = String(cString: strerror(errno))
-                throw ListenerPermissionsFailed(description: "\(name): cannot give \(path) to group \(group): \(reason)")
+                let description = "\(name): cannot give \(path) to group \(group): \(reason)"
+                throw ListenerPermissionsFailed(description: description)
             }
         }
         if let mode = importConfig.mode, chmod(path, mode_t(mode)) != 0 {
