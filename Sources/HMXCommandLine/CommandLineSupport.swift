@@ -90,3 +90,35 @@ public func printStatus(tool: String, socket path: String, json: Bool, ready: (S
     print(answer, terminator: "")
     if !ready(answer) { throw ExitCode(1) }
 }
+
+/// What `status` asks: `--config FILE` (its `control_socket:`) or `--socket PATH`, and
+/// `--json`.
+public struct StatusOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "The daemon's configuration file (its control_socket: is asked).")
+    public var config: String?
+
+    @Option(help: "The control socket to ask (instead of --config).")
+    public var socket: String?
+
+    @Flag(help: "Print JSON (for scripts) instead of text.")
+    public var json = false
+
+    public init() {}
+
+    public func validate() throws {
+        if (self.config == nil) == (self.socket == nil) {
+            throw ValidationError("give --config FILE or --socket PATH")
+        }
+    }
+
+    /// The socket to ask: `--socket`, or the configuration's (`controlSocket` reads
+    /// it from the file; nil there means none is configured, exit status 2).
+    public func socketPath(tool: String, controlSocket: (String) -> String?) throws -> String {
+        if let socket = self.socket { return socket }
+        guard let socket = controlSocket(self.config!) else {
+            printError("\(tool): \(self.config!): no control_socket: is configured, so it cannot be asked")
+            throw ExitCode(2)
+        }
+        return socket
+    }
+}

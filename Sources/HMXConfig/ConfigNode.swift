@@ -52,6 +52,15 @@ public struct ConfigNode {
         return scalar.string
     }
 
+    /// An absolute path a Unix socket can be bound to (at most 107 bytes).
+    public func socketPath() throws(ConfigError) -> String {
+        let path = try self.string()
+        guard path.hasPrefix("/"), path.utf8.count < 108 else {
+            throw self.error("give an absolute path of at most 107 bytes (a Unix socket's limit)")
+        }
+        return path
+    }
+
     public func bool() throws(ConfigError) -> Bool {
         guard let scalar = self.node.scalar, let value = Bool.construct(from: scalar) else {
             throw self.error("expected true or false")

@@ -113,14 +113,7 @@ public struct EmulatorConfig: Sendable, Equatable {
                 rules.append(try Self.decodeRule(node, domains: index))
             }
         }
-        var controlSocket: String?
-        if let node = top.optional("control_socket") {
-            let path = try node.string()
-            guard path.hasPrefix("/"), path.utf8.count < 108 else {
-                throw node.error("give an absolute path of at most 107 bytes (a Unix socket's limit)")
-            }
-            controlSocket = path
-        }
+        let controlSocket = try top.optional("control_socket")?.socketPath()
         try top.finish(known: ["argo", "mac_permissive", "max_memory_mib", "domains", "policy", "control_socket"])
         return EmulatorConfig(
             file: root.file,

@@ -87,22 +87,32 @@ enum DatagramDropReason: String, CaseIterable {
 // MARK: - Imports: a datagram listener
 
 extension Gateway {
-    /// Binds a datagram import's socket.
-    func bindDatagram(_ importConfig: GatewayConfig.Import) -> EventLoopFuture<any Channel> {
+    /// A datagram socket of the gateway: reads take the largest datagram whole, the
+    /// kernel's buffers are `bufferSize`, and each datagram read goes to `onDatagram`
+    /// (on the gateway's loop).
+    private func datagramBootstrap(
+        bufferSize: Int,
+        _ onDatagram: @escaping @Sendable (Gateway, AddressedEnvelope<ByteBuffer>) -> Void
+    ) -> DatagramBootstrap {
         let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
-        let bootstrap = DatagramBootstrap(group: self.eventLoop)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+        return DatagramBootstrap(group: self.eventLoop)
             .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: Self.datagramReadSize))
             .channelOption(.writeBufferWaterMark, value: Self.datagramWriteBuffer)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    Self.setBufferSizes(of: channel, to: Self.listenerBufferSize)
-                    let handler = DatagramSocketHandler { envelope in
-                        bound.value.importDatagram(importConfig, from: envelope.remoteAddress, envelope.data)
-                    }
+                    Self.setBufferSizes(of: channel, to: bufferSize)
+                    let handler = DatagramSocketHandler { onDatagram(bound.value, $0) }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
+    }
+
+    /// Binds a datagram import's socket.
+    func bindDatagram(_ importConfig: GatewayConfig.Import) -> EventLoopFuture<any Channel> {
+        let bootstrap = self.datagramBootstrap(bufferSize: Self.listenerBufferSize) { gateway, envelope in
+            gateway.importDatagram(importConfig, from: envelope.remoteAddress, envelope.data)
+        }
+        .channelOption(.socketOption(.so_reuseaddr), value: 1)
         switch importConfig.listen {
         case .udp(let host, let port): return bootstrap.bind(host: host, port: port)
         case .unixDatagram(let path): return bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
@@ -389,19 +399,9 @@ extension Gateway {
     /// UDP from the source domain's address if `source_address` says so, or a Unix
     /// datagram socket with a kernel-chosen abstract name.
     private func openFlowSocket(_ id: ConnectionID, export: GatewayConfig.Export, target: SocketAddress) {
-        let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
-        let bootstrap = DatagramBootstrap(group: self.eventLoop)
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: Self.datagramReadSize))
-            .channelOption(.writeBufferWaterMark, value: Self.datagramWriteBuffer)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    Self.setBufferSizes(of: channel, to: Self.flowBufferSize)
-                    let handler = DatagramSocketHandler { envelope in
-                        bound.value.targetReplied(id, from: envelope.remoteAddress, envelope.data)
-                    }
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
+        let bootstrap = self.datagramBootstrap(bufferSize: Self.flowBufferSize) { gateway, envelope in
+            gateway.targetReplied(id, from: envelope.remoteAddress, envelope.data)
+        }
         let future: EventLoopFuture<any Channel>
         switch export.target {
         case .udp:

@@ -268,14 +268,7 @@ extension GatewayConfig {
         }
         let user = try top.optional("user")?.string()
         let group = try top.optional("group")?.string()
-        var controlSocket: String?
-        if let node = top.optional("control_socket") {
-            let path = try node.string()
-            guard path.hasPrefix("/"), path.utf8.count < 108 else {
-                throw node.error("give an absolute path of at most 107 bytes (a Unix socket's limit)")
-            }
-            controlSocket = path
-        }
+        let controlSocket = try top.optional("control_socket")?.socketPath()
         try top.finish(known: [
             "link", "peers", "exports", "imports", "limits", "metrics", "audit", "user", "group", "control_socket",
         ])

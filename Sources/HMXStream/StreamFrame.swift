@@ -185,14 +185,8 @@ public enum StreamFrame: Equatable, Sendable {
             buffer.writeInteger(instance, endianness: .little)
             buffer.writeInteger(base, endianness: .little)
             buffer.writeInteger(UInt32(0), endianness: .little)
-        case .datagram(let key, let servicePort, let payload):
-            Self.writeHeader(
-                &buffer,
-                .datagram,
-                key: key,
-                length: UInt32(payload.readableBytes),
-                value: servicePort
-            )
+        case .datagram(_, _, let payload):
+            self.encodeHeader(into: &buffer)
             buffer.writeImmutableBuffer(payload)
         case .datagramClose(let key, let reason):
             Self.writeHeader(&buffer, .datagramClose, key: key, length: 0, value: reason?.rawValue ?? 0)

@@ -98,30 +98,10 @@ struct Status: ParsableCommand {
             """
     )
 
-    @Option(name: .shortAndLong, help: "The emulator's configuration file (its control_socket: is asked).")
-    var config: String?
-
-    @Option(help: "The control socket to ask (instead of --config).")
-    var socket: String?
-
-    @Flag(help: "Print JSON (for scripts) instead of text.")
-    var json = false
-
-    func validate() throws {
-        if (self.config == nil) == (self.socket == nil) {
-            throw ValidationError("give --config FILE or --socket PATH")
-        }
-    }
+    @OptionGroup var options: StatusOptions
 
     func run() throws {
-        var path = self.socket ?? ""
-        if let file = self.config {
-            guard let socket = loadConfigOrExit(file).controlSocket else {
-                printError("hmx-emulator: \(file): no control_socket: is configured, so the emulator cannot be asked")
-                throw ExitCode(configErrorExitCode)
-            }
-            path = socket
-        }
-        try printStatus(tool: "hmx-emulator", socket: path, json: self.json) { _ in true }
+        let path = try self.options.socketPath(tool: "hmx-emulator") { loadConfigOrExit($0).controlSocket }
+        try printStatus(tool: "hmx-emulator", socket: path, json: self.options.json) { _ in true }
     }
 }

@@ -14,38 +14,14 @@ struct Status: ParsableCommand {
             """
     )
 
-    @Option(name: .shortAndLong, help: "The gateway's configuration file (its control_socket: is asked).")
-    var config: String?
-
-    @Option(help: "The control socket to ask (instead of --config).")
-    var socket: String?
-
-    @Flag(help: "Print JSON (for scripts) instead of text.")
-    var json = false
-
-    func validate() throws {
-        if (self.config == nil) == (self.socket == nil) {
-            throw ValidationError("give --config FILE or --socket PATH")
-        }
-    }
+    @OptionGroup var options: StatusOptions
 
     func run() throws {
-        let path: String
-        if let socket = self.socket {
-            path = socket
-        } else {
-            let config = loadConfigOrExit(self.config!)
-            guard let socket = config.controlSocket else {
-                printError(
-                    "hmx-gateway: \(self.config!): no control_socket: is configured, so the gateway cannot be asked"
-                )
-                throw ExitCode(2)
-            }
-            path = socket
-        }
-        try printStatus(tool: "hmx-gateway", socket: path, json: self.json) { answer in
+        let path = try self.options.socketPath(tool: "hmx-gateway") { loadConfigOrExit($0).controlSocket }
+        let json = self.options.json
+        try printStatus(tool: "hmx-gateway", socket: path, json: json) { answer in
             // The first line (text) or the health object (JSON) says it.
-            self.json ? answer.contains("\"ready\":true") : !answer.prefix { $0 != "\n" }.contains("NOT READY")
+            json ? answer.contains("\"ready\":true") : !answer.prefix { $0 != "\n" }.contains("NOT READY")
         }
     }
 }
