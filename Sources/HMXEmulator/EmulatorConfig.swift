@@ -35,6 +35,10 @@ public struct EmulatorConfig: Sendable, Equatable {
     public var policy: EmulatorPolicy
     /// The local control socket `hmx-emulator status` asks (mode 0600; nil: none).
     public var controlSocket: String? = nil
+    /// The user and group the emulator runs as once its sockets are bound and given to
+    /// their domains' users (nil: it keeps the ones it was started with).
+    public var user: String? = nil
+    public var group: String? = nil
 
     public var settings: ArgoHypervisor.Settings {
         ArgoHypervisor.Settings(
@@ -114,14 +118,20 @@ public struct EmulatorConfig: Sendable, Equatable {
             }
         }
         let controlSocket = try top.optional("control_socket")?.socketPath()
-        try top.finish(known: ["argo", "mac_permissive", "max_memory_mib", "domains", "policy", "control_socket"])
+        let user = try top.optional("user")?.string()
+        let group = try top.optional("group")?.string()
+        try top.finish(known: [
+            "argo", "mac_permissive", "max_memory_mib", "domains", "policy", "control_socket", "user", "group",
+        ])
         return EmulatorConfig(
             file: root.file,
             argoEnabled: argo,
             wildcardRingsAllowed: wildcard,
             domains: domains,
             policy: EmulatorPolicy(rules: rules),
-            controlSocket: controlSocket
+            controlSocket: controlSocket,
+            user: user,
+            group: group
         )
     }
 

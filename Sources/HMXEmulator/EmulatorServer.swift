@@ -224,8 +224,17 @@ public final class EmulatorServer: Sendable {
             )
         }
         // Only the configured user (or, without one, our own user) may connect.
-        if let uid = domain.uid, geteuid() == 0 {
-            _ = chown(path, uid, gid_t.max)
+        if let uid = domain.uid, uid != geteuid() {
+            guard geteuid() == 0, chown(path, uid, gid_t.max) == 0 else {
+                let reason = geteuid() == 0 ? String(cString: strerror(errno)) : "that needs root"
+                close(fd)
+                unlink(path)
+                throw HMXError(
+                    code: .unavailable,
+                    message:
+                        "cannot give \(path) to uid \(uid) for domain \(domain.name): \(reason) (an emulator that gave root up with user: must be restarted to add such a domain)"
+                )
+            }
         }
         _ = chmod(path, 0o600)
         guard listen(fd, 64) == 0, chmx_set_nonblocking(fd) == 0 else {

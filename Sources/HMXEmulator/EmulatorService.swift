@@ -25,6 +25,12 @@ public struct EmulatorService: Service {
     }
 
     public func run() async throws {
+        // Checked before anything is opened: a user that does not exist stops the start.
+        let identity = try PrivilegeDrop.resolve(
+            user: self.initialConfig.user,
+            group: self.initialConfig.group,
+            file: self.initialConfig.file
+        )
         let server = try EmulatorServer(config: self.initialConfig, logger: self.logger)
         do {
             try server.start()
@@ -36,7 +42,11 @@ public struct EmulatorService: Service {
         var control: (any Channel)?
         if let path = self.initialConfig.controlSocket {
             do {
-                control = try await ControlSocket.bind(path: path, group: server.eventLoop) { request in
+                control = try await ControlSocket.bind(
+                    path: path,
+                    owner: (identity.uid, identity.gid),
+                    group: server.eventLoop
+                ) { request in
                     server.status().map { status in
                         switch request {
                         case .status(let json): json ? status.json : status.text
@@ -51,6 +61,20 @@ public struct EmulatorService: Service {
                 await server.shutdown()
                 throw error
             }
+        }
+        if identity.uid != nil || identity.gid != nil {
+            do {
+                try PrivilegeDrop.drop(uid: identity.uid, gid: identity.gid)
+            } catch {
+                self.logger.critical("cannot drop privileges; stopping", metadata: ["error": "\(error)"])
+                control?.close(promise: nil)
+                await server.shutdown()
+                throw error
+            }
+            self.logger.info(
+                "privileges dropped",
+                metadata: ["uid": "\(getuid())", "gid": "\(getgid())", "user": "\(self.initialConfig.user ?? "-")"]
+            )
         }
         // The service manager (systemd Type=notify): ready once every domain's socket
         // listens; the watchdog from the event loop that runs the hypercalls.

@@ -12,8 +12,10 @@ import UnixSignals
 import Glibc
 #endif
 
+/// A synchronous entry point: `run` keeps the process's first thread an ordinary
+/// waiting thread, which the privilege drop (`user:`) reaches like every other.
 @main
-struct HMXEmulatorCommand: AsyncParsableCommand {
+struct HMXEmulatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hmx-emulator",
         abstract:
@@ -35,7 +37,7 @@ func loadConfigOrExit(_ path: String) -> EmulatorConfig {
     }
 }
 
-struct Run: AsyncParsableCommand {
+struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the emulator (SIGHUP reloads the configuration; SIGTERM stops)."
     )
@@ -46,12 +48,12 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
-    func run() async throws {
+    func run() throws {
         let loaded = loadConfigOrExit(self.config)
         bootstrapLogging(level: self.logLevel)
         let logger = Logger(label: "hmx-emulator")
         let service = EmulatorService(configPath: self.config, config: loaded, logger: logger)
-        try await runUntilSignalled(service, tool: "hmx-emulator", logger: logger)
+        try blockUntilDone { try await runUntilSignalled(service, tool: "hmx-emulator", logger: logger) }
     }
 }
 
@@ -86,6 +88,12 @@ struct CheckConfig: ParsableCommand {
             )
         }
         print("policy default: deny")
+        if config.user != nil || config.group != nil {
+            print(
+                "runs as user \(config.user ?? "(unchanged)"), group \(config.group ?? "(the user's)") once its sockets are bound"
+            )
+        }
+        if let control = config.controlSocket { print("control socket: \(control) (hmx-emulator status)") }
     }
 }
 

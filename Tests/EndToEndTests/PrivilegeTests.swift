@@ -81,6 +81,41 @@ extension GatewayEndToEndTests {
             Self.expectDropped(gateway.pid, "after the reload")
         }
 
+        @Test(
+            "the emulator runs as nobody with no capabilities once its sockets are bound; gateways still attach and carry streams"
+        )
+        func emulator() async throws {
+            let lab = try await GatewayLab(emulatorConfig: { directory in
+                (
+                    """
+                    user: nobody
+                    group: nogroup
+                    control_socket: \(directory)/emulator.control
+                    domains:
+                      - {id: 1, name: alpha, socket: \(directory)/alpha.sock}
+                      - {id: 2, name: beta, socket: \(directory)/beta.sock, uid: 0}
+                    policy:
+                    \(GatewayLab.openPolicy)
+                    """,
+                    ["\(directory)/alpha.sock", "\(directory)/beta.sock"]
+                )
+            })
+            let dropped = await eventually(within: 10) { lab.emulator.log.contains("privileges dropped") }
+            #expect(dropped, "\(lab.emulator.log)")
+            Self.expectDropped(lab.emulator.pid, "the emulator after start")
+            // Its control socket belongs to the user it runs as; root still asks it.
+            var info = stat()
+            #expect(lstat("\(lab.directory.path)/emulator.control", &info) == 0 && info.st_uid == 65534)
+            try await lab.startGateways()
+            let status = try await HMXProcessTestSupport.run(
+                executablePath("hmx-emulator") ?? "hmx-emulator",
+                ["status", "--socket", "\(lab.directory.path)/emulator.control"],
+                seconds: 20
+            )
+            #expect(status.output.contains("2 of 2 domains attached"), "\(status.output)")
+            Self.expectDropped(lab.emulator.pid, "the emulator with two domains attached")
+        }
+
         @Test("a user that does not exist stops the start, naming the file and key")
         func unknownUser() async throws {
             let lab = try await GatewayLab()

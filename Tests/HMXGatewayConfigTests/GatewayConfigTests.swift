@@ -114,6 +114,8 @@ struct GatewayConfigTests {
             try EmulatorConfig.parse(emulator + "control_socket: /run/hmx/emulator.control\n", file: "e.yaml")
                 .controlSocket == "/run/hmx/emulator.control"
         )
+        let dropping = try EmulatorConfig.parse(emulator + "user: hmx\ngroup: hmx\n", file: "e.yaml")
+        #expect(dropping.user == "hmx" && dropping.group == "hmx")
         do {
             _ = try EmulatorConfig.parse(emulator + "control_socket: emulator.control\n", file: "e.yaml")
             Issue.record("a relative control_socket was accepted")

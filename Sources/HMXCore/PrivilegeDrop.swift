@@ -5,22 +5,23 @@ import CHMXShims
 import Glibc
 #endif
 
-/// Gives up root once the gateway holds what needed it (listeners, possibly on
-/// privileged ports; the hypervisor link: the emulator's socket, or Xen's privcmd and
-/// event-channel devices; the metrics listener; the audit file): supplementary groups
+/// Gives up root once a daemon holds what needed it (the gateway: listeners, possibly
+/// on privileged ports; the hypervisor link: the emulator's socket, or Xen's privcmd and
+/// event-channel devices; the metrics listener; the audit file. The emulator: its
+/// domains' sockets, given to their users): supplementary groups
 /// cleared, then the group, then the user, in every thread of the process (glibc
 /// applies these calls to all threads). Changing the user from root to another one
 /// clears every capability (the kernel empties the permitted and effective sets; no
 /// `keep-caps`). glibc changes a thread's ids by signalling it, so the command keeps
 /// its first thread an ordinary waiting one (see `blockUntilDone`): parked by Swift's
 /// asynchronous `main` with every signal blocked, it would keep root's ids.
-enum PrivilegeDrop {
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
+public enum PrivilegeDrop {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
     }
 
     /// The ids for `user` and `group` (the group defaults to the user's).
-    static func resolve(user: String?, group: String?, file: String) throws(Failure) -> (uid: uid_t?, gid: gid_t?) {
+    public static func resolve(user: String?, group: String?, file: String) throws(Failure) -> (uid: uid_t?, gid: gid_t?) {
         var uid: uid_t?
         var gid: gid_t?
         if let user {
@@ -39,7 +40,7 @@ enum PrivilegeDrop {
         return (uid, gid)
     }
 
-    static func drop(uid: uid_t?, gid: gid_t?) throws(Failure) {
+    public static func drop(uid: uid_t?, gid: gid_t?) throws(Failure) {
         func check(_ result: CInt, _ what: String) throws(Failure) {
             guard result == 0 else { throw Failure(description: "\(what): \(String(cString: strerror(errno)))") }
         }
