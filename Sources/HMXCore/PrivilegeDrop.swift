@@ -21,7 +21,11 @@ public enum PrivilegeDrop {
     }
 
     /// The ids for `user` and `group` (the group defaults to the user's).
-    public static func resolve(user: String?, group: String?, file: String) throws(Failure) -> (uid: uid_t?, gid: gid_t?) {
+    public static func resolve(
+        user: String?,
+        group: String?,
+        file: String
+    ) throws(Failure) -> (uid: uid_t?, gid: gid_t?) {
         var uid: uid_t?
         var gid: gid_t?
         if let user {
