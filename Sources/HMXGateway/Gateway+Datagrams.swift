@@ -75,6 +75,9 @@ enum DatagramDropReason: String, CaseIterable {
     case noFlow = "no_flow"
     /// The export's socket towards its target could not be opened, or sending failed.
     case targetUnreachable = "target_unreachable"
+    /// Queued for a peer that was given up (a send failed for good: its domain or its
+    /// ring for us is gone); counted for the gateway, not per mapping.
+    case peerUnreachable = "peer_unreachable"
 
     init(_ drop: StreamMultiplexer.DatagramDrop) {
         switch drop {

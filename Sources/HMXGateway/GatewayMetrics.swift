@@ -84,6 +84,9 @@ struct GatewayMetrics: Sendable {
         add(self.outOfOrder, statistics.outOfOrder, previous.outOfOrder)
         add(self.malformedMessages, statistics.malformedMessages, previous.malformedMessages)
         add(self.windowGrowths, statistics.windowGrowths, previous.windowGrowths)
+        if let lost = self.datagramsDropped[.peerUnreachable] {
+            add(lost, statistics.datagramsLost, previous.datagramsLost)
+        }
         if statistics.windowPoolInUse != previous.windowPoolInUse {
             self.windowPoolInUse.set(statistics.windowPoolInUse)
         }

@@ -261,7 +261,7 @@ extension GatewayStatus {
         )
         let s = self.statistics
         lines.append(
-            "messages: \(s.messagesSent) sent, \(s.messagesReceived) received; ring full \(s.ringFull) times; \(s.outOfOrder) out of order; \(s.malformedMessages) malformed"
+            "messages: \(s.messagesSent) sent, \(s.messagesReceived) received; ring full \(s.ringFull) times; \(s.outOfOrder) out of order; \(s.malformedMessages) malformed; \(s.datagramsLost) datagrams lost with a peer given up"
         )
         return lines.joined(separator: "\n") + "\n"
     }
@@ -324,7 +324,7 @@ extension GatewayStatus {
                 JSON.object([
                     ("sent", "\(s.messagesSent)"), ("received", "\(s.messagesReceived)"),
                     ("ring_full", "\(s.ringFull)"), ("out_of_order", "\(s.outOfOrder)"),
-                    ("malformed", "\(s.malformedMessages)"),
+                    ("malformed", "\(s.malformedMessages)"), ("datagrams_lost", "\(s.datagramsLost)"),
                 ])
             ),
         ]) + "\n"

@@ -23,6 +23,8 @@ public struct PeerSender: Sendable {
         /// The result is not needed soon: a backend may report it late (and wake us
         /// less often).
         public var resultMayBeLate: Bool
+        /// DGRAM frames in it (lost with it if sendv fails for good).
+        public var datagrams = 0
     }
 
     /// What became of a message handed to sendv.
@@ -86,6 +88,9 @@ public struct PeerSender: Sendable {
     public private(set) var queuedDataBytes = 0
     /// Connections that stopped reading for want of queue room.
     private var waitingForRoom: [StreamFrame.ConnectionKey] = []
+    /// Datagrams that will never reach the peer: in a message whose sendv failed for
+    /// good, or queued when the peer was given up (counted, as every datagram drop is).
+    public private(set) var datagramsLost = 0
 
     public init(instance: UInt64, configuredInFlight: Int? = nil) {
         self.instance = instance
@@ -168,6 +173,12 @@ public struct PeerSender: Sendable {
     /// the next message's base tells the receiver that the dropped ones never come.
     /// - Returns: connections that waited for queue room.
     public mutating func discard() -> [StreamFrame.ConnectionKey] {
+        for frame in self.queue {
+            if case .datagram = frame { self.datagramsLost += 1 }
+        }
+        for message in self.outstanding where message.state != .delivered {
+            self.datagramsLost += message.message.datagrams
+        }
         self.queue.removeAll()
         self.queuedDataBytes = 0
         self.outstanding.removeAll()
@@ -216,14 +227,20 @@ public struct PeerSender: Sendable {
         let number = self.nextNumber
         let sequence = StreamFrame.sequence(number: number, base: self.base, instance: self.instance)
         self.nextNumber &+= 1
-        let iovecs = self.pack(sequence)
+        let (iovecs, datagrams) = self.pack(sequence)
         let length = iovecs.reduce(0) { $0 + $1.readableBytes }
         // While the window and the peer's ring are less than half used, this message's
         // result is not needed soon.
         let isEarly =
             self.nextNumber &- self.base <= MessageOrder.window / 2
             && self.bytesInFlight + length <= self.inFlightLimit / 2
-        let message = Message(number: number, iovecs: iovecs, length: length, resultMayBeLate: isEarly)
+        let message = Message(
+            number: number,
+            iovecs: iovecs,
+            length: length,
+            resultMayBeLate: isEarly,
+            datagrams: datagrams
+        )
         self.outstanding.append(Outstanding(message: message, state: .inFlight))
         self.bytesInFlight += length
         return message
@@ -246,6 +263,7 @@ public struct PeerSender: Sendable {
             self.outstanding[position].state = .ringFull
             self.isWaitingForRoom = true
         case .failed:
+            // The owner gives the peer up, which discards (and counts) what it carried.
             break
         }
         return true
@@ -264,12 +282,13 @@ public struct PeerSender: Sendable {
     /// ``messageLimit`` bytes. Control frames and DATA headers are packed into shared
     /// small buffers; large DATA payloads are referenced, not copied (the hypervisor
     /// copies them once, into the peer's ring).
-    private mutating func pack(_ sequence: StreamFrame) -> [ByteBuffer] {
+    private mutating func pack(_ sequence: StreamFrame) -> (iovecs: [ByteBuffer], datagrams: Int) {
         let limit = self.messageLimit
         var iovecs: [ByteBuffer] = []
         var small = ByteBufferAllocator().buffer(capacity: 256)
         sequence.encode(into: &small)
         var total = sequence.encodedLength
+        var datagrams = 0
         while let frame = self.queue.first {
             let length = frame.encodedLength
             if total + length > limit, total > sequence.encodedLength { break }
@@ -293,9 +312,10 @@ public struct PeerSender: Sendable {
             }
             total += length
             if let payload = frame.dataPayload { self.queuedDataBytes -= payload.readableBytes }
+            if case .datagram = frame { datagrams += 1 }
             self.queue.removeFirst()
         }
         if small.readableBytes > 0 { iovecs.append(small) }
-        return iovecs
+        return (iovecs, datagrams)
     }
 }

@@ -243,7 +243,9 @@ extension StreamMultiplexer {
         self.actions.append(.notice(.peerFailed(domain, outcome, cause: cause, connections: affected.count)))
         // Connections still opening never reached the peer: they count as refused.
         for id in affected { self.terminate(id, outcome, resetReason: nil) }
+        let lostBefore = self.peers[domain]!.sender.datagramsLost
         _ = self.peers[domain]!.sender.discard()
+        self.statistics.datagramsLost += self.peers[domain]!.sender.datagramsLost - lostBefore
         self.peers[domain]!.order.reset()
         if errno == .ECONNREFUSED { self.peers[domain]!.hasNoRingForUs = true }
         if errno == .ESRCH {

@@ -20,6 +20,9 @@ public struct StreamStatistics: Sendable, Equatable {
     /// Datagrams of flows sent to peers and received from them.
     public var datagramsSent = 0
     public var datagramsReceived = 0
+    /// Datagrams queued for a peer that was given up (a send to it failed for good, or
+    /// it stopped answering): they never reach it.
+    public var datagramsLost = 0
 
     public init() {}
 }

@@ -35,9 +35,16 @@ extension GatewayEndToEndTests {
                 extra: "control_socket: \(lab.directory.path)/alpha.control\n"
             )
             try lab.startGateway(.alpha, config: alphaConfig)
-            // Ready: both rings registered (alpha's waits for beta's domain).
+            try await Self.waitUntilReady(lab, alphaConfig: alphaConfig, betaConfig: betaConfig)
+        }
+
+        /// Both gateways ready: each one's ring for the other registered (a datagram sent
+        /// before the peer's ring for us exists is lost, and counted as such).
+        static func waitUntilReady(_ lab: GatewayLab, alphaConfig: String, betaConfig: String) async throws {
             let ready = await eventually(within: 30) {
-                (try? await lab.run(.alpha, "hmx-gateway", ["status", "--config", alphaConfig]))?.status == 0
+                let alpha = try? await lab.run(.alpha, "hmx-gateway", ["status", "--config", alphaConfig])
+                let beta = try? await lab.run(.beta, "hmx-gateway", ["status", "--config", betaConfig])
+                return alpha?.status == 0 && beta?.status == 0
             }
             try #require(ready, "\(lab.gatewayLogs)")
         }
@@ -63,6 +70,20 @@ extension GatewayEndToEndTests {
 
         static func dropped(_ mapping: [String: Any]) -> Int {
             (mapping["datagrams_dropped"] as? [String: Int] ?? [:]).values.reduce(0, +)
+        }
+
+        /// Datagrams a gateway lost with a peer it gave up (`messages.datagrams_lost`).
+        static func lostWithPeer(_ lab: GatewayLab, _ domain: GatewayLab.Domain) async throws -> Int {
+            let answer = try await lab.run(
+                domain,
+                "hmx-gateway",
+                ["status", "--socket", "\(lab.directory.path)/\(domain.rawValue).control", "--json"]
+            )
+            let status = try #require(
+                try JSONSerialization.jsonObject(with: Data(answer.output.utf8)) as? [String: Any],
+                "\(answer.output)"
+            )
+            return (status["messages"] as? [String: Any])?["datagrams_lost"] as? Int ?? -1
         }
 
         static func json(_ line: String) throws -> [String: Any] {
@@ -199,7 +220,9 @@ extension GatewayEndToEndTests {
             // Dropped where: by alpha's gateway (its queue for beta), by beta's (its
             // socket to the receiver), by the kernel at alpha's import socket or at the
             // receiver's socket.
-            let accounted = count + Self.dropped(alpha) + Self.dropped(beta) + kernel.0 + kernel.1
+            let lost = (try await Self.lostWithPeer(lab, .alpha), try await Self.lostWithPeer(lab, .beta))
+            #expect(lost == (0, 0), "no peer was given up")
+            let accounted = count + Self.dropped(alpha) + Self.dropped(beta) + kernel.0 + kernel.1 + lost.0 + lost.1
             #expect(
                 accounted == 20000,
                 "received \(count), alpha dropped \(alpha["datagrams_dropped"] ?? ""), beta dropped \(beta["datagrams_dropped"] ?? ""), kernel \(kernel)"
@@ -284,15 +307,13 @@ extension GatewayEndToEndTests {
         static let toolPath = Datagrams.toolPath
 
         static func start(_ lab: GatewayLab, target: String, listen: String) async throws {
-            try lab.startGateway(
+            let betaConfig = try lab.gatewayConfig(
                 .beta,
-                config: try lab.gatewayConfig(
-                    .beta,
-                    exports: [.init(name: "ipc", port: 60, target: target)],
-                    imports: [],
-                    extra: "control_socket: \(lab.directory.path)/beta.control\n"
-                )
+                exports: [.init(name: "ipc", port: 60, target: target)],
+                imports: [],
+                extra: "control_socket: \(lab.directory.path)/beta.control\n"
             )
+            try lab.startGateway(.beta, config: betaConfig)
             let alphaConfig = try lab.gatewayConfig(
                 .alpha,
                 exports: [],
@@ -300,10 +321,7 @@ extension GatewayEndToEndTests {
                 extra: "control_socket: \(lab.directory.path)/alpha.control\n"
             )
             try lab.startGateway(.alpha, config: alphaConfig)
-            let ready = await eventually(within: 30) {
-                (try? await lab.run(.alpha, "hmx-gateway", ["status", "--config", alphaConfig]))?.status == 0
-            }
-            try #require(ready, "\(lab.gatewayLogs)")
+            try await Datagrams.waitUntilReady(lab, alphaConfig: alphaConfig, betaConfig: betaConfig)
         }
 
         @Test(
@@ -347,9 +365,10 @@ extension GatewayEndToEndTests {
                     """
                     import socket, sys
                     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.settimeout(10); s.connect(sys.argv[1])
-                    s.send(b'x')
-                    try: print('got', s.recv(100))
-                    except OSError as error: print('ended', type(error).__name__)
+                    try:
+                        s.send(b'x'); print('got', s.recv(100))
+                    except OSError as error:
+                        print('ended', type(error).__name__)
                     """,
                     listen,
                 ]
