@@ -21,6 +21,7 @@ struct HMXCat: AsyncParsableCommand {
             Exit status: 0 success; 3 cannot attach; 4 link lost; \
             \(ExitStatus.table.map { "\($0.code) \($0.errno.name)" }.joined(separator: ", ")).
             """,
+        version: hmxVersion,
         subcommands: [Listen.self, Send.self, Flood.self],
     )
 }

@@ -20,6 +20,7 @@ struct HMXEmulatorCommand: ParsableCommand {
         commandName: "hmx-emulator",
         abstract:
             "A user-space stand-in for Xen's Argo hypervisor: each domain is a process attached over its own Unix socket.",
+        version: hmxVersion,
         subcommands: [Run.self, CheckConfig.self, Status.self],
         defaultSubcommand: Run.self
     )

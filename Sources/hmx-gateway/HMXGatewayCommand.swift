@@ -25,6 +25,7 @@ struct HMXGatewayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hmx-gateway",
         abstract: "Bridge TCP, Unix and vsock sockets onto HMX (Argo) streams between domains.",
+        version: hmxVersion,
         subcommands: [Run.self, CheckConfig.self, Explain.self, Status.self],
         defaultSubcommand: Run.self
     )
