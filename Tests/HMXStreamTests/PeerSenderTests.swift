@@ -27,8 +27,10 @@ struct PeerSenderTests {
     @Test("a burst of frames becomes one numbered message that starts with SEQUENCE")
     func packing() throws {
         var sender = PeerSender(instance: 99)
+        sender.peerRingChanged(maximumMessageSize: 1 << 20)
         sender.enqueue(.credit(key: Self.key, increment: 10))
         sender.enqueue(Self.data(2000))
+        sender.enqueue(Self.data(20000))
         sender.enqueue(.fin(key: Self.key))
         let result1 = sender.nextMessage()
         let message = try #require(result1)
@@ -36,10 +38,12 @@ struct PeerSenderTests {
         #expect(
             try Self.frames(of: message) == [
                 .sequence(number: 0, base: 0, instance: 99), .credit(key: Self.received, increment: 10),
-                .data(key: Self.received, payload: ByteBuffer(repeating: 1, count: 2000)), .fin(key: Self.received),
+                .data(key: Self.received, payload: ByteBuffer(repeating: 1, count: 2000)),
+                .data(key: Self.received, payload: ByteBuffer(repeating: 1, count: 20000)), .fin(key: Self.received),
             ]
         )
-        // The large payload is its own iovec (not copied).
+        // The small payload is copied with the frames around it; the large one is its
+        // own iovec (not copied).
         #expect(message.iovecs.count == 3)
         let result2 = sender.nextMessage()
         #expect(result2 == nil)
