@@ -24,7 +24,9 @@
                                                namespace (/proc/net/snmp RcvbufErrors)
 
 A numbered datagram: 8-byte big-endian number, then bytes that are a function of the
-number and the length, so that a cut, merged or corrupted datagram is seen.
+number and the length, so that a cut, merged or corrupted datagram is seen. One of 1 to
+7 bytes holds only the number's last bytes: the receiver expects the number after the
+last one there (senders make them only for receivers that keep up).
 """
 import argparse
 import json
@@ -48,16 +50,20 @@ def big_buffers(sock):
 
 
 def payload(number, size):
+    if size < 8:
+        return struct.pack(">Q", number)[8 - size:]
     head = struct.pack(">Q", number)
     body = bytes(((number * 31 + i) & 0xFF) for i in range(min(size - 8, 64)))
     filler = bytes([number & 0xFF]) * (size - 8 - len(body))
     return head + body + filler
 
 
-def sizes(seed, count):
+def sizes(seed, count, smallest=8):
     rng = random.Random(seed)
-    # Log-uniform from 8 to the largest UDP datagram: every order of magnitude.
-    return [int(math.exp(rng.uniform(math.log(8), math.log(LARGEST)))) for _ in range(count)]
+    # The smallest and the largest, then log-uniform: every order of magnitude.
+    drawn = [min(LARGEST, int(math.exp(rng.uniform(math.log(smallest), math.log(LARGEST + 1)))))
+             for _ in range(count)]
+    return ([smallest, LARGEST] + drawn)[:count]
 
 
 def receive(args):
@@ -74,7 +80,11 @@ def receive(args):
         state["received"] += 1
         state["bytes"] += len(data)
         if len(data) < 8:
-            errors.append(f"short datagram of {len(data)} bytes")
+            # Only the last bytes of the number after the last one.
+            expected = state["last"] + 1
+            if data != payload(expected, len(data)):
+                errors.append(f"a {len(data)}-byte datagram that is not number {expected}'s")
+            state["last"] = expected
         else:
             number = struct.unpack(">Q", data[:8])[0]
             if number <= state["last"]:
@@ -107,7 +117,7 @@ def send(args):
     acked, sent, total = 0, 0, 0
     in_flight = []  # sizes of datagrams not acknowledged yet, oldest first
     deadline = time.monotonic() + args.timeout
-    for number, size in enumerate(sizes(args.seed, args.count)):
+    for number, size in enumerate(sizes(args.seed, args.count, args.smallest)):
         if args.window:
             while len(in_flight) >= args.window or (in_flight and sum(in_flight) + size > args.window_bytes):
                 # An ack that does not come in 10 s was lost with its datagram.
@@ -238,6 +248,7 @@ def main():
     command.add_argument("--seed", type=int, default=1)
     command.add_argument("--window", type=int, default=0)
     command.add_argument("--window-bytes", type=int, default=1 << 30)
+    command.add_argument("--smallest", type=int, default=8, help="1 only for a receiver that keeps up")
     command.add_argument("--timeout", type=float, default=240)
     command = commands.add_parser("rate")
     command.add_argument("--port", type=int, required=True)
