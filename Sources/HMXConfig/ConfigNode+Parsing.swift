@@ -12,6 +12,9 @@ extension ConfigNode {
 
     /// Parses YAML text; `file` names it in errors.
     public static func parse(_ text: String, file: String) throws(ConfigError) -> ConfigNode {
+        if let problem = YAMLShapeCheck.firstProblem(in: text) {
+            throw ConfigError(file: file, line: problem.line, key: problem.key, reason: problem.reason)
+        }
         let node: Node?
         do {
             node = try Yams.compose(yaml: text, Self.resolver)
@@ -31,28 +34,10 @@ extension ConfigNode {
     }
 
     /// Every YAML error with its line: Yams' marks are 1-based lines; a reader error
-    /// (a character YAML does not allow) gives a byte offset; a repeated key is located
-    /// again by ``DuplicateKeyFinder``, for its path and the line of the repetition.
+    /// (a character YAML does not allow) gives a byte offset. (Keys that are not
+    /// strings and repeated keys were refused before, by ``YAMLShapeCheck``.)
     private static func describe(_ error: YamlError, text: String, file: String) -> ConfigError {
         switch error {
-        case .duplicatedKeysInMapping(let duplicates, let context):
-            if let duplicate = DuplicateKeyFinder.first(in: text) {
-                return ConfigError(
-                    file: file,
-                    line: duplicate.line,
-                    key: duplicate.key,
-                    reason: "duplicate key (first at line \(duplicate.firstLine))"
-                )
-            }
-            // Keys that are not strings (a list or mapping as a key): where Yams saw the
-            // first of them.
-            return ConfigError(
-                file: file,
-                line: context.mark.line,
-                key: "",
-                reason:
-                    "duplicate key (\(duplicates.count == 1 ? "a key" : "keys") that \(duplicates.count == 1 ? "is" : "are") not a string)"
-            )
         case .reader(let problem, let offset, _, _):
             let line = offset.map { Self.line(atByteOffset: $0, in: text) }
             return ConfigError(file: file, line: line, key: "", reason: "not valid YAML: \(problem)")

@@ -88,10 +88,44 @@ struct ConfigErrorLineTests {
         }
     }
 
-    @Test("keys that are lists still get a line", arguments: Tool.allCases)
-    func duplicateComplexKeys(_ tool: Tool) {
-        let error = tool.error(tool.start + "? [x]\n: 1\n? [x]\n: 2\n")
-        #expect(error?.description == "\(tool.rawValue):2: duplicate key (a key that is not a string)")
+    @Test("keys that are not strings are refused with their line and path", arguments: Tool.allCases)
+    func keysThatAreNotStrings(_ tool: Tool) {
+        let file = tool.rawValue
+        #expect(
+            tool.error(tool.start + "? [x]\n: 1\n? [x]\n: 2\n")?.description
+                == "\(file):2: a key must be a string, not a list"
+        )
+        #expect(
+            tool.error(tool.start + "peers:\n  a: 1\n  {b: 2}: 3\n")?.description
+                == "\(file):4: peers: a key must be a string, not a mapping"
+        )
+        #expect(
+            tool.error(tool.start + "x: &k name\nlist:\n  - *k : 1\n")?.description
+                == "\(file):4: list[0]: a key must be a string, not an alias"
+        )
+    }
+
+    @Test("nesting deeper than any configuration is refused at its line", arguments: Tool.allCases)
+    func deepNesting(_ tool: Tool) {
+        let deep = String(repeating: "[", count: 40) + String(repeating: "]", count: 40)
+        let error = tool.error(tool.start + "x: \(deep)\n")
+        #expect(error?.line == 2)
+        #expect(error?.key == "x" + String(repeating: "[0]", count: 31))
+        #expect(error?.reason == "nested more than 32 levels deep")
+    }
+
+    /// Nested explicit complex keys (the config fuzzer found these) made the YAML
+    /// library compare whole key trees: over a minute for 2 KiB. Refused before.
+    @Test("nested complex keys are refused at once", arguments: Tool.allCases)
+    func nestedComplexKeys(_ tool: Tool) {
+        var text = ""
+        for _ in 0..<40 { text += "?   ?  - ? ?  - ?   ?  - ?    ? -  ? ?    ? -  ?   ? -  ? ?    ? - \r" }
+        let clock = ContinuousClock()
+        let started = clock.now
+        let error = tool.error(text)
+        #expect(error?.line == 1)
+        #expect(error?.reason.hasPrefix("a key must be a string") == true)
+        #expect(clock.now - started < .seconds(10))
     }
 
     @Test("what YAML refuses, an empty file, bytes that are not UTF-8", arguments: Tool.allCases)
