@@ -6,7 +6,8 @@
                                                numbered datagrams: checks order and
                                                contents, acks to the sender, prints a
                                                JSON summary when idle for 2 s (and goes
-                                               on with --forever)
+                                               on with --forever); datagram 0 starts a
+                                               new run
   send --port P --count N --seed S [--window W --window-bytes B]
                                                numbered datagrams of random sizes
                                                (log-uniform 8..65507); with a window,
@@ -87,6 +88,12 @@ def receive(args):
             state["last"] = expected
         else:
             number = struct.unpack(">Q", data[:8])[0]
+            if number == 0 and state["received"] > 1:
+                # A new run (a sender that starts at once after the last one ended).
+                ended = {**state, "received": state["received"] - 1, "bytes": state["bytes"] - len(data)}
+                print(json.dumps({**ended, "errors": errors[:20]}), flush=True)
+                state.update(received=1, last=-1, bytes=len(data))
+                errors.clear()
             if number <= state["last"]:
                 errors.append(f"{number} after {state['last']}: out of order")
             if data != payload(number, len(data)):
