@@ -92,7 +92,9 @@ public struct PeerSender: Sendable {
     /// Connections that stopped reading for want of queue room.
     private var waitingForRoom: [StreamFrame.ConnectionKey] = []
     /// Datagrams that will never reach the peer: in a message whose sendv failed for
-    /// good, or queued when the peer was given up (counted, as every datagram drop is).
+    /// good, queued when the peer was given up, or queued while the size of its ring
+    /// was unknown and then larger than a message to it may be (counted, as every
+    /// datagram drop is).
     public private(set) var datagramsLost = 0
 
     public init(instance: UInt64, configuredInFlight: Int? = nil) {
@@ -223,7 +225,8 @@ public struct PeerSender: Sendable {
             self.bytesInFlight += retry.length
             return retry
         }
-        guard !self.queue.isEmpty, self.nextNumber &- self.base < MessageOrder.window, self.mayStart(self.messageLimit)
+        guard self.takeOversizeDatagrams(),
+            !self.queue.isEmpty, self.nextNumber &- self.base < MessageOrder.window, self.mayStart(self.messageLimit)
         else {
             return nil
         }
@@ -247,6 +250,24 @@ public struct PeerSender: Sendable {
         self.outstanding.append(Outstanding(message: message, state: .inFlight))
         self.bytesInFlight += length
         return message
+    }
+
+    /// A datagram at the head of the queue that is larger than a message to this peer
+    /// may be: while the size of the peer's ring is not known yet (the query is under
+    /// way, at the start or after the peer restarted), it waits for it, and what is
+    /// queued behind it too (a flow's datagrams stay in order); once the size is known,
+    /// each that still does not fit is dropped and counted.
+    /// - Returns: false while the head waits for the size.
+    private mutating func takeOversizeDatagrams() -> Bool {
+        while let head = self.queue.first, case .datagram(_, _, let payload) = head,
+            Self.sequenceLength + head.encodedLength > self.messageLimit
+        {
+            guard self.isMessageSizeKnown else { return false }
+            self.queue.removeFirst()
+            self.queuedDataBytes -= payload.readableBytes
+            self.datagramsLost += 1
+        }
+        return true
     }
 
     /// The result of sendv for message `number`.

@@ -41,7 +41,10 @@ extension StreamMultiplexer {
             self.peerFailed(domain, .notDraining(queuedFrames: frames), now: now)
             return nil
         }
-        return self.peers[domain]!.sender.nextMessage()
+        let lostBefore = self.peers[domain]!.sender.datagramsLost
+        let message = self.peers[domain]!.sender.nextMessage()
+        self.statistics.datagramsLost += self.peers[domain]!.sender.datagramsLost - lostBefore
+        return message
     }
 
     /// Messages to `domain` were handed to sendv: connections that stopped reading for
@@ -180,6 +183,8 @@ extension StreamMultiplexer {
         self.peers[domain]!.health.sizeQueryCompleted()
         if let size = maximumMessageSize, size >= 64 {
             self.peers[domain]!.sender.peerRingChanged(maximumMessageSize: size)
+            // Datagrams may have waited for the size.
+            if self.peers[domain]!.sender.queuedFrames > 0 { self.schedulePump(domain) }
         }
     }
 
@@ -286,8 +291,11 @@ extension StreamMultiplexer {
         self.ensurePeer(domain, now: now)
         let peer = self.peers[domain]!
         let frame = StreamFrame.datagram(key: key, servicePort: servicePort, payload: payload)
+        // While the size of the peer's ring is unknown, a datagram larger than the
+        // provisional message size waits in the queue for it (see PeerSender).
         guard payload.readableBytes <= StreamFrame.maximumDatagramLength,
-            PeerSender.sequenceLength + frame.encodedLength <= peer.sender.messageLimit
+            !peer.sender.isMessageSizeKnown
+                || PeerSender.sequenceLength + frame.encodedLength <= peer.sender.messageLimit
         else { return .tooLarge }
         guard peer.sender.hasQueueRoom else { return .queueFull }
         self.statistics.datagramsSent += 1

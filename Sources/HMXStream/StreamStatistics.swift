@@ -21,7 +21,8 @@ public struct StreamStatistics: Sendable, Equatable {
     public var datagramsSent = 0
     public var datagramsReceived = 0
     /// Datagrams queued for a peer that was given up (a send to it failed for good, or
-    /// it stopped answering): they never reach it.
+    /// it stopped answering), or queued before the size of its ring was known and then
+    /// larger than a message to it may be: they never reach it.
     public var datagramsLost = 0
 
     public init() {}

@@ -78,11 +78,44 @@ struct StreamMultiplexerTests {
         #expect(try Self.sent(&mux, to: Self.mallory) == [.pong(instance: 42, nonce: 3)])
     }
 
+    /// The first datagrams of a flow can come before notify has told the size of the
+    /// peer's ring (at the start, or after the peer restarted): they wait for it, and
+    /// only one that the ring turns out too small for is dropped, and counted.
+    @Test("datagrams larger than the provisional message size wait for the peer's ring size")
+    func datagramsWaitForTheRingSize() throws {
+        var multiplexer = Self.multiplexer()
+        let flow = StreamFrame.ConnectionKey(id: 5, openedLocally: true)
+        for size in [9000, 10, 20000] {
+            #expect(
+                multiplexer.sendDatagram(
+                    flow,
+                    to: Self.alpha,
+                    servicePort: 53,
+                    ByteBuffer(repeating: 3, count: size),
+                    now: Self.now
+                ) == nil
+            )
+        }
+        #expect(multiplexer.nextMessage(to: Self.alpha, now: Self.now) == nil, "waits for the size")
+        // A ring whose messages take 12,000 bytes: 9,000 and 10 go, 20,000 never can.
+        multiplexer.messageSizeQueried(for: Self.alpha, maximumMessageSize: 12000)
+        let sent = try Self.sent(&multiplexer, to: Self.alpha)
+        #expect(
+            sent.map { frame -> Int in
+                guard case .datagram(flow, 53, let payload) = frame else { return -1 }
+                return payload.readableBytes
+            } == [9000, 10]
+        )
+        #expect(multiplexer.statistics.datagramsLost == 1)
+        #expect(multiplexer.statistics.datagramsSent == 3)
+    }
+
     @Test("datagrams: queued in order within a message's size and the queue bound, else dropped and said why")
     func datagrams() throws {
         var multiplexer = Self.multiplexer()
         let flow = StreamFrame.ConnectionKey(id: 5, openedLocally: true)
-        // Until notify tells the size of the peer's ring, messages are 4000 bytes.
+        // Until notify tells the size of the peer's ring, messages are 4000 bytes: a
+        // larger datagram waits for the size (and what comes after it, in order).
         #expect(
             multiplexer.sendDatagram(
                 flow,
@@ -90,9 +123,9 @@ struct StreamMultiplexerTests {
                 servicePort: 53,
                 ByteBuffer(repeating: 1, count: 4000),
                 now: Self.now
-            )
-                == .tooLarge
+            ) == nil
         )
+        #expect(multiplexer.nextMessage(to: Self.alpha, now: Self.now) == nil)
         multiplexer.messageSizeQueried(for: Self.alpha, maximumMessageSize: 1 << 20)
         for size in [0, 1, 4000, 65536] {
             #expect(
@@ -115,14 +148,15 @@ struct StreamMultiplexerTests {
             )
                 == .tooLarge
         )
-        #expect(multiplexer.statistics.datagramsSent == 4)
+        #expect(multiplexer.statistics.datagramsSent == 5)
         let sent = try Self.sent(&multiplexer, to: Self.alpha)
         #expect(
             sent.map { frame -> Int in
                 guard case .datagram(let key, 53, let payload) = frame, key == flow else { return -1 }
                 return payload.readableBytes
-            } == [0, 1, 4000, 65536]
+            } == [4000, 0, 1, 4000, 65536]
         )
+        #expect(multiplexer.statistics.datagramsLost == 0)
         // The queue bound: datagrams beyond it are dropped (a flow never holds up others).
         var dropped = 0
         for _ in 0..<200 {
