@@ -71,10 +71,15 @@ public struct GatewayService: Service {
             self.logger.critical("cannot attach to the hypervisor", metadata: ["error": "\(error)"])
             throw error
         }
-        self.logger.info(
-            "attached to the hypervisor",
-            metadata: ["domain": "\(link.localDomain)", "backend": "\(self.initialConfig.link.backend)"]
-        )
+        var attached: Logger.Metadata = [
+            "domain": "\(link.localDomain)", "backend": "\(self.initialConfig.link.backend)",
+        ]
+        if let xen = link as? XenLink {
+            // Which way ring memory is given to Xen depends on the guest type.
+            attached["guest_type"] = "\(xen.guestType)"
+            attached["ring_frames"] = "\(xen.frameMethod)"
+        }
+        self.logger.info("attached to the hypervisor", metadata: attached)
         let config = self.initialConfig
         let logger = self.logger
         let inherited = InheritedListeners.fromEnvironment()
