@@ -65,6 +65,54 @@ int cxa_is_control_domain(void) {
     return read_small_file("/proc/xen/capabilities", buf, sizeof buf) > 0 && strstr(buf, "control_d") != NULL;
 }
 
+struct cxa_store {
+    struct xs_handle *xs;
+};
+
+cxa_store *cxa_store_open(void) {
+    struct xs_handle *xs = xs_open(0);
+    if (!xs) return NULL;
+    cxa_store *store = calloc(1, sizeof *store);
+    if (!store) {
+        xs_close(xs);
+        errno = ENOMEM;
+        return NULL;
+    }
+    store->xs = xs;
+    return store;
+}
+
+void cxa_store_close(cxa_store *store) {
+    if (!store) return;
+    xs_close(store->xs);
+    free(store);
+}
+
+int cxa_store_write(cxa_store *store, const char *path, const char *value) {
+    if (!xs_write(store->xs, XBT_NULL, path, value, (unsigned int)strlen(value))) return -(errno ? errno : EIO);
+    return 0;
+}
+
+long cxa_store_read(cxa_store *store, const char *path, char *buffer, size_t size) {
+    unsigned int len = 0;
+    char *value = xs_read(store->xs, XBT_NULL, path, &len);
+    if (!value) return -(errno ? errno : ENOENT);
+    long result = len;
+    if ((size_t)len + 1 > size) {
+        result = -E2BIG;
+    } else {
+        memcpy(buffer, value, len);
+        buffer[len] = 0;
+    }
+    free(value);
+    return result;
+}
+
+int cxa_store_remove(cxa_store *store, const char *path) {
+    if (!xs_rm(store->xs, XBT_NULL, path)) return -(errno ? errno : EIO);
+    return 0;
+}
+
 int cxa_local_domid(void) {
     if (cxa_is_control_domain()) return 0;
     struct xs_handle *xs = xs_open(0);

@@ -14,8 +14,11 @@ public struct ConformanceSuite: Sendable {
     public struct World: Sendable {
         /// The domain under test.
         public var primary: any HMXRawHypercalls
-        /// A second domain, for checks that need two (nil: skipped, and reported so).
+        /// A second domain in this process, for checks that need two (the emulator).
         public var peer: (any HMXRawHypercalls)?
+        /// A second domain elsewhere (Xen: an agent in another domain). With neither,
+        /// the checks that need two domains are skipped, and reported so.
+        public var remotePeer: (any ConformancePeer)?
         /// Whether the hypervisor allows wildcard rings (Xen's mac-permissive).
         public var wildcardRingsAllowed: Bool
         /// A domain id that certainly does not exist.
@@ -24,11 +27,13 @@ public struct ConformanceSuite: Sendable {
         public init(
             primary: any HMXRawHypercalls,
             peer: (any HMXRawHypercalls)?,
+            remotePeer: (any ConformancePeer)? = nil,
             wildcardRingsAllowed: Bool,
             absentDomain: DomainID
         ) {
             self.primary = primary
             self.peer = peer
+            self.remotePeer = remotePeer
             self.wildcardRingsAllowed = wildcardRingsAllowed
             self.absentDomain = absentDomain
         }
@@ -36,7 +41,7 @@ public struct ConformanceSuite: Sendable {
 
     public struct Check: Sendable {
         public var name: String
-        /// Needs ``World/peer``.
+        /// Needs ``World/peer`` or ``World/remotePeer``.
         public var needsPeer: Bool
         public var body: @Sendable (CheckContext) async throws -> Void
 
@@ -68,7 +73,9 @@ public struct ConformanceSuite: Sendable {
     /// Runs one check by name. Rings it registered are unregistered afterwards.
     public static func run(_ name: String, in world: World) async -> Outcome {
         guard let check = self.checks.first(where: { $0.name == name }) else { return .failed("no such check") }
-        if check.needsPeer, world.peer == nil { return .notApplicable("needs a second domain") }
+        if check.needsPeer, world.peer == nil, world.remotePeer == nil {
+            return .notApplicable("needs a second domain")
+        }
         let context = CheckContext(world: world)
         do {
             try await check.body(context)
@@ -120,9 +127,11 @@ public final class CheckContext: Sendable {
         self.peer = world.peer.map { Raw(link: $0, tracker: tracker, events: EventWatch($0)) }
     }
 
-    /// The peer, which checks marked `needsPeer` can rely on.
-    var requirePeer: Raw {
+    /// The second domain, which checks marked `needsPeer` can rely on: in this process,
+    /// or the remote one.
+    var requirePeer: any ConformancePeer {
         get throws {
+            if let remote = self.world.remotePeer { return remote }
             guard let peer = self.peer else { throw ConformanceSuite.CheckFailure("needs a second domain") }
             return peer
         }

@@ -15,7 +15,7 @@ struct HMXConformanceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hmx-conformance",
         abstract: "Run the Argo conformance suite or a link benchmark against Xen or the emulator.",
-        subcommands: [Check.self, Bench.self],
+        subcommands: [Check.self, Bench.self, Agent.self],
         defaultSubcommand: Check.self
     )
 }
@@ -28,8 +28,9 @@ struct Check: AsyncParsableCommand {
             Prints one line per check (PASS, FAIL or N/A) and the closing line \
             'conformance: N passed, M failed[, K skipped]'. Exit status: 0 if no check \
             failed, 1 if one did, 2 if the backend could not be opened.
-            On Xen there is one domain per process, so checks that need a second domain \
-            are skipped; with the emulator, --peer-socket supplies the second domain.
+            On Xen there is one domain per process: --peer-agent DOMID makes domain \
+            DOMID, running 'hmx-conformance agent', the second domain (else the checks \
+            that need one are skipped); with the emulator, --peer-socket supplies it.
             """
     )
 
@@ -47,6 +48,15 @@ struct Check: AsyncParsableCommand {
     @Flag(help: "List the checks and exit.")
     var list = false
 
+    @Option(help: "Xen: the domain running 'hmx-conformance agent', the second domain of the two-domain checks.")
+    var peerAgent: UInt16?
+
+    func validate() throws {
+        if self.peerAgent != nil, self.backend.backend != .xen {
+            throw ValidationError("--peer-agent is for --backend xen (the emulator's second domain is --peer-socket)")
+        }
+    }
+
     func run() async throws {
         if self.list {
             for name in ConformanceSuite.checkNames { writeLine(name) }
@@ -55,9 +65,23 @@ struct Check: AsyncParsableCommand {
         let pagesBefore = self.backend.reservedPages()
         let links = try await self.backend.open(peer: true)
         writeLine("backend: \(links.description)")
+        var remote: RemotePeer?
+        if let agentDomain = self.peerAgent {
+            do {
+                let channel = try XenStoreChannel(domain: DomainID(agentDomain))
+                try await channel.waitForAgent(seconds: 240)
+                remote = try await RemotePeer.connect { try await channel.exchange($0) }
+                writeLine("peer: the agent in domain \(agentDomain)")
+            } catch {
+                printError("hmx-conformance: cannot reach the agent in domain \(agentDomain): \(error)")
+                await links.close()
+                throw ExitCode(2)
+            }
+        }
         let world = ConformanceSuite.World(
             primary: links.primary,
             peer: links.peer,
+            remotePeer: remote,
             wildcardRingsAllowed: self.macPermissive,
             absentDomain: DomainID(self.absentDomain)
         )
@@ -69,6 +93,9 @@ struct Check: AsyncParsableCommand {
             passed = await Self.runSelected(self.only, in: world)
         }
         printError("conformance: ran for \(fixed(monotonicSeconds() - started, 1)) s")
+        if let remote {
+            do { try await remote.quit() } catch { printError("hmx-conformance: the agent did not quit: \(error)") }
+        }
         // Every check unregisters its rings and releases its scratch frames; on Xen the
         // domain must hold exactly as many pages as before, with the link still open.
         // Scratch releases are queued on the link's loop: let them run first (FIFO).

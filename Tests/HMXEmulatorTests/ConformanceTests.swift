@@ -27,3 +27,60 @@ struct ConformanceTests {
         }
     }
 }
+
+/// The two-domain checks with the second domain behind the agent protocol, as on Xen
+/// (where `hmx-conformance agent` in a domU answers through xenstore): here the agent
+/// answers in process, on a second emulator link.
+@Suite("Argo conformance with a remote second domain", .serialized)
+struct RemotePeerConformanceTests {
+    static let twoDomainChecks = ConformanceSuite.checkNames.filter { $0.hasPrefix("two domains:") }
+
+    @Test(arguments: Self.twoDomainChecks)
+    func check(_ name: String) async throws {
+        #expect(Self.twoDomainChecks.count == 4)
+        try await withEmulator(macPermissive: false) { emulator in
+            let primary = try await emulator.attach(1)
+            let agentLink = try await emulator.attach(2)
+            let agent = ConformanceAgent(link: agentLink)
+            let remote = try await RemotePeer.connect { line in
+                let answer = await agent.answer(line)
+                agent.releaseMemory()
+                return answer
+            }
+            #expect(remote.domain == DomainID(2))
+            let world = ConformanceSuite.World(
+                primary: primary,
+                peer: nil,
+                remotePeer: remote,
+                wildcardRingsAllowed: false,
+                absentDomain: DomainID(0x7000)
+            )
+            let outcome = await ConformanceSuite.run(name, in: world)
+            #expect(outcome == .passed, "\(name): \(outcome)")
+            try await remote.quit()
+            #expect(agent.isStopped)
+            _ = try? await primary.close().get()
+            _ = try? await agentLink.close().get()
+        }
+    }
+
+    @Test("the agent refuses what is not a request, and bounds what a request carries")
+    func malformed() async throws {
+        try await withEmulator(macPermissive: false) { emulator in
+            let link = try await emulator.attach(2)
+            let agent = ConformanceAgent(link: link)
+            for line in ["", "sendv 1 2 3", "sendv 1 2 3 4 zz", "sendv 1 2 3 4 abc", "events now", "reboot"] {
+                #expect(await agent.answer(line) == "error malformed request", "\(line)")
+            }
+            let tooMuch = String(repeating: "00", count: 1501)
+            #expect(await agent.answer("sendv 2 1 1 1 \(tooMuch)") == "error malformed request")
+            #expect(await agent.answer("domain") == "2")
+            #expect(await agent.answer("events") == "0")
+            // A send to a ring that does not exist (its own, port 77): the hypervisor's
+            // answer, as a number.
+            let answer = await agent.answer("sendv 2 1 2 77 0102")
+            #expect(answer == "\(-Int64(ArgoErrno.ECONNREFUSED.rawValue))", "\(answer)")
+            _ = try? await link.close().get()
+        }
+    }
+}

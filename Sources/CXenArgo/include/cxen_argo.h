@@ -63,6 +63,19 @@ long cxa_current_reservation(cxa_hypervisor *h);
 /// Returns the id (>= 0) or -errno.
 int cxa_local_domid(void);
 
+/// A connection to xenstore (libxenstore), for test tools that talk across domains
+/// without Argo. NULL on failure (errno set).
+typedef struct cxa_store cxa_store;
+cxa_store *cxa_store_open(void);
+void cxa_store_close(cxa_store *store);
+/// Writes `value` at `path` (created with its parent's permissions). 0 or -errno.
+int cxa_store_write(cxa_store *store, const char *path, const char *value);
+/// Reads `path` into `buffer` (NUL-terminated, at most `size` - 1 bytes). The value's
+/// length, or -errno (-ENOENT: no such node; -E2BIG: it does not fit).
+long cxa_store_read(cxa_store *store, const char *path, char *buffer, size_t size);
+/// Removes `path` and what is below it. 0 or -errno.
+int cxa_store_remove(cxa_store *store, const char *path);
+
 /// True if running on Xen (/sys/hypervisor/type says "xen").
 int cxa_running_on_xen(void);
 /// The privcmd module's "unrestricted" parameter: 1, 0, or -1 if unknown.
