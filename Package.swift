@@ -24,6 +24,8 @@ let package = Package(
         // For the fuzz targets (Fuzz/), which see only products: the gateway's
         // configuration loader.
         .library(name: "HMXGateway", targets: ["HMXGateway"]),
+        // ... and the conformance agent's requests.
+        .library(name: "HMXConformance", targets: ["HMXConformance"]),
         .executable(name: "hmx-conformance", targets: ["hmx-conformance"]),
     ],
     dependencies: [

@@ -19,6 +19,7 @@ let package = Package(
         fuzzer("FuzzStreamFrame", testing: "HMXStream"),
         fuzzer("FuzzProxyProtocol", testing: "HMXProxyProtocol"),
         fuzzer("FuzzConfig", testing: "HMXConfig", "HMXGateway", "HMXEmulator"),
+        fuzzer("FuzzAgentRequest", testing: "HMXConformance"),
     ]
 )
 

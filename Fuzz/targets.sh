@@ -2,7 +2,7 @@
 # The fuzz targets and what each is run with; sourced by scripts/test and
 # scripts/fuzz-long (from the repository's root).
 
-FUZZ_TARGETS=(FuzzRingReader FuzzLinkWire FuzzStreamFrame FuzzProxyProtocol FuzzConfig)
+FUZZ_TARGETS=(FuzzRingReader FuzzLinkWire FuzzStreamFrame FuzzProxyProtocol FuzzConfig FuzzAgentRequest)
 
 # Builds the targets (release, libFuzzer and AddressSanitizer) into .build-fuzz.
 fuzz_build() {
@@ -22,5 +22,6 @@ fuzz_seeds() {
     case "$1" in
     FuzzConfig) echo "Configs Fuzz/Regressions/FuzzConfig" ;;
     FuzzStreamFrame) echo "Fuzz/Seeds/FuzzStreamFrame" ;;
+    FuzzAgentRequest) echo "Fuzz/Seeds/FuzzAgentRequest" ;;
     esac
 }

@@ -60,16 +60,16 @@ extension Raw: ConformancePeer {
 ///     sendv SRCDOM SRCPORT DSTDOM DSTPORT PAYLOADS  PAYLOADS: "-" for none, else hex
 ///                                                   payloads separated by commas
 ///     quit                                          the agent answers 0 and stops
-enum AgentRequest: Equatable {
+public enum AgentRequest: Equatable, Sendable {
     case domain
     case events
     case sendv(source: ArgoAddr, destination: ArgoAddr, payloads: [[UInt8]])
     case quit
 
     /// Payload bytes a request may carry (xenstore values are at most 4 KiB).
-    static let maximumPayloadBytes = 1500
+    public static let maximumPayloadBytes = 1500
 
-    var line: String {
+    public var line: String {
         switch self {
         case .domain: return "domain"
         case .events: return "events"
@@ -81,7 +81,9 @@ enum AgentRequest: Equatable {
         }
     }
 
-    init?(line: String) {
+    /// Parses one request line; nil for anything else (bounded: at most
+    /// ``maximumPayloadBytes`` of payload).
+    public init?(line: String) {
         let words = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
         switch words.first {
         case "domain" where words.count == 1: self = .domain
