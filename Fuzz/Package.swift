@@ -16,7 +16,7 @@ let package = Package(
         .target(name: "FuzzSupport"),
         fuzzer("FuzzRingReader", testing: "HMXCore"),
         fuzzer("FuzzLinkWire", testing: "HMXCore"),
-        fuzzer("FuzzStreamFrame", testing: "HMXStream"),
+        fuzzer("FuzzStreamFrame", testing: "HMXStream", "HMXGateway"),
         fuzzer("FuzzProxyProtocol", testing: "HMXProxyProtocol"),
         fuzzer("FuzzConfig", testing: "HMXConfig", "HMXGateway", "HMXEmulator"),
         fuzzer("FuzzAgentRequest", testing: "HMXConformance"),

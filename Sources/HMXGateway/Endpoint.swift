@@ -2,11 +2,14 @@
 import NIOCore
 
 /// A local socket address a mapping listens on or connects to:
-/// `tcp://HOST:PORT`, `tcp://[IPV6]:PORT`, `unix:/PATH` or `vsock://CID:PORT` (streams),
+/// `tcp://HOST:PORT`, `tcp://[IPV6]:PORT`, `tls://HOST:PORT` (TCP with TLS: the
+/// mapping's `tls:` settings say with which certificates), `unix:/PATH` or
+/// `vsock://CID:PORT` (streams),
 /// `seqpacket:/PATH` (a stream of records: connections whose messages keep their
 /// boundaries), `udp://HOST:PORT` or `unixgram:/PATH` (datagrams).
 public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     case tcp(host: String, port: Int)
+    case tls(host: String, port: Int)
     case unix(path: String)
     case vsock(cid: UInt32, port: UInt32)
     case udp(host: String, port: Int)
@@ -23,8 +26,14 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var isDatagram: Bool {
         switch self {
         case .udp, .unixDatagram: true
-        case .tcp, .unix, .vsock, .seqpacket: false
+        case .tcp, .tls, .unix, .vsock, .seqpacket: false
         }
+    }
+
+    /// A `tls://` endpoint.
+    public var isTLS: Bool {
+        if case .tls = self { return true }
+        return false
     }
 
     /// Why an endpoint is malformed.
@@ -51,6 +60,9 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
         if text.hasPrefix("tcp://") {
             return self.parseHostPort(text, scheme: "tcp").map { .tcp(host: $0.host, port: $0.port) }
         }
+        if text.hasPrefix("tls://") {
+            return self.parseHostPort(text, scheme: "tls").map { .tls(host: $0.host, port: $0.port) }
+        }
         if text.hasPrefix("vsock://") {
             let parts = text.dropFirst("vsock://".count).split(separator: ":", omittingEmptySubsequences: false)
             guard parts.count == 2, let cid = UInt32(parts[0]), let port = UInt32(parts[1]) else {
@@ -61,7 +73,7 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
         return .failure(
             Malformed(
                 reason:
-                    "expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, seqpacket:/PATH, udp://HOST:PORT or unixgram:/PATH"
+                    "expected tcp://HOST:PORT, tls://HOST:PORT, unix:/PATH, vsock://CID:PORT, seqpacket:/PATH, udp://HOST:PORT or unixgram:/PATH"
             )
         )
     }
@@ -94,6 +106,7 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
+        case .tls(let host, let port): host.contains(":") ? "tls://[\(host)]:\(port)" : "tls://\(host):\(port)"
         case .unix(let path): "unix:\(path)"
         case .vsock(let cid, let port): "vsock://\(cid):\(port)"
         case .udp(let host, let port): host.contains(":") ? "udp://[\(host)]:\(port)" : "udp://\(host):\(port)"

@@ -119,7 +119,7 @@ extension Gateway {
         switch importConfig.listen {
         case .udp(let host, let port): return bootstrap.bind(host: host, port: port)
         case .unixDatagram(let path): return bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
-        case .tcp, .unix, .vsock, .seqpacket: preconditionFailure("a stream listener")
+        case .tcp, .tls, .unix, .vsock, .seqpacket: preconditionFailure("a stream listener")
         }
     }
 
@@ -372,7 +372,7 @@ extension Gateway {
             switch export.target {
             case .udp(let host, let port): target = try SocketAddress.makeAddressResolvingHost(host, port: port)
             case .unixDatagram(let path): target = try SocketAddress(unixDomainSocketPath: path)
-            case .tcp, .unix, .vsock, .seqpacket: preconditionFailure("a stream target")
+            case .tcp, .tls, .unix, .vsock, .seqpacket: preconditionFailure("a stream target")
             }
         } catch {
             self.limited(.refusedOpen, from: id.peer) { _ in

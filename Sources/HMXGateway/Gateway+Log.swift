@@ -45,7 +45,9 @@ extension Gateway {
             // Refused before any dial (the peer asked for what it may not have): logged
             // at admission, where the export is known.
             if let dialError = connection?.dialError {
-                logger(0).warning("connection refused", metadata: ["reason": "\(reason)", "error": "\(dialError)"])
+                var metadata: Logger.Metadata = ["reason": "\(reason)", "error": "\(dialError)"]
+                if let outcome = connection?.localOutcome { metadata["outcome"] = "\(outcome.rawValue)" }
+                logger(0).warning("connection refused", metadata: metadata)
             }
         case .resetByPeer(let reason):
             self.limited(.reset, from: id.peer) {

@@ -50,6 +50,7 @@ extension Gateway {
             )
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try bound.value.addFrontHandlers(to: channel, for: importConfig)
                     let handler = StreamGlueHandler(driver: bound.value.driver) { channel in
                         bound.value.accepted(channel, for: importConfig)
                     }
@@ -63,7 +64,7 @@ extension Gateway {
         case _ where inherited != nil:
             // Socket activation: the service manager's socket, already listening.
             future = bootstrap.withBoundSocket(inherited!)
-        case .tcp(let host, let port): future = bootstrap.bind(host: host, port: port)
+        case .tcp(let host, let port), .tls(let host, let port): future = bootstrap.bind(host: host, port: port)
         case .unix(let path): future = bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
         case .vsock(let cid, let port):
             future = bootstrap.bind(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
@@ -105,7 +106,7 @@ extension Gateway {
         let path: String
         switch importConfig.listen {
         case .unix(let socket), .unixDatagram(let socket), .seqpacket(let socket): path = socket
-        case .tcp, .udp, .vsock: return
+        case .tcp, .tls, .udp, .vsock: return
         }
         let name = "import \(importConfig.name)"
         if let group = importConfig.group {
@@ -171,17 +172,26 @@ extension Gateway {
             channel.close(promise: nil)
             return nil
         }
+        let caller = self.caller(of: channel)
+        var callerBlock: ByteBuffer?
+        if let caller {
+            var block = channel.allocator.buffer(capacity: 64)
+            caller.encode(into: &block)
+            callerBlock = block
+        }
         let id = self.driver.open(
             to: importConfig.peer,
             servicePort: importConfig.port,
             records: importConfig.listen.isRecords,
+            caller: callerBlock,
             idleTimeout: importConfig.idleTimeoutMilliseconds > 0
                 ? .milliseconds(importConfig.idleTimeoutMilliseconds) : nil,
             openTimeout: .milliseconds(importConfig.openTimeoutMilliseconds)
         )
         let handler = try? channel.pipeline.syncOperations.handler(type: StreamGlueHandler.self)
         if let handler { self.driver.attach(handler, to: id) }
-        let logger = self.connectionLogger(id, mapping: importConfig.name)
+        var logger = self.connectionLogger(id, mapping: importConfig.name)
+        if let caller { logger[metadataKey: "caller"] = "\(caller)" }
         self.add(
             id,
             Connection(
@@ -207,7 +217,34 @@ extension Gateway {
     }
 
     func admit(_ id: ConnectionID, servicePort: UInt32, records: Bool) -> StreamDriver.Admission {
-        let decision = self.config.admission(of: id.peer, to: servicePort, records: records) { mapping, peer in
+        self.admit(id, servicePort: servicePort, records: records, caller: nil)
+    }
+
+    func admit(
+        _ id: ConnectionID,
+        servicePort: UInt32,
+        records: Bool,
+        caller block: ByteBuffer?
+    ) -> StreamDriver.Admission {
+        // A caller block is read only from a domain some export trusts to relay; the
+        // admission believes it only for an export that names the domain in relays.
+        var caller: CallerIdentity?
+        if let block, self.config.exports.contains(where: { $0.relays.contains(id.peer) }) {
+            do {
+                caller = try CallerIdentity.decode(block)
+            } catch {
+                self.limited(.violation, from: id.peer) { suppressed in
+                    self.connectionLogger(id, mapping: "-").warning(
+                        "malformed caller in an OPEN from a relay; refusing it",
+                        metadata: ["error": "\(error)", "suppressed": "\(suppressed)"]
+                    )
+                }
+                return .refuse(.protocolError)
+            }
+        }
+        let decision = self.config.admission(of: id.peer, to: servicePort, records: records, caller: caller) {
+            mapping,
+            peer in
             (
                 self.countsByMapping[mapping, default: 0],
                 self.countsByPeer[PeerMapping(mapping: mapping, peer: peer), default: 0]
@@ -231,7 +268,10 @@ extension Gateway {
             self.limited(.refusedOpen, from: id.peer) { suppressed in
                 var logger = self.connectionLogger(id, mapping: exportName ?? "-")
                 if suppressed > 0 { logger[metadataKey: "suppressed"] = "\(suppressed)" }
-                logger.warning("connection refused", metadata: ["reason": "\(reason)"])
+                logger.warning(
+                    "connection refused",
+                    metadata: ["reason": "\(reason)", "caller": "\(caller.map { "\($0)" } ?? "-")"]
+                )
                 self.audit?.write(
                     AuditLog.Record(
                         event: "refused",
@@ -248,14 +288,18 @@ extension Gateway {
             return .refuse(reason)
         }
         let mapping = "export:\(export.name)"
+        let believed = export.relays.contains(id.peer) ? caller : nil
+        var logger = self.connectionLogger(id, mapping: export.name)
+        if let believed { logger[metadataKey: "caller"] = "\(believed)" }
         self.add(
             id,
             Connection(
                 mapping: mapping,
-                logger: self.connectionLogger(id, mapping: export.name),
+                logger: logger,
                 handler: nil,
                 servicePort: servicePort,
-                start: self.driver.now
+                start: self.driver.now,
+                caller: believed
             )
         )
         self.dial(export, for: id)
@@ -269,6 +313,7 @@ extension Gateway {
 
     private func dial(_ export: GatewayConfig.Export, for id: ConnectionID) {
         let driver = NIOLoopBound(self.driver, eventLoop: self.eventLoop)
+        let gateway = NIOLoopBound(self, eventLoop: self.eventLoop)
         var bootstrap = ClientBootstrap(group: self.eventLoop)
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -280,6 +325,7 @@ extension Gateway {
             .connectTimeout(.milliseconds(export.connectTimeoutMilliseconds))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try gateway.value.addTLSClient(to: channel, for: export)
                     try channel.pipeline.syncOperations.addHandler(StreamGlueHandler(driver: driver.value))
                     if case .seqpacket = export.target { try SeqpacketFramingHandler.configure(channel) }
                 }
@@ -305,7 +351,7 @@ extension Gateway {
         }
         let future: EventLoopFuture<any Channel>
         switch export.target {
-        case .tcp(let host, let port): future = bootstrap.connect(host: host, port: port)
+        case .tcp(let host, let port), .tls(let host, let port): future = bootstrap.connect(host: host, port: port)
         case .unix(let path): future = bootstrap.connect(unixDomainSocketPath: path)
         case .vsock(let cid, let port):
             future = bootstrap.connect(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
@@ -319,7 +365,17 @@ extension Gateway {
             // Admission gives an OPEN only stream exports.
             preconditionFailure("a datagram target is not dialled")
         }
-        future.assumeIsolated().whenComplete { result in
+        // A TLS target is connected once its handshake is done.
+        let connected = future.assumeIsolated().flatMap { channel -> EventLoopFuture<any Channel> in
+            guard let gate = try? channel.pipeline.syncOperations.handler(type: TLSGateHandler.self) else {
+                return channel.eventLoop.makeSucceededFuture(channel)
+            }
+            return gate.handshake.map { _ in channel }.flatMapErrorThrowing { error in
+                channel.close(promise: nil)
+                throw error
+            }
+        }
+        connected.whenComplete { result in
             switch result {
             case .success(let channel):
                 guard self.connections[id] != nil, self.driver.connection(id)?.phase == .dialing,
@@ -335,11 +391,21 @@ extension Gateway {
                 if export.proxyProtocol == .v2 {
                     let name = self.config.peers.first { $0.value == id.peer }?.key
                     channel.write(
-                        ProxyHeaderBuilder.header(for: id.peer, name: name, channel: channel, connection: id.key.id),
+                        ProxyHeaderBuilder.header(
+                            for: id.peer,
+                            name: name,
+                            channel: channel,
+                            connection: id.key.id,
+                            caller: self.connections[id]?.caller
+                        ),
                         promise: nil
                     )
                 }
                 self.driver.dialSucceeded(id)
+            case .failure(let error as TLSHandshakeError):
+                self.connections[id]?.dialError = "\(export.target): TLS handshake: \(error)"
+                self.connections[id]?.localOutcome = error.failure.outcome
+                self.driver.refuse(id, .targetRefused)
             case .failure(let error):
                 var timedOut = false
                 if case ChannelError.connectTimeout = error { timedOut = true }

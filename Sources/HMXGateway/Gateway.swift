@@ -38,6 +38,12 @@ final class Gateway {
         var start: NIODeadline
         /// How it ended, if not cleanly (for the audit record).
         var end: ConnectionEnd?
+        /// What its end counts as here when the wire's reason says less (a TLS
+        /// handshake with the target failed: the peer hears target_refused).
+        var localOutcome: ConnectionOutcome?
+        /// Who the caller on another host is, as a relay asserted it (exports whose
+        /// `relays` include the peer), for the target's PROXY header.
+        var caller: CallerIdentity?
     }
 
     private(set) var config: GatewayConfig
@@ -77,15 +83,19 @@ final class Gateway {
     var datagramChannelsToFlush: [any Channel] = []
     /// Ends idle datagram flows, every second.
     private var flowExpiry: RepeatedTask?
+    /// TLS for tls:// mappings (nil: this build or embedding has none).
+    let tls: (any GatewayTLS)?
 
     init(
         config: GatewayConfig,
         link: any HMXLink,
         logger: Logger,
         metrics: GatewayMetrics = GatewayMetrics(),
-        audit: AuditLog? = nil
+        audit: AuditLog? = nil,
+        tls: (any GatewayTLS)? = nil
     ) {
         self.config = config
+        self.tls = tls
         self.audit = audit
         self.logger = logger
         self.metrics = metrics
@@ -248,11 +258,12 @@ extension Gateway: StreamDriverDelegate {
             self.connections[id]?.logger.debug("connection open")
             self.auditConnection(id, event: "opened")
         case .ended(let id, let end):
-            self.metrics.count(end.outcome, imported: id.key.openedLocally)
+            let outcome = self.connections[id]?.localOutcome ?? end.outcome
+            self.metrics.count(outcome, imported: id.key.openedLocally)
             self.log(end, of: id)
             self.connections[id]?.end = end
             if let mapping = self.connections[id]?.mapping {
-                self.mappingCounters[mapping, default: .init()].outcomes[end.outcome, default: 0] += 1
+                self.mappingCounters[mapping, default: .init()].outcomes[outcome, default: 0] += 1
             }
         case .removed(let id):
             self.auditConnection(id, event: "ended")

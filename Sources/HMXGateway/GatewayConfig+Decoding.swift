@@ -75,10 +75,34 @@ extension GatewayConfig {
             let allowNode = try entry.required("allow")
             var allowed: Set<DomainID> = []
             var any = false
+            var remoteCallers: [RemoteCaller] = []
             for item in try allowNode.sequence() {
-                if try item.string() == "any" { any = true } else { allowed.insert(try domain(item)) }
+                let text = try item.string()
+                if text == "any" {
+                    any = true
+                } else if text.contains("@") {
+                    remoteCallers.append(try Self.remoteCaller(item))
+                } else {
+                    allowed.insert(try domain(item))
+                }
             }
-            if !any && allowed.isEmpty { throw allowNode.error("allow needs at least one peer, or [any]") }
+            if !any && allowed.isEmpty && remoteCallers.isEmpty {
+                throw allowNode.error("allow needs at least one peer, or [any]")
+            }
+            var relays: Set<DomainID> = []
+            let relaysNode = entry.optional("relays")
+            for item in try relaysNode?.sequence() ?? [] { relays.insert(try domain(item)) }
+            if !remoteCallers.isEmpty, relays.isEmpty {
+                throw allowNode.error(
+                    "\(remoteCallers[0]) is a caller on another host: name the domains that relay such callers under relays"
+                )
+            }
+            if let relaysNode, remoteCallers.isEmpty {
+                throw relaysNode.error("relays are for callers on other hosts (DOMAIN@NAME in allow); there are none")
+            }
+            if let relaysNode, target.isDatagram {
+                throw relaysNode.error("callers on other hosts reach stream targets only")
+            }
             let maxConnections = try entry.optional("max_connections")?.integer(Int.self, in: 1...1_000_000) ?? 1024
             // Shared by several domains, one of them may hold half of it by default.
             let isShared = any || allowed.count > 1
@@ -120,7 +144,7 @@ extension GatewayConfig {
                 }
                 let host: String
                 switch target {
-                case .tcp(let name, _), .udp(let name, _): host = name
+                case .tcp(let name, _), .tls(let name, _), .udp(let name, _): host = name
                 case .unix, .vsock, .unixDatagram, .seqpacket:
                     throw node.error(
                         "only for tcp:// and udp:// targets (a Unix or vsock target has no IP source address)"
@@ -139,9 +163,10 @@ extension GatewayConfig {
                     )
                 }
             }
+            let tls = try Self.clientTLS(entry, target: target)
             try entry.finish(known: [
                 "name", "port", "target", "allow", "max_connections", "max_connections_per_peer", "connect_timeout",
-                "idle_timeout", "proxy_protocol", "source_address",
+                "idle_timeout", "proxy_protocol", "source_address", "tls", "relays",
             ])
             guard exportPorts.insert(servicePort).inserted else {
                 throw portNode.error("port \(servicePort) is exported twice")
@@ -158,7 +183,10 @@ extension GatewayConfig {
                     connectTimeoutMilliseconds: timeout,
                     idleTimeoutMilliseconds: idle,
                     proxyProtocol: proxy,
-                    sourceAddress: sourceAddress
+                    sourceAddress: sourceAddress,
+                    tls: tls,
+                    remoteCallers: remoteCallers,
+                    relays: relays
                 )
             )
         }
@@ -194,7 +222,7 @@ extension GatewayConfig {
             let socketGroup = try groupNode?.string()
             switch listen {
             case .unix, .unixDatagram, .seqpacket: break
-            case .tcp, .udp, .vsock:
+            case .tcp, .tls, .udp, .vsock:
                 if let node = modeNode ?? groupNode {
                     throw node.error("only for a Unix listener (unix:, unixgram:, seqpacket:)")
                 }
@@ -203,8 +231,11 @@ extension GatewayConfig {
                 try openNode.map { node throws(ConfigError) in try Self.duration(node) }
                 ?? Self.defaultOpenTimeoutMilliseconds
             if let openNode, open == 0 { throw openNode.error("must be longer than 0") }
+            let tls = try Self.serverTLS(entry, listen: listen)
+            let trustedProxies = try Self.trustedProxies(entry, listen: listen, tls: tls)
             try entry.finish(known: [
                 "name", "listen", "peer", "port", "max_connections", "idle_timeout", "open_timeout", "mode", "group",
+                "tls", "proxy_protocol", "trusted_proxies",
             ])
             guard importListeners.insert(listen).inserted else {
                 throw listenNode.error("\(listen) is listened on twice")
@@ -220,7 +251,9 @@ extension GatewayConfig {
                     idleTimeoutMilliseconds: idle,
                     openTimeoutMilliseconds: open,
                     mode: mode,
-                    group: socketGroup
+                    group: socketGroup,
+                    tls: tls,
+                    trustedProxies: trustedProxies
                 )
             )
         }
@@ -252,7 +285,7 @@ extension GatewayConfig {
             metrics = try Self.endpoint(listenNode)
             switch metrics! {
             case .tcp, .unix, .vsock: break
-            case .udp, .unixDatagram, .seqpacket:
+            case .tls, .udp, .unixDatagram, .seqpacket:
                 throw listenNode.error("metrics are served over HTTP: give tcp://, unix: or vsock://")
             }
             try mapping.finish(known: ["listen"])

@@ -15,13 +15,24 @@ extension GatewayConfig {
             case .any: allow = "any domain"
             case .domains(let set): allow = set.sorted().map { self.name(of: $0) }.joined(separator: ", ")
             }
-            var line = "export \(export.name): HMX port \(export.port) -> \(export.target); allow \(allow); "
+            var allowText = allow
+            if !export.remoteCallers.isEmpty {
+                let relays = export.relays.sorted().map { self.name(of: $0) }.joined(separator: ", ")
+                let callers = export.remoteCallers.map(\.description).joined(separator: ", ")
+                allowText = (allow.isEmpty ? "" : "\(allow), ") + "\(callers) relayed by \(relays)"
+            }
+            var line = "export \(export.name): HMX port \(export.port) -> \(export.target); allow \(allowText); "
             line += "max \(export.maxConnections) connections"
             if export.maxConnectionsPerPeer < export.maxConnections {
                 line += ", \(export.maxConnectionsPerPeer) per peer"
             }
             line += "; connect timeout \(export.connectTimeoutMilliseconds) ms"
             if export.idleTimeoutMilliseconds > 0 { line += "; idle timeout \(export.idleTimeoutMilliseconds) ms" }
+            if let tls = export.tls {
+                line += "; TLS: CAs \(tls.trust), name \(tls.serverName ?? "of the target")"
+                if !tls.verifyHostname { line += " (not checked)" }
+                if tls.certificate != nil { line += ", client certificate \(tls.certificate!)" }
+            }
             if export.proxyProtocol == .v2 { line += "; PROXY v2" }
             if let prefix = export.sourceAddress {
                 // The address of each domain it names, and the rule for the others.
@@ -41,6 +52,13 @@ extension GatewayConfig {
             line += "max \(importConfig.maxConnections) connections"
             if importConfig.idleTimeoutMilliseconds > 0 {
                 line += "; idle timeout \(importConfig.idleTimeoutMilliseconds) ms"
+            }
+            if let tls = importConfig.tls {
+                line += "; TLS certificate \(tls.certificate)"
+                line += tls.clientCA.map { ", client certificates from \($0) required" } ?? ", no client certificate"
+            }
+            if let trusted = importConfig.trustedProxies {
+                line += "; PROXY headers from \(trusted.map(\.description).joined(separator: ", ")) only"
             }
             lines.append(line)
         }

@@ -46,6 +46,37 @@ public struct GatewayConfig: Sendable, Equatable {
         case v2
     }
 
+    /// A caller on another host, in an export's allow-list: `DOMAIN@NAME` admits the
+    /// domain `DOMAIN` (`*`: any) as asserted by the remote gateway whose client
+    /// certificate carries `NAME` (or whose address is `NAME`), when a domain of
+    /// `relays` relays the connection.
+    public struct RemoteCaller: Sendable, Equatable, CustomStringConvertible {
+        /// nil: any domain behind `assertedBy`.
+        public var domain: String?
+        public var assertedBy: String
+
+        public func admits(_ caller: CallerIdentity) -> Bool {
+            caller.assertedBy == self.assertedBy && (self.domain == nil || self.domain == caller.domain)
+        }
+
+        public var description: String { "\(self.domain ?? "*")@\(self.assertedBy)" }
+    }
+
+    /// Who may send a PROXY v2 header to an import listener (`trusted_proxies`).
+    public enum TrustedProxy: Sendable, Equatable, CustomStringConvertible {
+        /// A client whose verified certificate carries this name (CN or DNS name).
+        case certificate(String)
+        /// A client from this address prefix.
+        case address(IPNetwork)
+
+        public var description: String {
+            switch self {
+            case .certificate(let name): name
+            case .address(let network): "\(network)"
+            }
+        }
+    }
+
     public struct Export: Sendable, Equatable {
         public var name: String
         public var port: HMXPort
@@ -62,6 +93,13 @@ public struct GatewayConfig: Sendable, Equatable {
         /// Connections to the target come from the source domain's address in this
         /// prefix (nil: the system chooses).
         public var sourceAddress: SourceAddressPrefix? = nil
+        /// For a `tls://` target.
+        public var tls: TLSClientSettings? = nil
+        /// Callers on other hosts the allow-list admits, through `relays`.
+        public var remoteCallers: [RemoteCaller] = []
+        /// Domains trusted to relay callers from other hosts: their gateways' word on
+        /// who the caller is counts for `remoteCallers`.
+        public var relays: Set<DomainID> = []
     }
 
     public struct Import: Sendable, Equatable {
@@ -77,6 +115,11 @@ public struct GatewayConfig: Sendable, Equatable {
         /// gateway's group).
         public var mode: UInt32? = nil
         public var group: String? = nil
+        /// For a `tls://` listener.
+        public var tls: TLSServerSettings? = nil
+        /// Who may send a PROXY v2 header first (`proxy_protocol: accept`); nil: no
+        /// one (a client's bytes are its own).
+        public var trustedProxies: [TrustedProxy]? = nil
     }
 
     public var file: String
@@ -155,6 +198,7 @@ public struct GatewayConfig: Sendable, Equatable {
         var domains = Set(self.imports.map(\.peer))
         for export in self.exports {
             if case .domains(let set) = export.allow { domains.formUnion(set) }
+            domains.formUnion(export.relays)
         }
         return domains
     }
@@ -183,11 +227,14 @@ extension GatewayConfig {
     /// - Returns: the export, or why the OPEN is refused.
     /// - Parameter datagram: a datagram flow (DGRAM) rather than a connection (OPEN):
     ///   each finds only exports of its kind.
+    /// - Parameter caller: who the OPEN says the caller on another host is; believed
+    ///   only from the export's `relays`.
     public func admission(
         of peer: DomainID,
         to servicePort: UInt32,
         datagram: Bool = false,
         records: Bool = false,
+        caller: CallerIdentity? = nil,
         counts: (_ mapping: String, _ peer: DomainID) -> (all: Int, peer: Int)
     ) -> Admission {
         guard let export = self.exports.first(where: { $0.port == servicePort }),
@@ -195,7 +242,15 @@ extension GatewayConfig {
         else {
             return .refused(.noSuchService)
         }
-        guard export.allow.permits(peer) else { return .refused(.deniedByGateway, export: export.name) }
+        if let caller, export.relays.contains(peer) {
+            // A relay's caller from another host: judged by who it is, here again.
+            guard export.remoteCallers.contains(where: { $0.admits(caller) }) else {
+                return .refused(.deniedByGateway, export: export.name)
+            }
+        } else {
+            // Anyone else's word on a caller counts for nothing: the stamped domain.
+            guard export.allow.permits(peer) else { return .refused(.deniedByGateway, export: export.name) }
+        }
         let (all, ofPeer) = counts("export:\(export.name)", peer)
         guard all < export.maxConnections, ofPeer < export.maxConnectionsPerPeer else {
             return .refused(.limitReached, export: export.name)

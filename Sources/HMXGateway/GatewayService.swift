@@ -19,17 +19,22 @@ public struct GatewayService: Service {
     private let initialConfig: GatewayConfig
     private let registry: PrometheusCollectorRegistry?
     private let onReady: (@Sendable (GatewayConfig) -> Void)?
+    private let tls: (any GatewayTLS)?
 
     /// - Parameters:
     ///   - registry: where metrics live, for the optional /metrics endpoint.
     ///   - onReady: called once the rings and listeners are up.
+    ///   - tls: TLS for tls:// mappings (the HMXTLS module's); without it, a
+    ///     configuration with tls:// mappings does not start.
     public init(
         configPath: String,
         config: GatewayConfig,
         logger: Logger,
         registry: PrometheusCollectorRegistry? = nil,
+        tls: (any GatewayTLS)? = nil,
         onReady: (@Sendable (GatewayConfig) -> Void)? = nil
     ) {
+        self.tls = tls
         self.configPath = configPath
         self.initialConfig = config
         self.logger = logger
@@ -50,7 +55,9 @@ public struct GatewayService: Service {
     }
 
     private func run(group: MultiThreadedEventLoopGroup, loop: any EventLoop) async throws {
-        // Checked before anything is opened: a user that does not exist stops the start.
+        // Checked before anything is opened: certificates and keys (read now, while
+        // the gateway may still have the privileges to), a user that does not exist.
+        try self.loadTLS(self.initialConfig)
         let identity = try PrivilegeDrop.resolve(
             user: self.initialConfig.user,
             group: self.initialConfig.group,
@@ -82,10 +89,11 @@ public struct GatewayService: Service {
         self.logger.info("attached to the hypervisor", metadata: attached)
         let config = self.initialConfig
         let logger = self.logger
+        let tls = self.tls
         let inherited = InheritedListeners.fromEnvironment()
         let core = try await loop.submit {
             let audit = try config.audit.map { try AuditLog($0) }
-            let gateway = Gateway(config: config, link: link, logger: logger, audit: audit)
+            let gateway = Gateway(config: config, link: link, logger: logger, audit: audit, tls: tls)
             gateway.inheritedListeners = inherited
             return NIOLoopBound(gateway, eventLoop: loop)
         }.get()
@@ -243,12 +251,36 @@ public struct GatewayService: Service {
         }
     }
 
+    /// Reads the certificates and keys of tls:// mappings, or says why it cannot.
+    private func loadTLS(_ config: GatewayConfig) throws {
+        let usesTLS = config.imports.contains { $0.tls != nil } || config.exports.contains { $0.tls != nil }
+        guard usesTLS else { return }
+        guard let tls = self.tls else { throw TLSFilesError("\(config.file): tls:// mappings need TLS support") }
+        do {
+            try tls.load(config)
+        } catch {
+            self.logger.critical("cannot load TLS certificates", metadata: ["error": "\(error)"])
+            throw error
+        }
+    }
+
     private func reload(core: NIOLoopBound<Gateway>, loop: any EventLoop) async {
         do {
             let config = try GatewayConfig.load(path: self.configPath)
+            // New certificates and keys serve new connections; open ones keep theirs.
+            // A file that cannot be used keeps the running ones, all of them.
+            if let tls = self.tls { try tls.load(config) }
             try await loop.flatSubmit { core.value.reload(config) }.get()
+            if config.imports.contains(where: { $0.tls != nil }) || config.exports.contains(where: { $0.tls != nil }) {
+                self.logger.info("TLS certificates and keys reloaded")
+            }
         } catch let error as ConfigError {
             self.logger.error("reload rejected; keeping the running configuration", metadata: ["error": "\(error)"])
+        } catch let error as TLSFilesError {
+            self.logger.error(
+                "reload rejected; keeping the running configuration and certificates",
+                metadata: ["error": "\(error)"]
+            )
         } catch let error as IOError where error.errnoCode == EACCES && getuid() != 0 {
             self.logger.error(
                 "reload: a new listener needs privileges this gateway gave up (user:); restart it to bind; the rest of the reload is applied",

@@ -37,8 +37,8 @@ enum MetricsEndpoint {
         case .unix(let path): return bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
         case .vsock(let cid, let port):
             return bootstrap.bind(to: VsockAddress(cid: .init(rawValue: cid), port: .init(rawValue: port)))
-        case .udp, .unixDatagram, .seqpacket:
-            // The configuration allows only byte-stream endpoints here.
+        case .tls, .udp, .unixDatagram, .seqpacket:
+            // The configuration allows only plain byte-stream endpoints here.
             return group.next().makeFailedFuture(ChannelError.operationUnsupported)
         }
     }

@@ -8,6 +8,37 @@ extension ProxyTLV.Kind {
     /// The source domain's name as the gateway's configuration calls it, UTF-8.
     /// Informational: authorise on ``hmxDomainID``.
     public static let hmxDomainName = ProxyTLV.Kind(rawValue: 0xE1)
+    /// The domain a caller from another host is, as the relay that vouched for it
+    /// asserts (its own PROXY header's domain), UTF-8. Asserted, not stamped: believe
+    /// it as far as you trust ``hmxAssertedBy``.
+    public static let hmxAssertedDomain = ProxyTLV.Kind(rawValue: 0xE2)
+    /// Who vouched for a caller from another host: the name in its verified client
+    /// certificate, or its address, UTF-8.
+    public static let hmxAssertedBy = ProxyTLV.Kind(rawValue: 0xE3)
+}
+
+extension ProxyTLV {
+    /// `PP2_TYPE_SSL`: the client connected with TLS (client byte: `PP2_CLIENT_SSL`,
+    /// with a certificate also `PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS`; verify 0:
+    /// verified), with the sub-TLVs `PP2_SUBTYPE_SSL_VERSION` (0x21) and
+    /// `PP2_SUBTYPE_SSL_CN` (0x22) when known.
+    public static func ssl(clientCertificate: Bool, version: String?, commonName: String?) -> ProxyTLV {
+        var value: [UInt8] = [clientCertificate ? 0x07 : 0x01, 0, 0, 0, 0]
+        for (type, text) in [(UInt8(0x21), version), (UInt8(0x22), commonName)] {
+            guard let text else { continue }
+            let bytes = Array(text.utf8.prefix(255))
+            value += [type, 0, UInt8(bytes.count)] + bytes
+        }
+        return ProxyTLV(type: .ssl, value: value)
+    }
+
+    public static func hmxAssertedDomain(_ name: String) -> ProxyTLV {
+        ProxyTLV(type: .hmxAssertedDomain, value: Array(name.utf8))
+    }
+
+    public static func hmxAssertedBy(_ name: String) -> ProxyTLV {
+        ProxyTLV(type: .hmxAssertedBy, value: Array(name.utf8))
+    }
 }
 
 extension ProxyTLV {

@@ -17,6 +17,15 @@ public enum ConnectionOutcome: String, CaseIterable, Sendable {
     case reset
     case peerLost = "peer_lost"
     case idleTimeout = "idle_timeout"
+    // A `tls://` endpoint's handshake (local only: the wire says target_refused).
+    case tlsHandshakeFailed = "tls_handshake_failed"
+    case tlsUntrusted = "tls_untrusted"
+    case tlsExpired = "tls_expired"
+    case tlsHostnameMismatch = "tls_hostname_mismatch"
+    case tlsNoClientCertificate = "tls_no_client_certificate"
+    /// A PROXY header from a source not trusted to send one, or none (or a malformed
+    /// one) from a source that must (`proxy_protocol: accept`).
+    case proxyHeaderRefused = "proxy_header_refused"
 
     /// What a connection whose OPEN was answered with `reason` counts as.
     public init(refused reason: StreamFrame.RefuseReason) {

@@ -41,7 +41,7 @@ public enum StreamAction: Sendable, Equatable {
     /// (dial, then ``StreamMultiplexer/dialSucceeded(_:)``) or refuse it
     /// (``StreamMultiplexer/refuse(_:_:)``).
     /// `records`: the opener's socket is a SEQPACKET one (only such an export fits).
-    case incomingOpen(ConnectionID, servicePort: UInt32, records: Bool = false)
+    case incomingOpen(ConnectionID, servicePort: UInt32, records: Bool = false, caller: ByteBuffer? = nil)
     /// The peer's OPEN was refused before any connection existed.
     case openRefused(ConnectionID, StreamFrame.RefuseReason)
     case opened(ConnectionID)

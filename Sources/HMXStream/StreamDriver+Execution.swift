@@ -32,8 +32,11 @@ extension StreamDriver {
 
     private func execute(_ action: StreamAction) {
         switch action {
-        case .incomingOpen(let id, let servicePort, let records):
-            switch self.delegate?.admit(id, servicePort: servicePort, records: records) ?? .refuse(.shuttingDown) {
+        case .incomingOpen(let id, let servicePort, let records, let caller):
+            let admission =
+                self.delegate?.admit(id, servicePort: servicePort, records: records, caller: caller)
+                ?? .refuse(.shuttingDown)
+            switch admission {
             case .dial(let idleTimeout?): self.multiplexer.setIdleTimeout(id, idleTimeout)
             case .dial(nil): break
             case .refuse(let reason): self.multiplexer.refuse(id, reason)

@@ -14,6 +14,9 @@ public protocol StreamDriverDelegate: AnyObject {
     /// (SEQPACKET): only an export of the same kind may take it. By default, one with
     /// records finds no such service.
     func admit(_ id: ConnectionID, servicePort: UInt32, records: Bool) -> StreamDriver.Admission
+    /// The same for an OPEN that may carry a caller block (who a caller on another
+    /// host is, as the opener asserts). By default the block is not looked at.
+    func admit(_ id: ConnectionID, servicePort: UInt32, records: Bool, caller: ByteBuffer?) -> StreamDriver.Admission
     /// A lifecycle action for one connection, or a notice for the log: `.opened`,
     /// `.ended`, `.removed`, `.openRefused`, `.notice`. (Socket actions go to the
     /// connection's ``StreamSocket``; ring and link actions are the driver's.)
@@ -25,6 +28,15 @@ public protocol StreamDriverDelegate: AnyObject {
 extension StreamDriverDelegate {
     public func admit(_ id: ConnectionID, servicePort: UInt32, records: Bool) -> StreamDriver.Admission {
         records ? .refuse(.noSuchService) : self.admit(id, servicePort: servicePort)
+    }
+
+    public func admit(
+        _ id: ConnectionID,
+        servicePort: UInt32,
+        records: Bool,
+        caller: ByteBuffer?
+    ) -> StreamDriver.Admission {
+        self.admit(id, servicePort: servicePort, records: records)
     }
 }
 
@@ -207,6 +219,7 @@ extension StreamDriver {
         to peer: DomainID,
         servicePort: UInt32,
         records: Bool = false,
+        caller: ByteBuffer? = nil,
         idleTimeout: TimeAmount?,
         openTimeout: TimeAmount?
     ) -> ConnectionID {
@@ -216,6 +229,7 @@ extension StreamDriver {
                 to: peer,
                 servicePort: servicePort,
                 records: records,
+                caller: caller,
                 idleTimeout: idleTimeout,
                 openTimeout: openTimeout,
                 now: self.now

@@ -24,6 +24,8 @@ public enum StreamFrame: Equatable, Sendable {
     /// Largest DGRAM body: a UDP datagram (65,507 bytes) fits, and so does a Unix
     /// datagram of up to 64 KiB.
     public static let maximumDatagramLength = 65536
+    /// Largest caller block of an OPEN.
+    public static let maximumCallerLength = 1024
 
     /// Identifies a connection within one peer: the id chosen by the opener and
     /// which side opened it.
@@ -41,14 +43,17 @@ public enum StreamFrame: Equatable, Sendable {
     }
 
     /// `records`: the opener's socket is a SEQPACKET one (its stream carries records,
-    /// each after its length), so only a SEQPACKET export may take it.
+    /// each after its length), so only a SEQPACKET export may take it. `caller`: who a
+    /// caller from another host is, as the opener (a relay) asserts it: opaque here,
+    /// at most ``maximumCallerLength`` bytes.
     case open(
         id: UInt32,
         servicePort: UInt32,
         initialCredit: UInt32,
         instance: UInt64,
         version: UInt16 = StreamFrame.version,
-        records: Bool = false
+        records: Bool = false,
+        caller: ByteBuffer? = nil
     )
     case accept(key: ConnectionKey, initialCredit: UInt32, instance: UInt64)
     case refuse(key: ConnectionKey, reason: RefuseReason)
@@ -152,12 +157,14 @@ public enum StreamFrame: Equatable, Sendable {
     /// Appends this frame to `buffer`.
     public func encode(into buffer: inout ByteBuffer) {
         switch self {
-        case .open(let id, let servicePort, let initialCredit, let instance, let version, let records):
-            Self.writeHeader(&buffer, .open, opener: true, id: id, length: 16, value: servicePort)
+        case .open(let id, let servicePort, let initialCredit, let instance, let version, let records, let caller):
+            let callerLength = UInt32(caller?.readableBytes ?? 0)
+            Self.writeHeader(&buffer, .open, opener: true, id: id, length: 16 + callerLength, value: servicePort)
             buffer.writeInteger(version, endianness: .little)
-            buffer.writeInteger(UInt16(records ? 1 : 0), endianness: .little)
+            buffer.writeInteger(UInt16(records ? 1 : 0) | (caller != nil ? 2 : 0), endianness: .little)
             buffer.writeInteger(initialCredit, endianness: .little)
             buffer.writeInteger(instance, endianness: .little)
+            if let caller { buffer.writeImmutableBuffer(caller) }
         case .accept(let key, let initialCredit, let instance):
             Self.writeHeader(&buffer, .accept, key: key, length: 8, value: initialCredit)
             buffer.writeInteger(instance, endianness: .little)
@@ -224,7 +231,7 @@ public enum StreamFrame: Equatable, Sendable {
     /// Bytes this frame takes on the wire.
     public var encodedLength: Int {
         switch self {
-        case .open: Self.headerSize + 16
+        case .open(_, _, _, _, _, _, let caller): Self.headerSize + 16 + (caller?.readableBytes ?? 0)
         case .accept: Self.headerSize + 8
         case .ping, .pong, .sequence: Self.headerSize + 16
         case .data(_, let payload), .datagram(_, _, let payload): Self.headerSize + payload.readableBytes
@@ -279,7 +286,7 @@ public enum StreamFrame: Equatable, Sendable {
         guard UInt64(length) <= UInt64(buffer.readableBytes - Self.headerSize) else { throw .truncatedBody }
         let expected: ClosedRange<UInt32>
         switch kind {
-        case .open: expected = 16...16
+        case .open: expected = 16...UInt32(16 + Self.maximumCallerLength)
         case .accept: expected = 8...8
         case .ping, .pong, .sequence: expected = 16...16
         case .data: expected = 1...UInt32(Self.maximumDataLength)
@@ -308,24 +315,32 @@ public enum StreamFrame: Equatable, Sendable {
             buffer.moveReaderIndex(forwardBy: Self.headerSize)
             return .datagram(key: key, servicePort: value, payload: buffer.readSlice(length: Int(length))!)
         }
-        buffer.moveReaderIndex(forwardBy: Self.headerSize + Int(length))
-        switch kind {
-        case .open:
+        if kind == .open {
             let version = UInt16(truncatingIfNeeded: first)
-            // Flags: bit 0, records (SEQPACKET); the others are reserved.
+            // Flags: bit 0, records (SEQPACKET); bit 1, a caller block follows the 16
+            // bytes (and only then is the body longer); the others are reserved.
             let openFlags = UInt16(truncatingIfNeeded: first >> 16)
-            guard openFlags & ~1 == 0 else { throw .nonZeroReserved }
+            guard openFlags & ~3 == 0 else { throw .nonZeroReserved }
+            guard (openFlags & 2 == 2) == (length > 16) else { throw .badBodyLength(type: rawKind, length: length) }
             let credit = UInt32(truncatingIfNeeded: first >> 32)
             // An OPEN must come from the opener; the receiver refuses unknown versions.
             guard flags & 1 == 1 else { throw .unknownFlags(flags) }
+            buffer.moveReaderIndex(forwardBy: Self.headerSize + 16)
+            let caller = length > 16 ? buffer.readSlice(length: Int(length) - 16)! : nil
             return .open(
                 id: id,
                 servicePort: value,
                 initialCredit: credit,
                 instance: second,
                 version: version,
-                records: openFlags & 1 == 1
+                records: openFlags & 1 == 1,
+                caller: caller
             )
+        }
+        buffer.moveReaderIndex(forwardBy: Self.headerSize + Int(length))
+        switch kind {
+        case .open:
+            preconditionFailure("parsed above")
         case .accept:
             return .accept(key: key, initialCredit: value, instance: first)
         case .refuse:

@@ -187,9 +187,9 @@ extension StreamMultiplexer {
 extension StreamMultiplexer {
     private mutating func handle(_ frame: StreamFrame, from domain: DomainID, peer: Peer, now: NIODeadline) {
         switch frame {
-        case .open(let id, let servicePort, let credit, let instance, let version, let records):
+        case .open(let id, let servicePort, let credit, let instance, let version, let records, let caller):
             let connection = ConnectionID(peer: domain, key: .init(id: id, openedLocally: false))
-            self.handleOpen(connection, servicePort, credit, instance, version, records, now)
+            self.handleOpen(connection, servicePort, credit, instance, version, records, caller, now)
         case .accept(let key, let credit, let instance):
             let (maximumData, queueHasRoom) = self.sendLimits(of: domain)
             self.withKnown(domain, key) {
@@ -251,6 +251,7 @@ extension StreamMultiplexer {
         _ instance: UInt64,
         _ version: UInt16,
         _ records: Bool,
+        _ caller: ByteBuffer?,
         _ now: NIODeadline
     ) {
         guard self.connections.index(forKey: id) == nil else {
@@ -273,6 +274,6 @@ extension StreamMultiplexer {
             now: now
         )
         self.add(state, as: id)
-        self.actions.append(.incomingOpen(id, servicePort: servicePort, records: records))
+        self.actions.append(.incomingOpen(id, servicePort: servicePort, records: records, caller: caller))
     }
 }

@@ -263,6 +263,7 @@ extension StreamMultiplexer {
         to peer: DomainID,
         servicePort: UInt32,
         records: Bool = false,
+        caller: ByteBuffer? = nil,
         idleTimeout: TimeAmount?,
         openTimeout: TimeAmount?,
         now: NIODeadline
@@ -292,7 +293,8 @@ extension StreamMultiplexer {
                 servicePort: servicePort,
                 initialCredit: UInt32(self.configuration.window),
                 instance: self.instance,
-                records: records
+                records: records,
+                caller: caller
             ),
             to: peer
         )

@@ -6,6 +6,7 @@ import HMXControl
 import HMXCore
 import HMXEmulator
 import HMXGateway
+import HMXTLS
 import Logging
 import Metrics
 import Prometheus
@@ -59,7 +60,13 @@ struct Run: ParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         var logger = Logger(label: "hmx-gateway")
         logger[metadataKey: "config"] = "\(self.config)"
-        let service = GatewayService(configPath: self.config, config: loaded, logger: logger, registry: registry)
+        let service = GatewayService(
+            configPath: self.config,
+            config: loaded,
+            logger: logger,
+            registry: registry,
+            tls: NIOSSLGatewayTLS()
+        )
         let serviceLogger = logger
         try blockUntilDone { try await runUntilSignalled(service, tool: "hmx-gateway", logger: serviceLogger) }
     }
@@ -75,6 +82,13 @@ struct CheckConfig: ParsableCommand {
 
     func run() throws {
         let config = loadConfigOrExit(self.file)
+        // The certificates and keys of tls:// mappings, as the gateway would load them.
+        do {
+            try NIOSSLGatewayTLS().load(config)
+        } catch {
+            printError("hmx-gateway: \(error)")
+            throw ExitCode(2)
+        }
         print("configuration \(self.file) is valid")
         for line in config.summary { print(line) }
         // What this file shows on its own; `explain` checks it against the rest.

@@ -173,7 +173,7 @@ final class HostileEnd: @unchecked Sendable {
         }
         for frame in frames {
             switch (frame, self.behaviour) {
-            case (.open(let id, _, _, _, _, _), .acceptWithAllCredit):
+            case (.open(let id, _, _, _, _, _, _), .acceptWithAllCredit):
                 self.lock.withLock {
                     self.opens += 1
                     self.accepted = true

@@ -262,7 +262,7 @@ struct GatewayConfigTests {
             ),
             (
                 "imports:\n  - {name: i, listen: \"sctp://x:1\", peer: 2, port: 1}\n",
-                "g.yaml:3: imports[0].listen: expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, seqpacket:/PATH, udp://HOST:PORT or unixgram:/PATH"
+                "g.yaml:3: imports[0].listen: expected tcp://HOST:PORT, tls://HOST:PORT, unix:/PATH, vsock://CID:PORT, seqpacket:/PATH, udp://HOST:PORT or unixgram:/PATH"
             ),
             (
                 "exports:\n  - {name: e, port: 1, target: \"seqpacket:/x\", allow: [2], proxy_protocol: v2}\n",
@@ -304,7 +304,7 @@ struct GatewayConfigTests {
             ("link: {emulator: /a, ring_size: 4040}\n", "gw.yaml:1: link.ring_size: must be a multiple of 16"),
             (
                 "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"http://x\", allow: [any]}\n",
-                "gw.yaml:3: exports[0].target: expected tcp://HOST:PORT, unix:/PATH, vsock://CID:PORT, seqpacket:/PATH, udp://HOST:PORT or unixgram:/PATH"
+                "gw.yaml:3: exports[0].target: expected tcp://HOST:PORT, tls://HOST:PORT, unix:/PATH, vsock://CID:PORT, seqpacket:/PATH, udp://HOST:PORT or unixgram:/PATH"
             ),
             (
                 "link: {emulator: /a}\nexports:\n  - {name: x, port: 1, target: \"tcp://h:99999\", allow: [any]}\n",

@@ -105,8 +105,31 @@ struct StreamFrameTests {
                 == [.open(id: 3, servicePort: 60, initialCredit: 4096, instance: 5, records: true)]
         )
         var bytes = Array(buffer.readableBytesView)
-        bytes[18] = 2
+        bytes[18] = 4
         #expect(self.parseError(bytes) == .nonZeroReserved)
+    }
+
+    @Test("OPEN's flags: bit 1 says a caller block follows, up to 1024 bytes; the length must agree with the bit")
+    func openCaller() throws {
+        let caller = ByteBuffer(bytes: [0xE3, 0, 3] + Array("a.b".utf8))
+        let open = StreamFrame.open(id: 3, servicePort: 60, initialCredit: 4096, instance: 5, caller: caller)
+        var buffer = ByteBuffer()
+        open.encode(into: &buffer)
+        let bytes = Array(buffer.readableBytesView)
+        #expect(bytes[8..<12] == [22, 0, 0, 0] && bytes[18...19] == [2, 0])  // 16 + 6 bytes, flags 2
+        #expect(try self.roundTrip([open, .fin(key: .init(id: 3, openedLocally: true))]).first == open)
+        // The bit without a block, a block without the bit.
+        var noBlock = Array(bytes.prefix(32))
+        noBlock[8] = 16
+        #expect(self.parseError(noBlock) == .badBodyLength(type: 1, length: 16))
+        var noBit = bytes
+        noBit[18] = 0
+        #expect(self.parseError(noBit) == .badBodyLength(type: 1, length: 22))
+        // At most 1024 bytes of block.
+        var long = ByteBuffer()
+        let longBlock = ByteBuffer(bytes: [UInt8](repeating: 0, count: 1025))
+        StreamFrame.open(id: 3, servicePort: 60, initialCredit: 1, instance: 5, caller: longBlock).encode(into: &long)
+        #expect(self.parseError(Array(long.readableBytesView)) == .badBodyLength(type: 1, length: 16 + 1025))
     }
 
     @Test func sequenceLayout() {

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 import FuzzSupport
+import HMXGateway
 import HMXStream
 import NIOCore
 
 /// Fuzzes the HMX stream frame parser with arbitrary message bodies (what a hostile
 /// peer gateway can put in an Argo message): it must never crash or over-read, and
 /// every frame it accepts must re-encode to exactly the bytes it came from. Its
-/// SEQUENCE frames go through ``MessageOrder``, which must never hold a window's worth.
+/// SEQUENCE frames go through ``MessageOrder``, which must never hold a window's worth;
+/// an OPEN's caller block goes through ``CallerIdentity/decode(_:)`` as an exporting
+/// gateway reads it, and what it accepts must encode to a block it accepts again.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzStreamFrame(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let input = UnsafeRawBufferPointer(start: data, count: size)
@@ -32,6 +35,11 @@ public func fuzzStreamFrame(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 
         let original = Array(input[start..<(start + consumed)])
         let again = Array(encoded.readableBytesView)
         precondition(original[0] == again[0] && original[2...] == again[2...])
+        if case .open(_, _, _, _, _, _, let caller?) = frame, let identity = try? CallerIdentity.decode(caller) {
+            var block = ByteBuffer()
+            identity.encode(into: &block)
+            precondition((try? CallerIdentity.decode(block)) == identity, "a decoded caller does not round-trip")
+        }
         if case .sequence(let number, let base, let instance) = frame {
             do {
                 _ = try order.receive(number: number, base: base, instance: instance, message: ByteBuffer())
