@@ -22,9 +22,10 @@ RUN for product in hmx-gateway hmx-emulator hmx-cat; do \
  && cp "$bin/hmx-gateway" "$bin/hmx-emulator" "$bin/hmx-cat" /out/
 
 FROM debian:bookworm-slim
-# Xen's user-space libraries for the real Argo backend (link: {xen: true}).
+# Xen's user-space libraries for the real Argo backend (link: {xen: true}); the
+# system's CAs for tls:// targets with `ca: system` (TLS itself is BoringSSL, built in).
 RUN apt-get update && apt-get install -y --no-install-recommends \
-        libxencall1 libxenevtchn1 libxenforeignmemory1 libxenstore4 libxentoollog1 \
+        libxencall1 libxenevtchn1 libxenforeignmemory1 libxenstore4 libxentoollog1 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --no-create-home hmx && mkdir -p /run/hmx /etc/hmx
 COPY --from=build /out/ /usr/local/bin/
