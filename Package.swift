@@ -295,6 +295,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "HMXTLSTests",
+            dependencies: ["HMXTLS", "HMXGateway", "HMXProcessTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "HMXProxyProtocolTests",
             dependencies: [
                 "HMXProxyProtocol", "HMXProcessTestSupport", .product(name: "NIOCore", package: "swift-nio"),

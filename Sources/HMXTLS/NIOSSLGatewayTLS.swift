@@ -31,15 +31,18 @@ public final class NIOSSLGatewayTLS: GatewayTLS {
         var contexts = Contexts()
         for importConfig in config.imports {
             guard let settings = importConfig.tls else { continue }
-            contexts.servers[importConfig.name] = try Self.serverContext(settings, mapping: importConfig.name)
+            let place = "\(config.file): import \(importConfig.name)"
+            contexts.servers[importConfig.name] = try Self.serverContext(settings, mapping: place)
         }
         for export in config.exports {
             guard let settings = export.tls else { continue }
-            contexts.clients[export.name] = (try Self.clientContext(settings, mapping: export.name), settings)
+            let place = "\(config.file): export \(export.name)"
+            contexts.clients[export.name] = (try Self.clientContext(settings, mapping: place), settings)
         }
         self.contexts.withLockedValue { $0 = contexts }
     }
 
+    /// - Parameter mapping: where the settings are, for errors (`FILE: import NAME`).
     static func serverContext(_ settings: TLSServerSettings, mapping: String) throws(TLSFilesError) -> NIOSSLContext {
         let chain = try Self.certificates(settings.certificate, mapping: mapping, key: "certificate")
         let key = try Self.privateKey(settings.key, mapping: mapping)
@@ -85,10 +88,10 @@ public final class NIOSSLGatewayTLS: GatewayTLS {
         do {
             certificates = try NIOSSLCertificate.fromPEMFile(path)
         } catch {
-            throw TLSFilesError("\(path): \(mapping): tls.\(key): not a PEM certificate file (\(error))")
+            throw TLSFilesError("\(mapping): tls.\(key): \(path): not a PEM certificate file (\(error))")
         }
         guard !certificates.isEmpty else {
-            throw TLSFilesError("\(path): \(mapping): tls.\(key): no certificate in the file")
+            throw TLSFilesError("\(mapping): tls.\(key): \(path): no certificate in the file")
         }
         return certificates
     }
@@ -98,14 +101,14 @@ public final class NIOSSLGatewayTLS: GatewayTLS {
         do {
             return try NIOSSLPrivateKey(file: path, format: .pem)
         } catch {
-            throw TLSFilesError("\(path): \(mapping): tls.key: not a PEM private key (\(error))")
+            throw TLSFilesError("\(mapping): tls.key: \(path): not a PEM private key (\(error))")
         }
     }
 
     private static func checkReadable(_ path: String, mapping: String, key: String) throws(TLSFilesError) {
         guard access(path, R_OK) == 0 else {
             let reason = String(cString: strerror(errno))
-            throw TLSFilesError("\(path): \(mapping): tls.\(key): cannot read: \(reason)")
+            throw TLSFilesError("\(mapping): tls.\(key): \(path): cannot read: \(reason)")
         }
     }
 
