@@ -72,6 +72,11 @@ struct ExplainTests {
 
     static let cases: [Case] = [
         Case(name: "everything fits"),
+        // Its callers from other hosts are judged per connection: open as far as beta goes.
+        Case(
+            name: "the importer relays callers from other hosts",
+            beta: beta(allow: "[\"web@netvm-a.example\"], relays: [alpha]")
+        ),
         Case(
             name: "a datagram import of a stream export",
             alpha: """

@@ -189,7 +189,9 @@ public struct DeploymentExplainer: Sendable {
                 "\(entry.name) is \(kinds.0) import, but \(mapping.peer)'s export \(export.name) on port \(entry.port) is \(kinds.1) export (\(export.target))"
             )
         }
-        guard export.allow.permits(importer.domain) else {
+        // A relay's connections are admitted by who its callers on other hosts are
+        // (judged per connection): the path is open as far as this gateway goes.
+        guard export.allow.permits(importer.domain) || export.relays.contains(importer.domain) else {
             return fail(
                 .exportingGateway,
                 .deniedByGateway,
@@ -398,7 +400,7 @@ public struct DeploymentExplainer: Sendable {
                 let allowed: [DomainID]
                 switch export.allow {
                 case .any: allowed = hypervisor.domains.map(\.id).filter { $0 != exporter.domain }
-                case .domains(let set): allowed = set.sorted()
+                case .domains(let set): allowed = set.union(export.relays).sorted()
                 }
                 let denied = allowed.filter { !hypervisor.allows($0, exporter.domain, port: port) }
                 if !denied.isEmpty {
@@ -421,7 +423,7 @@ public struct DeploymentExplainer: Sendable {
                 // Used by an export that allows the source, or by the answers to an
                 // import of this gateway from the source.
                 let used =
-                    exporter.config.exports.contains { $0.allow.permits(source.id) }
+                    exporter.config.exports.contains { $0.allow.permits(source.id) || $0.relays.contains(source.id) }
                     || exporter.config.imports.contains { $0.peer == source.id }
                 if !used {
                     findings.append(
