@@ -143,7 +143,8 @@ public protocol GatewayTLS: AnyObject, Sendable {
     func load(_ config: GatewayConfig) throws(TLSFilesError)
 
     /// Adds the TLS server for import `mapping` at the front of an accepted channel's
-    /// pipeline; verification failures are told to `gate`.
+    /// pipeline, named ``TLSGateHandler/tlsHandlerName``; verification failures are
+    /// told to `gate`.
     func addServerHandler(for mapping: String, to channel: any Channel, gate: TLSGateHandler) throws
 
     /// Adds the TLS client for export `mapping` at the front of a new channel's

@@ -120,13 +120,18 @@ final class StreamGlueHandler: ChannelDuplexHandler, StreamSocket {
     }
 
     /// Closes the socket with a TCP reset (SO_LINGER 0), so the application sees an
-    /// abort, not a clean end of stream.
+    /// abort, not a clean end of stream. Under TLS the close starts below the TLS
+    /// handler: no close_notify, which would tell the application the stream ended
+    /// cleanly.
     func abort() {
         guard let context, context.channel.isActive else { return }
         let channel = context.channel
+        let below = try? channel.pipeline.syncOperations.context(name: TLSGateHandler.tlsHandlerName)
         if let provider = channel as? any SocketOptionProvider {
             // On the channel's own loop this takes effect before the close below.
-            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
+            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).assumeIsolated().whenComplete { _ in
+                if let below { below.close(promise: nil) } else { channel.close(promise: nil) }
+            }
         } else {
             context.close(promise: nil)
         }

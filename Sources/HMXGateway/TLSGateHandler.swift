@@ -20,6 +20,10 @@ public final class TLSGateHandler: ChannelDuplexHandler, RemovableChannelHandler
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
+    /// The name a ``GatewayTLS`` gives the TLS handler it adds: an abort closes the
+    /// socket from there, beneath it.
+    public static let tlsHandlerName = "hmx-tls"
+
     private enum State {
         case handshaking
         case open

@@ -133,7 +133,7 @@ public final class NIOSSLGatewayTLS: GatewayTLS {
             throw TLSFilesError("\(mapping): no TLS certificate loaded")
         }
         let handler = try LegacyVerification.handlers.server(context: context, gate: gate)
-        try channel.pipeline.syncOperations.addHandler(handler)
+        try channel.pipeline.syncOperations.addHandler(handler, name: TLSGateHandler.tlsHandlerName)
     }
 
     public func addClientHandler(
@@ -148,7 +148,7 @@ public final class NIOSSLGatewayTLS: GatewayTLS {
         // SNI carries names only; an address target is checked as an address.
         let serverName = settings.serverName ?? host
         let handler = try LegacyVerification.handlers.client(context: context, serverHostname: serverName, gate: gate)
-        try channel.pipeline.syncOperations.addHandler(handler)
+        try channel.pipeline.syncOperations.addHandler(handler, name: TLSGateHandler.tlsHandlerName)
     }
 
     public func peerIdentity(of channel: any Channel) -> TLSPeerIdentity {
