@@ -390,7 +390,9 @@ extension Gateway {
                 self.driver.attach(handler, to: id)
                 if export.proxyProtocol == .v2 {
                     let name = self.config.peers.first { $0.value == id.peer }?.key
-                    channel.write(
+                    // Flushed at once: a server that speaks first (SSH, SMTP, a TLS
+                    // listener waiting for the header) must not wait for the client.
+                    channel.writeAndFlush(
                         ProxyHeaderBuilder.header(
                             for: id.peer,
                             name: name,

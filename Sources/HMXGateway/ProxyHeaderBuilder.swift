@@ -7,8 +7,8 @@ import NIOCore
 /// the hypervisor-authenticated domain (synthetic address + domain TLVs); for a
 /// caller from another host that a relay vouched for, what the relay said too,
 /// marked as asserted (``ProxyTLV/Kind/hmxAssertedDomain``,
-/// ``ProxyTLV/Kind/hmxAssertedBy``, and `PP2_TYPE_SSL` with the client
-/// certificate's common name).
+/// ``ProxyTLV/Kind/hmxAssertedBy``, and, when the caller came over TLS,
+/// `PP2_TYPE_SSL` with the client certificate's common name).
 enum ProxyHeaderBuilder {
     static func header(
         for domain: DomainID,
@@ -19,13 +19,16 @@ enum ProxyHeaderBuilder {
     ) -> ByteBuffer {
         var extra: [ProxyTLV] = []
         if let caller {
-            extra.append(
-                .ssl(
-                    clientCertificate: caller.certificateName != nil,
-                    version: caller.tlsVersion,
-                    commonName: caller.certificateName
+            // Only for a caller that came over TLS.
+            if caller.tlsVersion != nil || caller.certificateName != nil {
+                extra.append(
+                    .ssl(
+                        clientCertificate: caller.certificateName != nil,
+                        version: caller.tlsVersion,
+                        commonName: caller.certificateName
+                    )
                 )
-            )
+            }
             if let domain = caller.domain { extra.append(.hmxAssertedDomain(domain)) }
             extra.append(.hmxAssertedBy(caller.assertedBy))
         }

@@ -12,6 +12,8 @@ import NIOCore
 /// - Untrusted: `channelActive` goes on at once (server-first protocols work); the
 ///   first bytes are held only while they could still be the PROXY signature (at most
 ///   12), then go on, or the connection is refused if they are one.
+/// - What is held is at most one socket read's worth, plus what SwiftNIO reads
+///   without being asked when the client half-closes (the socket's receive buffer).
 final class ProxyHeaderReader: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -101,6 +103,10 @@ final class ProxyHeaderReader: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = Self.unwrapInboundIn(data)
         switch self.state {
+        case .passing where self.held != nil:
+            // Bytes no one asked for (SwiftNIO drains the socket when the client
+            // half-closes) go behind the held ones.
+            self.held!.writeBuffer(&bytes)
         case .passing:
             context.fireChannelRead(data)
         case .idle, .refused:

@@ -13,7 +13,8 @@ import NIOTLS
 ///   read brought no application data); bytes that arrive without a read asked for
 ///   from behind are held here until one is, so the reader behind (the stream glue,
 ///   which reads only while the peer grants credit) still decides when bytes move.
-///   What is held is at most one socket read's worth.
+///   What is held is at most one socket read's worth, plus what SwiftNIO reads
+///   without being asked when the peer half-closes (the socket's receive buffer).
 public final class TLSGateHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = ByteBuffer

@@ -58,5 +58,57 @@ extension GatewayEndToEndTests {
             )
             #expect(!server.output.contains("bad header"), "\(server.output)")
         }
+
+        /// A server that speaks first once it has the PROXY header (as SSH or SMTP behind
+        /// HAProxy's accept-proxy): its greeting names the domain.
+        static let greeter = """
+            import socket, sys
+            server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(('127.0.0.1', int(sys.argv[1]))); server.listen(4); print('listening', flush=True)
+            while True:
+                connection, _ = server.accept(); connection.settimeout(10)
+                header = b''
+                try:
+                    while len(header) < 16 or len(header) < 16 + int.from_bytes(header[14:16], 'big'):
+                        chunk = connection.recv(1)
+                        if not chunk: break
+                        header += chunk
+                except OSError:
+                    pass
+                connection.sendall(b'220 hello domain %d\\r\\n' % header[28 + 3 + 1] if len(header) > 32 else b'no header\\r\\n')
+                connection.close()
+            """
+
+        @Test(
+            "the header goes out at once: a server that speaks first greets a client that has sent nothing",
+            .timeLimit(.minutes(2))
+        )
+        func serverSpeaksFirst() async throws {
+            let lab = try await GatewayLab()
+            let target = lab.port(86)
+            let importPort = lab.port(87)
+            let server = try lab.spawn(.beta, "python3", ["-u", "-c", Self.greeter, "\(target)"])
+            let listening = await eventually(within: 10) { server.output.contains("listening") }
+            try #require(listening, "\(server.log)")
+            try await lab.startGateways(
+                exports: [
+                    .init(
+                        name: "greeter",
+                        port: 9011,
+                        target: "tcp://127.0.0.1:\(target)",
+                        extra: ["proxy_protocol: v2"]
+                    )
+                ],
+                imports: [.init(name: "greeter", listen: "tcp://127.0.0.1:\(importPort)", port: 9011)]
+            )
+            // The client only reads.
+            let client = """
+                import socket
+                s = socket.create_connection(('127.0.0.1', \(importPort)), timeout=10)
+                print(s.recv(100).decode().strip())
+                """
+            let result = try await lab.run(.alpha, "python3", ["-c", client], seconds: 30)
+            #expect(result.output.contains("220 hello domain 1"), "\(result.output)\n\(lab.gatewayLogs)")
+        }
     }
 }

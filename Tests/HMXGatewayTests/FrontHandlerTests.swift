@@ -183,8 +183,12 @@ struct FrontHandlerTests {
         try channel.writeInbound(bytes.getSlice(at: 20, length: bytes.readableBytes - 20)!)
         #expect(behind.isActive && reader.header?.hmxDomainName == "web" && reader.header?.hmxDomainID == 2)
         #expect(behind.received.isEmpty)
+        // SwiftNIO reads without being asked when the client half-closes: those bytes
+        // go behind the held ones.
+        try channel.writeInbound(ByteBuffer(string: " HTTP/1.0"))
+        #expect(behind.received.isEmpty)
         channel.read()
-        #expect(String(decoding: behind.received, as: UTF8.self) == "GET /")
+        #expect(String(decoding: behind.received, as: UTF8.self) == "GET / HTTP/1.0")
         #expect(refusals().isEmpty)
         _ = try? channel.finish()
     }

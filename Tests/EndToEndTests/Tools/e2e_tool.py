@@ -158,8 +158,40 @@ def parse_proxy_v2(data):
         fields["domain_id"] = int.from_bytes(tlvs[0xE0], "big")
     if 0xE1 in tlvs:
         fields["domain_name"] = tlvs[0xE1].decode("utf-8", "replace")
+    if 0x20 in tlvs:
+        fields["ssl"] = parse_ssl_tlv(tlvs[0x20])
+    if 0xE2 in tlvs:
+        fields["asserted_domain"] = tlvs[0xE2].decode("utf-8", "replace")
+    if 0xE3 in tlvs:
+        fields["asserted_by"] = tlvs[0xE3].decode("utf-8", "replace")
     fields["tlvs"] = sorted(tlvs)
     return fields, 16 + length
+
+
+def parse_ssl_tlv(value):
+    """What a PP2_TYPE_SSL TLV (0x20) says: its client byte, its verify word and its
+    sub-TLVs (0x21 version, 0x22 common name, 0x23 cipher, 0x24 signature and 0x25
+    key algorithm). A malformed one is reported in an "error" field."""
+    if len(value) < 5:
+        return {"error": f"{len(value)} bytes, shorter than client and verify"}
+    fields = {"client": value[0], "verify": int.from_bytes(value[1:5], "big")}
+    names = {0x21: "version", 0x22: "cn", 0x23: "cipher", 0x24: "sig_alg", 0x25: "key_alg"}
+    offset = 5
+    kinds = []
+    while offset < len(value):
+        if len(value) - offset < 3:
+            fields["error"] = "truncated sub-TLV header"
+            break
+        kind, size = value[offset], int.from_bytes(value[offset + 1:offset + 3], "big")
+        if offset + 3 + size > len(value):
+            fields["error"] = f"sub-TLV 0x{kind:02x} runs past the TLV"
+            break
+        kinds.append(kind)
+        if kind in names:
+            fields[names[kind]] = value[offset + 3:offset + 3 + size].decode("utf-8", "replace")
+        offset += 3 + size
+    fields["sub_tlvs"] = kinds
+    return fields
 
 
 async def proxy_echo_server(args):
@@ -208,6 +240,47 @@ async def proxy_echo_server(args):
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", args.port, backlog=128)
+    say("listening", args.port)
+    async with server:
+        await server.serve_forever()
+
+
+async def tls_echo_server(args):
+    """A TLS server (--cert, --key) that echoes every connection until the client's
+    EOF, then closes. With --client-ca it requires a client certificate signed by that
+    CA. Says `client CN` (or `client -`) for each connection whose handshake
+    completed, and `handshake failed: ...` for each that did not."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.cert, args.key)
+    if args.client_ca:
+        context.load_verify_locations(args.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+
+    async def handle(reader, writer):
+        certificate = writer.get_extra_info("peercert") or {}
+        names = [value for entry in certificate.get("subject", ()) for key, value in entry if key == "commonName"]
+        say("client", names[0] if names else "-")
+        received = 0
+        try:
+            while chunk := await reader.read(1 << 16):
+                received += len(chunk)
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, OSError) as error:
+            say(f"closed error {type(error).__name__} after {received} bytes")
+            return
+        finally:
+            writer.close()
+        say(f"closed eof after {received} bytes")
+
+    def report(loop, context):
+        error = context.get("exception")
+        say("handshake failed:" if isinstance(error, ssl.SSLError) else "error:", context.get("message"), error)
+
+    asyncio.get_running_loop().set_exception_handler(report)
+    server = await asyncio.start_server(handle, "127.0.0.1", args.port, ssl=context, backlog=128)
     say("listening", args.port)
     async with server:
         await server.serve_forever()
@@ -454,6 +527,174 @@ def proxy_check(args):
     return 0 if result["payload_ok"] else 1
 
 
+def tls_context(args):
+    """A client context trusting --cafile, with --cert/--key as its certificate."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=args.cafile)
+    if args.cert:
+        context.load_cert_chain(args.cert, args.key)
+    return context
+
+
+def fingerprint(certificate):
+    """SHA-256 of a DER certificate as `openssl x509 -fingerprint -sha256` writes it."""
+    import hashlib
+
+    return ":".join(f"{byte:02X}" for byte in hashlib.sha256(certificate).digest())
+
+
+def proxy_v2_header(domain_id, domain_name, source, port):
+    """A PROXY v2 header (TCP over IPv4, from `source` to 127.0.0.1:`port`) with the
+    gateway's TLVs: 0xE0 the domain id (2 bytes), 0xE1 its name."""
+    body = socket.inet_aton(source) + socket.inet_aton("127.0.0.1") + (40000).to_bytes(2, "big")
+    body += port.to_bytes(2, "big")
+    if domain_id is not None:
+        body += bytes([0xE0]) + (2).to_bytes(2, "big") + domain_id.to_bytes(2, "big")
+    if domain_name is not None:
+        name = domain_name.encode()
+        body += bytes([0xE1]) + len(name).to_bytes(2, "big") + name
+    return PROXY_V2_SIGNATURE + bytes([0x21, 0x11]) + len(body).to_bytes(2, "big") + body
+
+
+async def open_stream(args):
+    """Connects to --host:--port, with TLS unless --plain; returns (reader, writer,
+    facts about the TLS session)."""
+    if args.plain:
+        reader, writer = await asyncio.open_connection(args.host, args.port)
+        return reader, writer, {}
+    reader, writer = await asyncio.open_connection(
+        args.host, args.port, ssl=tls_context(args), server_hostname=args.server_name, ssl_handshake_timeout=args.timeout
+    )
+    session = writer.get_extra_info("ssl_object")
+    return reader, writer, {"version": session.version(), "fingerprint": fingerprint(session.getpeercert(True))}
+
+
+async def close_stream(writer):
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 2)
+    except (Exception, asyncio.TimeoutError):  # noqa: BLE001 - closing is best effort
+        pass
+
+
+async def tls_check(args):
+    """One connection (TLS unless --plain): optionally a PROXY v2 header first
+    (--proxy-domain-id/--proxy-domain-name), then --bytes of random data that must
+    come back exactly (after the JSON line of a proxy-echo-server with
+    --expect-header). Prints one JSON line: whether the handshake completed, the TLS
+    version and the server certificate's fingerprint, the bytes sent and echoed, the
+    header, the error if any; status 0 only if every byte came back. With --plain
+    and --half-close it shuts its write side once all is sent."""
+    payload = os.urandom(args.bytes)
+    result = {"handshake": False, "sent": 0, "echoed": 0, "ok": False}
+    writer = None
+    try:
+        reader, writer, session = await asyncio.wait_for(open_stream(args), args.timeout)
+        result.update(session)
+        result["handshake"] = True
+        if args.proxy_domain_id is not None or args.proxy_domain_name is not None:
+            writer.write(proxy_v2_header(args.proxy_domain_id, args.proxy_domain_name, args.proxy_source, args.port))
+
+        async def send():
+            for offset in range(0, len(payload), 1 << 16):
+                writer.write(payload[offset:offset + (1 << 16)])
+                await writer.drain()
+            result["sent"] = len(payload)
+            if args.half_close:
+                writer.write_eof()
+
+        async def receive():
+            if args.expect_header:
+                line = await reader.readline()
+                try:
+                    result["header"] = json.loads(line)
+                except ValueError:
+                    raise ValueError(f"no JSON line: {line[:80]!r}")
+            echoed = bytearray()
+            try:
+                while len(echoed) < len(payload):
+                    chunk = await reader.read(min(1 << 16, len(payload) - len(echoed)))
+                    if not chunk:
+                        raise EOFError(f"eof after {len(echoed)} bytes")
+                    echoed += chunk
+            finally:
+                result["echoed"] = len(echoed)
+            if bytes(echoed) != payload:
+                raise ValueError("the echo differs from what was sent")
+
+        await asyncio.wait_for(asyncio.gather(send(), receive()), args.timeout)
+        result["ok"] = "error" not in result.get("header", {})
+    except (Exception, asyncio.TimeoutError) as error:  # noqa: BLE001 - reported, the status says it failed
+        result["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        if writer is not None:
+            await close_stream(writer)
+    say(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+async def tls_stream(args):
+    """Streams the test pattern over TLS to an echo service at --rate bytes/s until the
+    file --go exists, checking every echoed byte; says `streaming` once 1 MiB came
+    back and `progress N` (bytes echoed) twice a second. Then stops sending, reads the
+    rest of the echo and prints one JSON line (bytes sent and echoed, the server
+    certificate's fingerprint); status 0 only if all came back exactly."""
+    result = {"sent": 0, "echoed": 0, "ok": False}
+    writer = None
+    deadline = time.monotonic() + args.timeout
+    try:
+        reader, writer, session = await asyncio.wait_for(open_stream(args), 30)
+        result.update(session)
+        done_sending = asyncio.Event()
+
+        async def send():
+            start = time.monotonic()
+            while not os.path.exists(args.go):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no {args.go} within {args.timeout} s")
+                writer.write(PATTERN)
+                result["sent"] += len(PATTERN)
+                await writer.drain()
+                ahead = result["sent"] / args.rate - (time.monotonic() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            done_sending.set()
+
+        async def receive():
+            announced = False
+            reported = time.monotonic()
+            while not (done_sending.is_set() and result["echoed"] == result["sent"]):
+                try:
+                    chunk = await asyncio.wait_for(reader.read(1 << 16), 0.5)
+                except asyncio.TimeoutError:
+                    chunk = None
+                if chunk == b"":
+                    raise EOFError(f"eof after {result['echoed']} bytes")
+                if chunk:
+                    if not pattern_matches(result["echoed"], chunk):
+                        raise ValueError(f"pattern mismatch at {result['echoed']}")
+                    result["echoed"] += len(chunk)
+                if not announced and result["echoed"] >= 1 << 20:
+                    say("streaming")
+                    announced = True
+                if time.monotonic() - reported >= 0.5:
+                    say("progress", result["echoed"])
+                    reported = time.monotonic()
+                if time.monotonic() > deadline + 30:
+                    raise TimeoutError("the echo did not catch up")
+
+        await asyncio.gather(send(), receive())
+        result["ok"] = True
+    except (Exception, asyncio.TimeoutError) as error:  # noqa: BLE001 - reported, the status says it failed
+        result["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        if writer is not None:
+            await close_stream(writer)
+    say(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
 async def hold(args):
     """Opens --count connections to an echo service and checks one exchange on each;
     prints 'holding N' and keeps them open, idle, until the file --go exists; then
@@ -550,6 +791,32 @@ def main():
     command.add_argument("--go", required=True)
     command.add_argument("--timeout", type=float, default=120)
     command.add_argument("--wait", type=float, default=10, help="seconds one connect or exchange may take")
+    command = commands.add_parser("tls-echo-server")
+    command.add_argument("--port", type=int, required=True)
+    command.add_argument("--cert", required=True)
+    command.add_argument("--key", required=True)
+    command.add_argument("--client-ca", help="require a client certificate signed by this CA")
+    for name in ("tls-check", "tls-stream"):
+        command = commands.add_parser(name)
+        command.add_argument("--port", type=int, required=True)
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--cafile", help="CAs trusted for the server's certificate")
+        command.add_argument("--cert", help="client certificate")
+        command.add_argument("--key", help="its key")
+        command.add_argument("--server-name", default="localhost", help="SNI and the name the server must have")
+        command.add_argument("--plain", action="store_true", help="plain TCP, no TLS")
+        if name == "tls-check":
+            command.add_argument("--bytes", type=int, default=4096)
+            command.add_argument("--proxy-domain-id", type=int, help="send a PROXY v2 header with TLV 0xE0 first")
+            command.add_argument("--proxy-domain-name", help="... with TLV 0xE1")
+            command.add_argument("--proxy-source", default="100.64.0.2", help="the header's source address")
+            command.add_argument("--expect-header", action="store_true", help="a proxy-echo-server's JSON line first")
+            command.add_argument("--half-close", action="store_true", help="with --plain: shut the write side after")
+            command.add_argument("--timeout", type=float, default=20)
+        else:
+            command.add_argument("--go", required=True)
+            command.add_argument("--rate", type=int, default=4 << 20, help="bytes per second")
+            command.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args()
 
     if args.command == "echo-server":
@@ -562,6 +829,12 @@ def main():
         return asyncio.run(many(args))
     elif args.command == "hold":
         return asyncio.run(hold(args))
+    elif args.command == "tls-echo-server":
+        asyncio.run(tls_echo_server(args))
+    elif args.command == "tls-check":
+        return asyncio.run(tls_check(args))
+    elif args.command == "tls-stream":
+        return asyncio.run(tls_stream(args))
     else:
         return {"probe": probe, "sink": sink, "slow-reader": slow_reader, "half-close": half_close,
                 "refused": refused, "stream": stream, "proxy-check": proxy_check}[args.command](args)
