@@ -718,3 +718,57 @@ extension GatewayEndToEndTests {
         }
     }
 }
+
+extension GatewayEndToEndTests.TLSEndpoints {
+    /// A target that sends a few bytes, then resets its connection (SO_LINGER 0).
+    static let resetter = """
+        import socket, struct, sys
+        server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(('127.0.0.1', int(sys.argv[1]))); server.listen(4); print('listening', flush=True)
+        while True:
+            connection, _ = server.accept(); connection.recv(10); connection.sendall(b'partial')
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); connection.close()
+        """
+
+    @Test(
+        "a reset behind a tls:// listener reaches the TLS client as an error, never as close_notify",
+        .timeLimit(.minutes(2))
+    )
+    func resetCrossesTLS() async throws {
+        let lab = try await GatewayLab()
+        let certificates = try await TestCertificates(in: lab.directory.path)
+        let target = lab.port(95)
+        let port = lab.port(96)
+        let server = try lab.spawn(.beta, "python3", ["-u", "-c", Self.resetter, "\(target)"])
+        let listening = await eventually(within: 10) { server.output.contains("listening") }
+        try #require(listening, "\(server.log)")
+        try await lab.startGateways(
+            exports: [.init(name: "resetter", port: 9040, target: "tcp://127.0.0.1:\(target)")],
+            imports: [
+                .init(
+                    name: "resetter",
+                    listen: "tls://127.0.0.1:\(port)",
+                    port: 9040,
+                    extra: [certificates.listener("localhost")]
+                )
+            ]
+        )
+        // ragged EOFs not suppressed: a clean end would be close_notify, anything else an error.
+        let client = """
+            import socket, ssl
+            context = ssl.create_default_context(cafile='\(certificates.pem("ca"))')
+            raw = socket.create_connection(('127.0.0.1', \(port)), timeout=10)
+            s = context.wrap_socket(raw, server_hostname='localhost', suppress_ragged_eofs=False)
+            s.sendall(b'hello'); got = b''
+            try:
+                while chunk := s.recv(100): got += chunk
+                print('clean end after', got)
+            except (ssl.SSLError, OSError) as error:
+                print('error after', got, type(error).__name__)
+            """
+        let result = try await lab.run(.alpha, "python3", ["-c", client], seconds: 30)
+        // (The bytes before the reset may go down with it: TCP's reset discards what the
+        // target's side had not read yet.)
+        #expect(result.output.hasPrefix("error after"), "\(result.output)\n\(lab.gatewayLogs)")
+    }
+}
