@@ -126,6 +126,28 @@ extension Gateway {
         }
     }
 
+    /// A client of an import turned away before its connection opened: counted.
+    func countRefusal(_ outcome: ConnectionOutcome, on importConfig: GatewayConfig.Import) {
+        self.metrics.count(outcome, imported: true)
+        self.mappingCounters["import:\(importConfig.name)", default: .init()].outcomes[outcome, default: 0] += 1
+    }
+
+    /// ... and its audit record.
+    func auditRefusal(_ outcome: ConnectionOutcome, on importConfig: GatewayConfig.Import, reason: String? = nil) {
+        self.audit?.write(
+            AuditLog.Record(
+                event: "refused",
+                mapping: importConfig.name,
+                direction: "import",
+                peer: importConfig.peer,
+                peerName: self.config.peerName(of: importConfig.peer) ?? "",
+                servicePort: importConfig.port,
+                outcome: outcome.rawValue,
+                reason: reason
+            )
+        )
+    }
+
     /// Accepting on an import's listener failed: pause it for a moment; say so once
     /// in a while (each pause is counted).
     func acceptFailed(_ error: IOError, on importConfig: GatewayConfig.Import) {
@@ -156,19 +178,8 @@ extension Gateway {
                     "reason": "\(outcome.rawValue)",
                 ]
             )
-            self.metrics.count(outcome, imported: true)
-            self.mappingCounters[mapping, default: .init()].outcomes[outcome, default: 0] += 1
-            self.audit?.write(
-                AuditLog.Record(
-                    event: "refused",
-                    mapping: importConfig.name,
-                    direction: "import",
-                    peer: importConfig.peer,
-                    peerName: self.config.peerName(of: importConfig.peer) ?? "",
-                    servicePort: importConfig.port,
-                    outcome: outcome.rawValue
-                )
-            )
+            self.countRefusal(outcome, on: importConfig)
+            self.auditRefusal(outcome, on: importConfig)
             channel.close(promise: nil)
             return nil
         }

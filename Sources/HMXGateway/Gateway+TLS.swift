@@ -89,9 +89,7 @@ extension Gateway {
         detail: String,
         client: SocketAddress?
     ) {
-        let mapping = "import:\(importConfig.name)"
-        self.metrics.count(outcome, imported: true)
-        self.mappingCounters[mapping, default: .init()].outcomes[outcome, default: 0] += 1
+        self.countRefusal(outcome, on: importConfig)
         let clientText = client?.description ?? "-"
         // Any client can cause these: at most so many lines per interval.
         self.limited(.refusedOpen, from: importConfig.peer) { suppressed in
@@ -101,18 +99,7 @@ extension Gateway {
             ]
             if suppressed > 0 { metadata["suppressed"] = "\(suppressed)" }
             self.logger.warning(message, metadata: metadata)
-            self.audit?.write(
-                AuditLog.Record(
-                    event: "refused",
-                    mapping: importConfig.name,
-                    direction: "import",
-                    peer: importConfig.peer,
-                    peerName: self.config.peerName(of: importConfig.peer) ?? "",
-                    servicePort: importConfig.port,
-                    outcome: outcome.rawValue,
-                    reason: detail
-                )
-            )
+            self.auditRefusal(outcome, on: importConfig, reason: detail)
         }
     }
 

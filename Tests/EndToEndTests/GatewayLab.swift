@@ -163,47 +163,6 @@ final class GatewayLab: @unchecked Sendable {
         return child
     }
 
-    /// Runs `program` in `domain` to completion within `seconds`.
-    func run(
-        _ domain: Domain,
-        _ program: String,
-        _ arguments: [String],
-        seconds: Double = 30
-    ) async throws -> (status: Int32?, output: String) {
-        let child = try self.spawn(domain, program, arguments)
-        let status = await child.wait(seconds: seconds)
-        return (status, child.log)
-    }
-
-    /// A bash script in `domain`.
-    func shell(_ domain: Domain, _ script: String) throws -> ChildProcess {
-        try self.spawn(domain, "/bin/bash", ["-c", script])
-    }
-
-    /// The test tool (Tools/e2e_tool.py) in `domain`.
-    func tool(_ domain: Domain, _ arguments: [String]) throws -> ChildProcess {
-        try self.spawn(domain, "python3", ["-u", Self.toolPath] + arguments)
-    }
-
-    func runTool(
-        _ domain: Domain,
-        _ arguments: [String],
-        seconds: Double = 60
-    ) async throws -> (status: Int32?, output: String) {
-        let child = try self.tool(domain, arguments)
-        let status = await child.wait(seconds: seconds)
-        return (status, child.log)
-    }
-
-    /// Starts a server from the test tool in `domain` and waits until it listens.
-    @discardableResult
-    func startToolServer(_ domain: Domain, _ arguments: [String]) async throws -> ChildProcess {
-        let server = try self.tool(domain, arguments)
-        let listening = await eventually(within: 10) { server.output.contains("listening") }
-        try #require(listening, "\(arguments) did not start: \(server.log)")
-        return server
-    }
-
     /// The gateway configuration file of `domain`.
     func gatewayConfig(
         _ domain: Domain,
@@ -351,5 +310,63 @@ final class GatewayLab: @unchecked Sendable {
             }
         }
         return problems
+    }
+}
+
+/// A lab whose programs run in one of its places (a domain, a simulated host), and
+/// what it offers once it can start one there.
+protocol ProgramLab {
+    associatedtype Place: RawRepresentable where Place.RawValue == String
+
+    /// Starts `program` in `place`; it is killed when the lab goes away.
+    func spawnProgram(_ place: Place, _ program: String, _ arguments: [String]) throws -> ChildProcess
+}
+
+extension ProgramLab {
+    /// Runs `program` in `place` to completion within `seconds`.
+    func run(
+        _ place: Place,
+        _ program: String,
+        _ arguments: [String],
+        seconds: Double = 30
+    ) async throws -> (status: Int32?, output: String) {
+        let child = try self.spawnProgram(place, program, arguments)
+        let status = await child.wait(seconds: seconds)
+        return (status, child.log)
+    }
+
+    /// A bash script in `place`.
+    func shell(_ place: Place, _ script: String) throws -> ChildProcess {
+        try self.spawnProgram(place, "/bin/bash", ["-c", script])
+    }
+
+    /// The test tool (Tools/e2e_tool.py) in `place`.
+    func tool(_ place: Place, _ arguments: [String]) throws -> ChildProcess {
+        try self.spawnProgram(place, "python3", ["-u", GatewayLab.toolPath] + arguments)
+    }
+
+    func runTool(
+        _ place: Place,
+        _ arguments: [String],
+        seconds: Double = 60
+    ) async throws -> (status: Int32?, output: String) {
+        let child = try self.tool(place, arguments)
+        let status = await child.wait(seconds: seconds)
+        return (status, child.log)
+    }
+
+    /// Starts a server from the test tool in `place` and waits until it listens.
+    @discardableResult
+    func startToolServer(_ place: Place, _ arguments: [String]) async throws -> ChildProcess {
+        let server = try self.tool(place, arguments)
+        let listening = await eventually(within: 10) { server.output.contains("listening") }
+        try #require(listening, "\(arguments) in \(place.rawValue) did not start: \(server.log)")
+        return server
+    }
+}
+
+extension GatewayLab: ProgramLab {
+    func spawnProgram(_ place: Domain, _ program: String, _ arguments: [String]) throws -> ChildProcess {
+        try self.spawn(place, program, arguments)
     }
 }

@@ -155,47 +155,6 @@ final class TwoHostLab: @unchecked Sendable {
         return child
     }
 
-    /// Runs `program` in `host` to completion within `seconds`.
-    func run(
-        _ host: Host,
-        _ program: String,
-        _ arguments: [String],
-        seconds: Double = 30
-    ) async throws -> (status: Int32?, output: String) {
-        let child = try self.spawn(host, program, arguments)
-        let status = await child.wait(seconds: seconds)
-        return (status, child.log)
-    }
-
-    /// A bash script in `host`.
-    func shell(_ host: Host, _ script: String) throws -> ChildProcess {
-        try self.spawn(host, "/bin/bash", ["-c", script])
-    }
-
-    /// The test tool (Tools/e2e_tool.py) in `host`.
-    func tool(_ host: Host, _ arguments: [String]) throws -> ChildProcess {
-        try self.spawn(host, "python3", ["-u", GatewayLab.toolPath] + arguments)
-    }
-
-    func runTool(
-        _ host: Host,
-        _ arguments: [String],
-        seconds: Double = 60
-    ) async throws -> (status: Int32?, output: String) {
-        let child = try self.tool(host, arguments)
-        let status = await child.wait(seconds: seconds)
-        return (status, child.log)
-    }
-
-    /// Starts a server from the test tool in `host` and waits until it listens.
-    @discardableResult
-    func startToolServer(_ host: Host, _ arguments: [String]) async throws -> ChildProcess {
-        let server = try self.tool(host, arguments)
-        let listening = await eventually(within: 10) { server.output.contains("listening") }
-        try #require(listening, "\(arguments) in host \(host.rawValue) did not start: \(server.log)")
-        return server
-    }
-
     /// Writes the configuration of `domain`'s gateway in `host`: its `peers` (domains
     /// of the same host, by name), mappings, metrics on ``metricsPort(_:_:)``, and
     /// `extra` (top-level YAML).
@@ -338,5 +297,11 @@ final class TwoHostLab: @unchecked Sendable {
     var gatewayLogs: String {
         self.gateways.sorted { $0.key < $1.key }.map { "--- gateway \($0.key):\n\($0.value.log)" }
             .joined(separator: "\n")
+    }
+}
+
+extension TwoHostLab: ProgramLab {
+    func spawnProgram(_ place: Host, _ program: String, _ arguments: [String]) throws -> ChildProcess {
+        try self.spawn(place, program, arguments)
     }
 }
