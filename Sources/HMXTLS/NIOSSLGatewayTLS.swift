@@ -8,8 +8,8 @@ import NIOSSL
 /// TLS for the gateway's tls:// mappings on swift-nio-ssl (BoringSSL, built into the
 /// binary; see docs/CROSS-HOST.md for why, and for system OpenSSL).
 ///
-/// - TLS 1.2 and 1.3 only, with swift-nio-ssl's default cipher suites (AEAD only
-///   with forward secrecy for TLS 1.2).
+/// - TLS 1.2 and 1.3 only; for TLS 1.2 only ECDHE key exchange with AES-GCM or
+///   ChaCha20-Poly1305 (forward secrecy, AEAD); TLS 1.3's suites are all of that kind.
 /// - Listeners: the certificate chain and key; with `client_ca`, a client must send a
 ///   certificate that chains to it (full verification, no name check: the name is
 ///   what allow-lists and `trusted_proxies` look at).
@@ -24,6 +24,9 @@ public final class NIOSSLGatewayTLS: GatewayTLS {
     }
 
     private let contexts = NIOLockedValueBox(Contexts())
+
+    /// TLS 1.2 cipher suites (BoringSSL's syntax): ECDHE with an AEAD, nothing else.
+    static let cipherSuites = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
     public init() {}
 
@@ -51,6 +54,7 @@ public final class NIOSSLGatewayTLS: GatewayTLS {
             privateKey: .privateKey(key)
         )
         configuration.minimumTLSVersion = .tlsv12
+        configuration.cipherSuites = Self.cipherSuites
         if let clientCA = settings.clientCA {
             let roots = try Self.certificates(clientCA, mapping: mapping, key: "client_ca")
             configuration.trustRoots = .certificates(roots)
@@ -64,6 +68,7 @@ public final class NIOSSLGatewayTLS: GatewayTLS {
     static func clientContext(_ settings: TLSClientSettings, mapping: String) throws(TLSFilesError) -> NIOSSLContext {
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv12
+        configuration.cipherSuites = Self.cipherSuites
         configuration.certificateVerification = settings.verifyHostname ? .fullVerification : .noHostnameVerification
         if case .file(let path) = settings.trust {
             configuration.trustRoots = .certificates(try Self.certificates(path, mapping: mapping, key: "ca"))

@@ -771,4 +771,44 @@ extension GatewayEndToEndTests.TLSEndpoints {
         // target's side had not read yet.)
         #expect(result.output.hasPrefix("error after"), "\(result.output)\n\(lab.gatewayLogs)")
     }
+
+    @Test(
+        "a tls:// listener speaks TLS 1.3 and TLS 1.2 with ECDHE and an AEAD only: older versions and ciphers are refused",
+        .timeLimit(.minutes(2))
+    )
+    func modernOnly() async throws {
+        let lab = try await GatewayLab()
+        let certificates = try await TestCertificates(in: lab.directory.path)
+        let port = lab.port(97)
+        try await lab.startGateways(
+            imports: [
+                .init(
+                    name: "echo-tls",
+                    listen: "tls://127.0.0.1:\(port)",
+                    port: 7,
+                    extra: [certificates.listener("localhost")]
+                )
+            ]
+        )
+        /// Whether s_client completes a handshake with `options` (and ends at once).
+        func handshake(_ options: [String]) async throws -> Bool {
+            let script = """
+                timeout 10 openssl s_client -brief -connect 127.0.0.1:\(port) -CAfile \(certificates.pem("ca")) \\
+                    \(options.joined(separator: " ")) < /dev/null 2>&1
+                """
+            let result = try await lab.run(.alpha, "/bin/bash", ["-c", script], seconds: 30)
+            return result.output.contains("CONNECTION ESTABLISHED")
+        }
+        #expect(try await handshake(["-tls1_3"]), "\(lab.gatewayLogs)")
+        #expect(
+            try await handshake(["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"])
+        )
+        #expect(
+            try await handshake(["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"])
+        )
+        // No forward secrecy, CBC, TLS 1.1.
+        #expect(try await !handshake(["-tls1_2", "-cipher", "AES128-GCM-SHA256"]))
+        #expect(try await !handshake(["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA"]))
+        #expect(try await !handshake(["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]))
+    }
 }
