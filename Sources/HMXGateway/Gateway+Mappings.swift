@@ -169,6 +169,7 @@ extension Gateway {
     /// peer's export, unless the gateway is shutting down or the import is full.
     func accepted(_ channel: any Channel, for importConfig: GatewayConfig.Import) -> ConnectionID? {
         let mapping = "import:\(importConfig.name)"
+        self.frontDone(channel, for: importConfig)
         guard !self.isShuttingDown, self.countsByMapping[mapping, default: 0] < importConfig.maxConnections else {
             let outcome: ConnectionOutcome = self.isShuttingDown ? .shuttingDown : .limitReached
             self.logger.warning(

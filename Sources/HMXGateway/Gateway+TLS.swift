@@ -14,7 +14,30 @@ extension Gateway {
     /// The handlers an import's accepted socket gets before the stream glue: the TLS
     /// server and its gate (tls://), the PROXY header reader (`proxy_protocol: accept`).
     func addFrontHandlers(to channel: any Channel, for importConfig: GatewayConfig.Import) throws {
+        guard importConfig.tls != nil || importConfig.trustedProxies != nil else { return }
         let bound = NIOLoopBound(self, eventLoop: self.eventLoop)
+        // Clients still in their handshake (or PROXY header) count against the
+        // import's max_connections: a flood of them cannot hold more than that.
+        let open = self.countsByMapping["import:\(importConfig.name)", default: 0]
+        let pending = self.frontPending[importConfig.name, default: 0]
+        guard !self.isShuttingDown, open + pending < importConfig.maxConnections else {
+            let outcome: ConnectionOutcome = self.isShuttingDown ? .shuttingDown : .limitReached
+            self.countRefusal(outcome, on: importConfig)
+            self.limited(.refusedOpen, from: importConfig.peer) { suppressed in
+                self.logger.warning(
+                    "connection refused",
+                    metadata: [
+                        "mapping": "\(importConfig.name)", "reason": "\(outcome.rawValue)",
+                        "client": "\(channel.remoteAddress?.description ?? "-")", "suppressed": "\(suppressed)",
+                    ]
+                )
+                self.auditRefusal(outcome, on: importConfig)
+            }
+            throw ChannelError.ioOnClosedChannel
+        }
+        self.frontPending[importConfig.name, default: 0] += 1
+        self.frontPendingChannels.insert(ObjectIdentifier(channel))
+        channel.closeFuture.assumeIsolated().whenComplete { _ in bound.value.frontDone(channel, for: importConfig) }
         var timeout = TimeAmount.milliseconds(TLSServerSettings.defaultHandshakeTimeoutMilliseconds)
         if let settings = importConfig.tls {
             guard let tls = self.tls else { throw NoTLS() }
@@ -39,6 +62,13 @@ extension Gateway {
             }
             try channel.pipeline.syncOperations.addHandler(reader)
         }
+    }
+
+    /// A client is through its handshake and header (or gone): it counts as a
+    /// connection from now on, or not at all.
+    func frontDone(_ channel: any Channel, for importConfig: GatewayConfig.Import) {
+        guard self.frontPendingChannels.remove(ObjectIdentifier(channel)) != nil else { return }
+        self.frontPending[importConfig.name, default: 1] -= 1
     }
 
     /// The TLS client (and its gate) in front of an export's socket to a tls:// target.

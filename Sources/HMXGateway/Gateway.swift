@@ -83,6 +83,10 @@ final class Gateway {
     var datagramChannelsToFlush: [any Channel] = []
     /// Ends idle datagram flows, every second.
     private var flowExpiry: RepeatedTask?
+    /// Clients of an import still in their TLS handshake or PROXY header, by import
+    /// name, and their channels.
+    var frontPending: [String: Int] = [:]
+    var frontPendingChannels: Set<ObjectIdentifier> = []
     /// TLS for tls:// mappings (nil: this build or embedding has none).
     let tls: (any GatewayTLS)?
 

@@ -811,4 +811,51 @@ extension GatewayEndToEndTests.TLSEndpoints {
         #expect(try await !handshake(["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA"]))
         #expect(try await !handshake(["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]))
     }
+
+    @Test(
+        "clients still in their handshake count against max_connections: a silent flood cannot pile up",
+        .timeLimit(.minutes(2))
+    )
+    func handshakesAreLimited() async throws {
+        let lab = try await GatewayLab()
+        let certificates = try await TestCertificates(in: lab.directory.path)
+        let port = lab.port(98)
+        let metricsPort = lab.port(99)
+        try await lab.startGateways(
+            imports: [
+                .init(
+                    name: "echo-tls",
+                    listen: "tls://127.0.0.1:\(port)",
+                    port: 7,
+                    extra: [certificates.listener("localhost", handshakeTimeout: "3s"), "max_connections: 2"]
+                )
+            ],
+            extra: [.alpha: "metrics:\n  listen: tcp://127.0.0.1:\(metricsPort)\n"]
+        )
+        // Two clients that never say hello hold both places; a third is closed at once.
+        let script = """
+            import socket, time
+            silent = [socket.create_connection(('127.0.0.1', \(port))) for _ in range(2)]
+            time.sleep(0.5)
+            third = socket.create_connection(('127.0.0.1', \(port))); third.settimeout(2)
+            start = time.time()
+            try:
+                print('third:', third.recv(10), round(time.time() - start, 1))
+            except OSError as error:
+                print('third:', type(error).__name__, round(time.time() - start, 1))
+            """
+        let flood = try await lab.run(.alpha, "python3", ["-c", script], seconds: 30)
+        #expect(flood.output.contains("third: b'' 0.0"), "closed at once: \(flood.output)\n\(lab.gatewayLogs)")
+        let counts = outcomeCounts(try await lab.metrics(.alpha, port: metricsPort), side: "import")
+        #expect(counts["limit_reached"] == 1, "\(counts)")
+        // Once they are gone (closed, or timed out), a client gets in.
+        let good = """
+            timeout 10 openssl s_client -brief -connect 127.0.0.1:\(port) -CAfile \(certificates.pem("ca")) \\
+                < /dev/null 2>&1
+            """
+        let reachable = await eventually(within: 10) {
+            (try? await lab.run(.alpha, "/bin/bash", ["-c", good]))?.output.contains("CONNECTION ESTABLISHED") == true
+        }
+        #expect(reachable, "\(lab.gatewayLogs)")
+    }
 }
