@@ -94,6 +94,16 @@ extension Gateway {
         let identity = (try? channel.pipeline.syncOperations.handler(type: TLSGateHandler.self))?.identity
         let reader = try? channel.pipeline.syncOperations.handler(type: ProxyHeaderReader.self)
         if let reader, let header = reader.header, let trustedBy = reader.trustedBy {
+            // A proxy trusted by its address that terminated TLS itself (HAProxy with
+            // send-proxy-v2-ssl-cn) vouches with the client certificate it verified.
+            if identity == nil, let name = header.verifiedClientCommonName {
+                return CallerIdentity(
+                    assertedBy: name,
+                    domain: header.hmxDomainName ?? header.hmxDomainID.map { "\($0)" },
+                    certificateName: name,
+                    tlsVersion: nil
+                )
+            }
             return CallerIdentity(
                 assertedBy: trustedBy,
                 domain: header.hmxDomainName ?? header.hmxDomainID.map { "\($0)" },

@@ -120,6 +120,26 @@ extension ProxyHeader {
         return UInt16(value[0]) << 8 | UInt16(value[1])
     }
 
+    /// The client certificate's common name from `PP2_TYPE_SSL`, if the sender says
+    /// the client presented a certificate on this connection (`PP2_CLIENT_CERT_CONN`)
+    /// and it verified it (`verify` 0), as HAProxy's `send-proxy-v2-ssl-cn` does.
+    public var verifiedClientCommonName: String? {
+        guard let value = self.firstTLV(.ssl)?.value, value.count >= 5 else { return nil }
+        let clientCertificateOnConnection: UInt8 = 0x02
+        guard value[0] & clientCertificateOnConnection != 0, value[1...4].allSatisfy({ $0 == 0 }) else { return nil }
+        var offset = 5
+        while value.count - offset >= 3 {
+            let type = value[offset]
+            let length = Int(value[offset + 1]) << 8 | Int(value[offset + 2])
+            guard value.count - offset - 3 >= length else { return nil }
+            if type == 0x22 {
+                return String(validating: value[(offset + 3)..<(offset + 3 + length)], as: UTF8.self)
+            }
+            offset += 3 + length
+        }
+        return nil
+    }
+
     /// The source domain's name, if the header carries one in valid UTF-8.
     public var hmxDomainName: String? {
         guard let value = self.firstTLV(.hmxDomainName)?.value else { return nil }

@@ -858,4 +858,82 @@ extension GatewayEndToEndTests.TLSEndpoints {
         }
         #expect(reachable, "\(lab.gatewayLogs)")
     }
+
+    /// TLS terminated by HAProxy (linked to the system's OpenSSL) in front of a tcp://
+    /// listener, as docs/CROSS-HOST.md describes for where system OpenSSL is required:
+    /// HAProxy verifies the client certificate and passes its name in PP2_TYPE_SSL
+    /// (`send-proxy-v2-ssl-cn`); the gateway trusts HAProxy by address and the caller is
+    /// that certificate's name.
+    @Test(
+        "behind HAProxy's TLS with send-proxy-v2-ssl-cn, the caller is the verified client certificate's name",
+        .timeLimit(.minutes(2))
+    )
+    func haproxyTerminatesTLS() async throws {
+        let lab = try await GatewayLab()
+        let certificates = try await TestCertificates(in: lab.directory.path)
+        let (haproxyPort, listenerPort, target) = (lab.port(70), lab.port(71), lab.port(72))
+        let combined = try lab.directory.write(
+            "localhost-combined.pem",
+            try String(contentsOfFile: certificates.pem("localhost"), encoding: .utf8)
+                + String(contentsOfFile: certificates.key("localhost"), encoding: .utf8)
+        )
+        let config = try lab.directory.write(
+            "haproxy.cfg",
+            """
+            defaults
+                mode tcp
+                timeout connect 5s
+                timeout client 10s
+                timeout server 10s
+            frontend tls-in
+                bind 127.0.0.1:\(haproxyPort) ssl crt \(combined) ca-file \(certificates.pem("ca")) verify required
+                default_backend gateway
+            backend gateway
+                server gateway 127.0.0.1:\(listenerPort) send-proxy-v2-ssl-cn
+
+            """
+        )
+        let haproxy = try lab.spawn(.alpha, "haproxy", ["-db", "-f", config])
+        try await lab.startToolServer(.beta, ["proxy-echo-server", "--port", "\(target)"])
+        try await lab.startGateways(
+            exports: [
+                .init(
+                    name: "who",
+                    port: 9050,
+                    target: "tcp://127.0.0.1:\(target)",
+                    allow: ["\"*@netvm-a.example\""],
+                    extra: ["relays: [alpha]", "proxy_protocol: v2"]
+                )
+            ],
+            imports: [
+                .init(
+                    name: "who",
+                    listen: "tcp://127.0.0.1:\(listenerPort)",
+                    port: 9050,
+                    extra: ["proxy_protocol: accept", "trusted_proxies: [127.0.0.1]"]
+                )
+            ]
+        )
+        /// What the target reports of the header, through HAProxy with client certificate `client`.
+        func through(_ client: String) async throws -> String {
+            let script = """
+                printf hello | timeout 10 openssl s_client -quiet -connect 127.0.0.1:\(haproxyPort) \\
+                    -CAfile \(certificates.pem("ca")) -cert \(certificates.pem(client)) \\
+                    -key \(certificates.key(client)) 2>/dev/null
+                """
+            return try await lab.run(.alpha, "/bin/bash", ["-c", script], seconds: 30).output
+        }
+        let reachable = await eventually(within: 15) { (try? await through("netvm-a"))?.contains("hello") == true }
+        try #require(reachable, "\(haproxy.log)\n\(lab.gatewayLogs)")
+        let admitted = try await through("netvm-a")
+        #expect(admitted.contains("\"asserted_by\": \"netvm-a.example\""), "\(admitted)")
+        #expect(admitted.contains("\"cn\": \"netvm-a.example\""), "\(admitted)")
+        // Another certificate of the same CA is not in the allow-list.
+        let refused = try await through("other-a")
+        #expect(!refused.contains("hello"), "\(refused)")
+        let denied = await eventually(within: 10) {
+            lab.gatewayLogs.contains("caller=*@other-a.example") && lab.gatewayLogs.contains("denied")
+        }
+        #expect(denied, "\(lab.gatewayLogs)")
+    }
 }

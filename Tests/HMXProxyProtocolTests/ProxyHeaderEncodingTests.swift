@@ -185,4 +185,24 @@ struct ProxyHeaderEncodingTests {
         #expect(try text("00000000000000000000000000000000") == "::")
         #expect(ProxyIPv6Address(bytes: [1, 2, 3]) == nil)
     }
+
+    @Test("PP2_TYPE_SSL: the layout written for a TLS caller, and a verified client CN read back only when verified")
+    func sslCommonName() throws {
+        let tlv = ProxyTLV.ssl(clientCertificate: true, version: "TLSv1.3", commonName: "netvm-a.example")
+        #expect(
+            tlv.value == [0x07, 0, 0, 0, 0, 0x21, 0, 7] + Array("TLSv1.3".utf8) + [0x22, 0, 15]
+                + Array("netvm-a.example".utf8)
+        )
+        func header(_ value: [UInt8]) -> ProxyHeader {
+            ProxyHeader.hmx(domainID: 1, extraTLVs: [ProxyTLV(type: .ssl, value: value)])
+        }
+        #expect(header(tlv.value).verifiedClientCommonName == "netvm-a.example")
+        // Not verified (verify != 0), no certificate on this connection, a truncated sub-TLV.
+        var unverified = tlv.value
+        unverified[4] = 1
+        #expect(header(unverified).verifiedClientCommonName == nil)
+        #expect(header([0x01, 0, 0, 0, 0, 0x22, 0, 1, 0x41]).verifiedClientCommonName == nil)
+        #expect(header([0x07, 0, 0, 0, 0, 0x22, 0, 9, 0x41]).verifiedClientCommonName == nil)
+        #expect(ProxyTLV.ssl(clientCertificate: false, version: nil, commonName: nil).value == [0x01, 0, 0, 0, 0])
+    }
 }
