@@ -116,6 +116,16 @@ public struct HMXError: Error, Hashable, Sendable, CustomStringConvertible {
         self.message = message
     }
 
+    /// `error` itself if it is an HMXError, otherwise one that describes it (a
+    /// backend's future failed with something else, e.g. a closed channel).
+    public init(wrapping error: any Error) {
+        if let error = error as? HMXError {
+            self = error
+        } else {
+            self.init(code: .linkClosed, message: "\(error)")
+        }
+    }
+
     /// An error carrying an Argo errno.
     public static func argo(_ errno: ArgoErrno, _ message: String = "") -> HMXError {
         HMXError(code: .argo, errno: errno, message: message.isEmpty ? errno.meaning : message)

@@ -77,6 +77,21 @@ public protocol HMXLink: AnyObject, Sendable {
     )
         -> EventLoopFuture<Int>
 
+    /// `sendv` without a future, for a caller on ``eventLoop`` that sends many
+    /// messages: the result goes to `sink` with `tag`, on ``eventLoop``, maybe before
+    /// this returns (a backend with synchronous hypercalls, or a request refused at
+    /// once). A backend built for it saves each send's promise, future and callback;
+    /// the default goes through the future.
+    /// - Precondition: called on ``eventLoop``.
+    func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool,
+        tag: UInt64,
+        resultsTo sink: any HMXSendResultSink
+    )
     /// Argo notify: wakes senders waiting on this domain's rings and reports on the
     /// given remote rings (an empty list is the NULL notify).
     func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]>
@@ -92,6 +107,14 @@ public protocol HMXLink: AnyObject, Sendable {
     /// side went away (then every outstanding operation has failed with
     /// ``HMXError/Code/linkClosed``).
     var closeFuture: EventLoopFuture<Void> { get }
+}
+
+/// Where the results of tagged sends go
+/// (``HMXLink/sendv(from:to:type:iovecs:resultMayBeLate:tag:resultsTo:)``): an object
+/// confined to the link's event loop.
+public protocol HMXSendResultSink: AnyObject {
+    /// The send tagged `tag` completed: the payload bytes written, or why not.
+    func sendCompleted(tag: UInt64, _ result: Result<Int, HMXError>)
 }
 
 /// A receive ring registered through an ``HMXLink``.
@@ -180,6 +203,21 @@ extension HMXLink {
         -> EventLoopFuture<Int>
     {
         self.sendv(from: port, to: destination, type: type, iovecs: iovecs)
+    }
+
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool,
+        tag: UInt64,
+        resultsTo sink: any HMXSendResultSink
+    ) {
+        self.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: resultMayBeLate)
+            .assumeIsolated().whenComplete { result in
+                sink.sendCompleted(tag: tag, result.mapError(HMXError.init(wrapping:)))
+            }
     }
 
     /// Sends one buffer as one message.

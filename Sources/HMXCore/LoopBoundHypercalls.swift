@@ -28,8 +28,37 @@ public protocol LoopConfinedLinkState: AnyObject {
     )
         -> EventLoopFuture<Int>
 
+    /// ``HMXLink/sendv(from:to:type:iovecs:resultMayBeLate:tag:resultsTo:)``, on the
+    /// loop. By default through the future.
+    func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool,
+        tag: UInt64,
+        resultsTo sink: any HMXSendResultSink
+    )
+
     /// ``HMXLink/notify(_:)``, on the loop.
     func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]>
+}
+
+extension LoopConfinedLinkState {
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool,
+        tag: UInt64,
+        resultsTo sink: any HMXSendResultSink
+    ) {
+        self.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: resultMayBeLate)
+            .assumeIsolated().whenComplete { result in
+                sink.sendCompleted(tag: tag, result.mapError(HMXError.init(wrapping:)))
+            }
+    }
 }
 
 #if compiler(>=6.2)
@@ -99,6 +128,28 @@ public struct LoopBoundHypercalls<State: LoopConfinedLinkState & HMXSendableMeta
         self.onLoop { state in
             state.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: resultMayBeLate)
         }
+    }
+
+    /// Tagged sends are made on the loop only: the state is called directly, no
+    /// closure or future in between.
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool,
+        tag: UInt64,
+        resultsTo sink: any HMXSendResultSink
+    ) {
+        self.state.value.sendv(
+            from: port,
+            to: destination,
+            type: type,
+            iovecs: iovecs,
+            resultMayBeLate: resultMayBeLate,
+            tag: tag,
+            resultsTo: sink
+        )
     }
 
     public func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]> {

@@ -103,7 +103,7 @@ public struct RingWriter {
         source: ArgoAddr,
         messageType: UInt32,
         payloadLength: UInt32,
-        pieces: some Sequence<Piece>
+        pieces: UnsafeBufferPointer<Piece>
     ) -> Result<Void, InsertError> {
         let header = ArgoABI.messageHeaderSize
         if UInt64(self.length) <= UInt64(header) + UInt64(ArgoABI.roundUpToSlot(payloadLength)) {

@@ -312,14 +312,26 @@ public final class ArgoHypervisor {
             if total > ArgoABI.maximumMessageSize { return errno(.EMSGSIZE) }
         }
         let memory = source.memory
-        let pieces = iovs.lazy.map { iov in
-            RingWriter.Piece(
-                pointer: UnsafeRawPointer(memory.pointer(guestAddress: iov.address, count: Int(iov.length))),
-                length: iov.length
+        let stamped = ArgoAddr(port: sourceAddr.port, domain: source.id)
+        // The pieces on the stack (at most 8): no allocation per message.
+        let inserted = withUnsafeTemporaryAllocation(of: RingWriter.Piece.self, capacity: iovs.count) { pieces in
+            for (index, iov) in iovs.enumerated() {
+                pieces.initializeElement(
+                    at: index,
+                    to: RingWriter.Piece(
+                        pointer: UnsafeRawPointer(memory.pointer(guestAddress: iov.address, count: Int(iov.length))),
+                        length: iov.length
+                    )
+                )
+            }
+            return ring.writer.insert(
+                source: stamped,
+                messageType: messageType,
+                payloadLength: total,
+                pieces: UnsafeBufferPointer(pieces)
             )
         }
-        let stamped = ArgoAddr(port: sourceAddr.port, domain: source.id)
-        switch ring.writer.insert(source: stamped, messageType: messageType, payloadLength: total, pieces: pieces) {
+        switch inserted {
         case .success:
             self.raiseEvent(destination.id)
             return Int64(total)

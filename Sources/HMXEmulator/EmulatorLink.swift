@@ -186,6 +186,26 @@ public final class EmulatorLink: HMXRawHypercalls, @unchecked Sendable {
         self.hypercalls.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: resultMayBeLate)
     }
 
+    public func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool,
+        tag: UInt64,
+        resultsTo sink: any HMXSendResultSink
+    ) {
+        self.hypercalls.sendv(
+            from: port,
+            to: destination,
+            type: type,
+            iovecs: iovecs,
+            resultMayBeLate: resultMayBeLate,
+            tag: tag,
+            resultsTo: sink
+        )
+    }
+
     public func notify(_ queries: [HMXNotifyQuery]) -> EventLoopFuture<[HMXNotifyResult]> {
         self.hypercalls.notify(queries)
     }

@@ -11,6 +11,8 @@ import Glibc
 final class LinkState: LoopConfinedLinkState {
     enum Completion {
         case sendv(EventLoopPromise<Int>)
+        /// A tagged send: no promise, the result goes to the sink.
+        case taggedSendv(UInt64, any HMXSendResultSink)
         case register(EventLoopPromise<HMXRing>, RingRequest)
         case unregister(EventLoopPromise<Void>, HMXRing)
         case notify(EventLoopPromise<[HMXNotifyResult]>, entries: Int, queries: [HMXNotifyQuery])
@@ -19,6 +21,7 @@ final class LinkState: LoopConfinedLinkState {
         func fail(_ error: HMXError) {
             switch self {
             case .sendv(let promise): promise.fail(error)
+            case .taggedSendv(let tag, let sink): sink.sendCompleted(tag: tag, .failure(error))
             case .register(let promise, _): promise.fail(error)
             case .unregister(let promise, _): promise.fail(error)
             case .notify(let promise, _, _): promise.fail(error)
@@ -104,15 +107,54 @@ final class LinkState: LoopConfinedLinkState {
         -> EventLoopFuture<Int>
     {
         let promise = self.eventLoop.makePromise(of: Int.self)
+        self.sendv(
+            from: port,
+            to: destination,
+            type: type,
+            iovecs: iovecs,
+            resultMayBeLate: resultMayBeLate,
+            completion: .sendv(promise)
+        )
+        return promise.futureResult
+    }
+
+    func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool,
+        tag: UInt64,
+        resultsTo sink: any HMXSendResultSink
+    ) {
+        self.sendv(
+            from: port,
+            to: destination,
+            type: type,
+            iovecs: iovecs,
+            resultMayBeLate: resultMayBeLate,
+            completion: .taggedSendv(tag, sink)
+        )
+    }
+
+    private func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool,
+        completion: Completion
+    ) {
         guard iovecs.count <= ArgoABI.maximumIOVs else {
-            promise.fail(HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
-            return promise.futureResult
+            completion.fail(HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
+            return
         }
         let size = ArgoArguments.sendvSize(iovecs: iovecs)
         let domain = self.domain
+        let memory = self.memory
         let deferrable =
             resultMayBeLate && self.waiting.isEmpty && self.staging.usedBytes + size <= self.staging.size / 2
-        self.issue(size: size, completion: .sendv(promise), deferrable: deferrable) { [memory] offset in
+        func prepare(_ offset: Int?) -> Arguments {
             // The emulator takes the source domain as given: it must be our own id.
             Self.arguments(memory, offset!).sendv(
                 from: port,
@@ -122,7 +164,10 @@ final class LinkState: LoopConfinedLinkState {
                 iovecs: iovecs
             )
         }
-        return promise.futureResult
+        // The usual case issues at once, without a closure on the heap.
+        if !self.issueNow(size: size, completion: completion, deferrable: deferrable, prepare: prepare) {
+            self.waiting.append((size, completion, prepare))
+        }
     }
 
     func registerRing(port: HMXPort, partner: DomainID, length: UInt32, failIfExists: Bool) -> EventLoopFuture<HMXRing>
@@ -208,26 +253,40 @@ final class LinkState: LoopConfinedLinkState {
         deferrable: Bool = false,
         prepare: @escaping (Int?) -> Arguments
     ) {
+        if !self.issueNow(size: size, completion: completion, deferrable: deferrable, prepare: prepare) {
+            self.waiting.append((size, completion, prepare))
+        }
+    }
+
+    /// ``issue(size:completion:deferrable:prepare:)`` up to the queueing: false if the
+    /// request must wait for staging (the caller queues it), true if it was sent or
+    /// has failed.
+    private func issueNow(
+        size: Int,
+        completion: Completion,
+        deferrable: Bool,
+        prepare: (Int?) -> Arguments
+    ) -> Bool {
         if self.isClosed {
             completion.fail(HMXError(code: .linkClosed, message: "the link to the emulator is closed"))
-            return
+            return true
         }
         if size > self.staging.size {
             completion.fail(
                 HMXError(code: .resourceExhausted, message: "request of \(size) bytes exceeds the staging area")
             )
-            return
+            return true
         }
         if self.waiting.isEmpty,
             self.tryIssue(size: size, completion: completion, deferrable: deferrable, prepare: prepare)
         {
-            return
+            return true
         }
         guard self.waiting.count < self.maximumQueued else {
             completion.fail(HMXError(code: .resourceExhausted, message: "too many requests waiting for the emulator"))
-            return
+            return true
         }
-        self.waiting.append((size, completion, prepare))
+        return false
     }
 
     private func tryIssue(
@@ -319,6 +378,8 @@ final class LinkState: LoopConfinedLinkState {
         switch completion {
         case .sendv(let promise):
             promise.succeed(Int(value))
+        case .taggedSendv(let tag, let sink):
+            sink.sendCompleted(tag: tag, .success(Int(value)))
         case .register(let promise, let request):
             let key = RingKey(port: request.port, partner: request.partner)
             if let old = self.rings[key] {

@@ -178,23 +178,18 @@ extension StreamDriver {
         }
     }
 
+    /// A tagged send: the tag is the peer's domain and the message's number, and the
+    /// result comes back to ``sendCompleted(tag:_:)`` without a future.
     private func send(_ message: PeerSender.Message, to domain: DomainID) {
-        let number = message.number
         self.link.sendv(
             from: self.configuration.port,
             to: HMXAddress(domain: domain, port: self.configuration.port),
             type: StreamFrame.messageType,
             iovecs: message.iovecs,
-            resultMayBeLate: message.resultMayBeLate
-        ).assumeIsolated().whenComplete { result in
-            let outcome: StreamMultiplexer.SendOutcome
-            switch result {
-            case .success: outcome = .delivered
-            case .failure(let error as HMXError) where error.errno == .EAGAIN: outcome = .ringFull
-            case .failure(let error): outcome = .failed((error as? HMXError)?.errno)
-            }
-            self.run { $0.sendCompleted(to: domain, number: number, outcome, now: self.now) }
-        }
+            resultMayBeLate: message.resultMayBeLate,
+            tag: UInt64(domain.rawValue) << 32 | UInt64(message.number),
+            resultsTo: self
+        )
     }
 
     // MARK: - Rings
@@ -237,5 +232,19 @@ extension StreamDriver {
             }
             self.run { $0.messageSizeQueried(for: domain, maximumMessageSize: size) }
         }
+    }
+}
+
+extension StreamDriver: HMXSendResultSink {
+    public func sendCompleted(tag: UInt64, _ result: Result<Int, HMXError>) {
+        let domain = DomainID(UInt16(truncatingIfNeeded: tag >> 32))
+        let number = UInt32(truncatingIfNeeded: tag)
+        let outcome: StreamMultiplexer.SendOutcome
+        switch result {
+        case .success: outcome = .delivered
+        case .failure(let error) where error.errno == .EAGAIN: outcome = .ringFull
+        case .failure(let error): outcome = .failed(error.errno)
+        }
+        self.run { $0.sendCompleted(to: domain, number: number, outcome, now: self.now) }
     }
 }

@@ -107,9 +107,33 @@ final class XenLinkState: LoopConfinedLinkState {
     )
         -> EventLoopFuture<Int>
     {
-        guard let hypervisor = self.hypervisor else { return self.eventLoop.makeFailedFuture(self.closedError) }
+        self.eventLoop.makeCompletedFuture(
+            self.sendv(from: port, to: destination, type: type, iovecs: iovecs).mapError { $0 }
+        )
+    }
+
+    /// The tagged send: the result goes to `sink` before this returns.
+    func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer],
+        resultMayBeLate: Bool,
+        tag: UInt64,
+        resultsTo sink: any HMXSendResultSink
+    ) {
+        sink.sendCompleted(tag: tag, self.sendv(from: port, to: destination, type: type, iovecs: iovecs))
+    }
+
+    private func sendv(
+        from port: HMXPort,
+        to destination: HMXAddress,
+        type: UInt32,
+        iovecs: [ByteBuffer]
+    ) -> Result<Int, HMXError> {
+        guard let hypervisor = self.hypervisor else { return .failure(self.closedError) }
         guard iovecs.count <= ArgoABI.maximumIOVs else {
-            return self.eventLoop.makeFailedFuture(HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
+            return .failure(HMXError.argo(.EINVAL, "more than \(ArgoABI.maximumIOVs) iovecs"))
         }
         let size = ArgoArguments.sendvSize(iovecs: iovecs)
         let result = self.withHypercallMemory(hypervisor, size: size) { pointer -> Int64 in
@@ -124,13 +148,8 @@ final class XenLinkState: LoopConfinedLinkState {
                 )
             )
         }
-        switch result {
-        case .failure(let error):
-            return self.eventLoop.makeFailedFuture(error)
-        case .success(let rc) where rc < 0:
-            return self.eventLoop.makeFailedFuture(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc))))
-        case .success(let rc):
-            return self.eventLoop.makeSucceededFuture(Int(rc))
+        return result.flatMap { rc in
+            rc < 0 ? .failure(HMXError.argo(ArgoErrno(rawValue: Int32(truncatingIfNeeded: -rc)))) : .success(Int(rc))
         }
     }
 

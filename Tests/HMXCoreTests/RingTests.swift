@@ -63,12 +63,9 @@ func insert(
     -> RingWriter.InsertError?
 {
     let result = payload.withUnsafeBytes { bytes in
-        writer.insert(
-            source: source,
-            messageType: type,
-            payloadLength: UInt32(bytes.count),
-            pieces: [RingWriter.Piece(pointer: bytes.baseAddress, length: UInt32(bytes.count))]
-        )
+        [RingWriter.Piece(pointer: bytes.baseAddress, length: UInt32(bytes.count))].withUnsafeBufferPointer { pieces in
+            writer.insert(source: source, messageType: type, payloadLength: UInt32(bytes.count), pieces: pieces)
+        }
     }
     switch result {
     case .success: return nil

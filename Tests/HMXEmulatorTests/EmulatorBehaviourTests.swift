@@ -192,6 +192,62 @@ struct EmulatorBehaviourTests {
         }
     }
 
+    @Test("tagged sends: each result reaches the sink with its tag, in order, failures included")
+    func taggedSends() async throws {
+        try await withEmulator(domains: [1, 2]) { emulator in
+            let one = try await emulator.attach(1)
+            let two = try await emulator.attach(2)
+            // Room for two 16-byte messages (32 bytes with their headers each) only.
+            let ring = try await two.registerRing(port: 20, partner: DomainID(1), length: 96, failIfExists: true).get()
+            let destination = HMXAddress(domain: DomainID(2), port: 20)
+            let sends: [(tag: UInt64, to: HMXAddress, late: Bool)] = [
+                (10, destination, true),
+                (11, HMXAddress(domain: DomainID(2), port: 99), true),  // no such ring
+                (12, destination, false),
+                (13, destination, true),  // the ring is full
+            ]
+            let results = try await one.eventLoop.flatSubmit { () -> EventLoopFuture<[ResultSink.Entry]> in
+                let sink = ResultSink(expecting: sends.count, on: one.eventLoop)
+                for send in sends {
+                    one.sendv(
+                        from: 1,
+                        to: send.to,
+                        type: 7,
+                        iovecs: [ByteBuffer(repeating: 0x61, count: 16)],
+                        resultMayBeLate: send.late,
+                        tag: send.tag,
+                        resultsTo: sink
+                    )
+                }
+                return sink.done.futureResult
+            }.get()
+            #expect(results.map(\.tag) == [10, 11, 12, 13])
+            #expect(results[0].result == .success(16))
+            #expect((try? results[1].result.get()) == nil && results[1].errno == .ECONNREFUSED)
+            #expect(results[2].result == .success(16))
+            #expect(results[3].errno == .EAGAIN)
+            #expect(try ring.receive { _ in } == 2)
+            // A closed link fails a tagged send at once, before sendv returns.
+            _ = try await one.close().get()
+            let closed = try await one.eventLoop.submit { () -> [ResultSink.Entry] in
+                let sink = ResultSink(expecting: 1, on: one.eventLoop)
+                one.sendv(
+                    from: 1,
+                    to: destination,
+                    type: 7,
+                    iovecs: [ByteBuffer(string: "x")],
+                    resultMayBeLate: true,
+                    tag: 14,
+                    resultsTo: sink
+                )
+                return sink.entries
+            }.get()
+            #expect(closed.map(\.tag) == [14])
+            #expect((try? closed.first?.result.get()) == nil)
+            _ = try await two.close().get()
+        }
+    }
+
     @Test("more than 32 waiting domains on one ring is EBUSY")
     func pendingLimit() async throws {
         let ids = (1...34).map { UInt16($0) }
@@ -438,5 +494,32 @@ struct RingAccountingTests {
             // 128 counted: the one ring twice, then 126 more.
             #expect(registered == 126)
         }
+    }
+}
+
+/// Collects tagged send results on the link's loop; `done` succeeds once `expecting`
+/// have arrived.
+final class ResultSink: HMXSendResultSink {
+    struct Entry: Sendable {
+        var tag: UInt64
+        var result: Result<Int, HMXError>
+        var errno: ArgoErrno? {
+            if case .failure(let error) = self.result { return error.errno }
+            return nil
+        }
+    }
+
+    let expecting: Int
+    let done: EventLoopPromise<[Entry]>
+    private(set) var entries: [Entry] = []
+
+    init(expecting: Int, on eventLoop: any EventLoop) {
+        self.expecting = expecting
+        self.done = eventLoop.makePromise()
+    }
+
+    func sendCompleted(tag: UInt64, _ result: Result<Int, HMXError>) {
+        self.entries.append(Entry(tag: tag, result: result))
+        if self.entries.count == self.expecting { self.done.succeed(self.entries) }
     }
 }
