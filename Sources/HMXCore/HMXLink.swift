@@ -117,6 +117,16 @@ public protocol HMXSendResultSink: AnyObject {
     func sendCompleted(tag: UInt64, _ result: Result<Int, HMXError>)
 }
 
+extension HMXSendResultSink {
+    /// Reports `future`'s result as the send tagged `tag` (a backend without tagged
+    /// sends of its own). Called on the future's event loop.
+    public func sendCompleted(tag: UInt64, when future: EventLoopFuture<Int>) {
+        future.assumeIsolated().whenComplete { result in
+            self.sendCompleted(tag: tag, result.mapError(HMXError.init(wrapping:)))
+        }
+    }
+}
+
 /// A receive ring registered through an ``HMXLink``.
 ///
 /// Reading is single-consumer: use one ring from one thread at a time (normally the
@@ -214,10 +224,14 @@ extension HMXLink {
         tag: UInt64,
         resultsTo sink: any HMXSendResultSink
     ) {
-        self.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: resultMayBeLate)
-            .assumeIsolated().whenComplete { result in
-                sink.sendCompleted(tag: tag, result.mapError(HMXError.init(wrapping:)))
-            }
+        let future = self.sendv(
+            from: port,
+            to: destination,
+            type: type,
+            iovecs: iovecs,
+            resultMayBeLate: resultMayBeLate
+        )
+        sink.sendCompleted(tag: tag, when: future)
     }
 
     /// Sends one buffer as one message.

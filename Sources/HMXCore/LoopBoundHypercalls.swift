@@ -54,10 +54,14 @@ extension LoopConfinedLinkState {
         tag: UInt64,
         resultsTo sink: any HMXSendResultSink
     ) {
-        self.sendv(from: port, to: destination, type: type, iovecs: iovecs, resultMayBeLate: resultMayBeLate)
-            .assumeIsolated().whenComplete { result in
-                sink.sendCompleted(tag: tag, result.mapError(HMXError.init(wrapping:)))
-            }
+        let future = self.sendv(
+            from: port,
+            to: destination,
+            type: type,
+            iovecs: iovecs,
+            resultMayBeLate: resultMayBeLate
+        )
+        sink.sendCompleted(tag: tag, when: future)
     }
 }
 
