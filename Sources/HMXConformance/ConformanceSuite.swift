@@ -119,6 +119,8 @@ public final class CheckContext: Sendable {
     let primary: Raw
     let peer: Raw?
     private let tracker = Tracker()
+    /// Rings the check registered in a remote second domain.
+    private let remoteRings = Mutex<[(port: UInt32, partner: UInt16)]>([])
 
     init(world: ConformanceSuite.World) {
         self.world = world
@@ -137,8 +139,24 @@ public final class CheckContext: Sendable {
         }
     }
 
+    /// Registers a ring in the second domain (which then receives); a remote one is
+    /// unregistered by ``cleanUp()`` (an in-process one is tracked like the primary's).
+    func registerPeerRing(port: UInt32, partner: UInt16, length: UInt32) async throws -> Int64 {
+        let peer = try self.requirePeer
+        let result = try await peer.registerRing(port: port, partner: partner, length: length)
+        if result == 0, self.world.remotePeer != nil {
+            self.remoteRings.withLock { $0.append((port, partner)) }
+        }
+        return result
+    }
+
     /// Unregisters the check's rings (by their owner), then frees its scratch memory.
     func cleanUp() async {
+        if let remote = self.world.remotePeer {
+            for (port, partner) in self.remoteRings.withLock({ $0 }) {
+                _ = try? await remote.unregisterRing(port: port, partner: partner)
+            }
+        }
         let (rings, scratch) = self.tracker.take()
         for ring in rings {
             _ = try? await ring.raw.unregister(port: ring.port, partner: ring.partner, track: false)
@@ -156,6 +174,8 @@ final class Tracker: Sendable {
         var raw: Raw
         var port: UInt32
         var partner: UInt16
+        var memory: HMXScratch
+        var length: UInt32
     }
     struct ScratchRecord: Sendable {
         var link: any HMXRawHypercalls
@@ -165,6 +185,12 @@ final class Tracker: Sendable {
 
     func ring(_ record: RingRecord) { self.state.withLock { $0.0.append(record) } }
     func scratch(_ record: ScratchRecord) { self.state.withLock { $0.1.append(record) } }
+    /// The ring `domain` registered for `partner` at `port` in this check, if any.
+    func ring(of domain: DomainID, port: UInt32, partner: UInt16) -> RingRecord? {
+        self.state.withLock { state in
+            state.0.last { $0.raw.domain == domain && $0.port == port && $0.partner == partner }
+        }
+    }
     func take() -> ([RingRecord], [ScratchRecord]) {
         self.state.withLock { state in
             defer { state = ([], []) }
@@ -220,7 +246,9 @@ struct Raw: Sendable {
             npages ?? UInt64(pages),
             flags
         )
-        if result == 0 { self.tracker.ring(.init(raw: self, port: port, partner: partner)) }
+        if result == 0 {
+            self.tracker.ring(.init(raw: self, port: port, partner: partner, memory: ring, length: length))
+        }
         return (result, ring)
     }
 

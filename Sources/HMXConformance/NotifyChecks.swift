@@ -142,48 +142,157 @@ enum NotifyChecks {
 
 /// Checks that need two domains.
 enum TwoDomainChecks {
+    static let all: [ConformanceSuite.Check] =
+        [
+            .init(
+                "two domains: the receiver sees the sender's real domain id, whatever the payload claims",
+                needsPeer: true
+            ) { context in
+                let receiver = context.primary
+                let sender = try context.requirePeer
+                let port = freshPort()
+                let (result, memory) = try await receiver.register(
+                    port: port,
+                    partner: sender.domain.rawValue,
+                    length: 4032
+                )
+                try expectSuccess(result, "register a ring for the peer")
+                // A payload that looks like a message header claiming to come from the receiver.
+                var fake = [UInt8](repeating: 0, count: 16)
+                fake.withUnsafeMutableBytes { raw in
+                    ArgoMessageHeader(length: 16, source: receiver.self_(1), messageType: 0).store(to: raw.baseAddress!)
+                }
+                try expectSuccess(
+                    try await sender.sendv(
+                        source: ArgoAddr(port: 5, domain: ArgoABI.domidAny),
+                        destination: receiver.self_(port),
+                        payloads: [fake]
+                    ),
+                    "send",
+                    equals: 16
+                )
+                var ring = RawRing(memory, length: 4032)
+                guard let message = try ring.next() else { throw ConformanceSuite.CheckFailure("nothing arrived") }
+                try require(
+                    message.header.source.domain == sender.domain.rawValue,
+                    "stamped source \(message.header.source.domain)"
+                )
+                try require(message.payload == fake, "payload was changed")
+            },
+            .init("two domains: a sender cannot send as the other domain (EPERM)", needsPeer: true) { context in
+                let receiver = context.primary
+                let sender = try context.requirePeer
+                let port = freshPort()
+                try expectSuccess(
+                    try await receiver.register(port: port, partner: sender.domain.rawValue, length: 4032).result,
+                    "register"
+                )
+                try expect(
+                    try await sender.sendv(
+                        source: receiver.self_(),
+                        destination: receiver.self_(port),
+                        payloads: [[1]]
+                    ),
+                    .EPERM,
+                    "spoofed source"
+                )
+            },
+            .init("two domains: a partner ring refuses every other sender (ECONNREFUSED)", needsPeer: true) { context in
+                let receiver = context.primary
+                let sender = try context.requirePeer
+                let port = freshPort()
+                try expectSuccess(
+                    try await receiver.register(port: port, partner: receiver.domain.rawValue, length: 4032).result,
+                    "register"
+                )
+                try expect(
+                    try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[1]]),
+                    .ECONNREFUSED,
+                    "send to a ring reserved for another partner"
+                )
+            },
+            .init("two domains: the receiver's notify wakes the other domain's blocked sender", needsPeer: true) {
+                context in
+                let receiver = context.primary
+                let sender = try context.requirePeer
+                let port = freshPort()
+                let (result, memory) = try await receiver.register(
+                    port: port,
+                    partner: sender.domain.rawValue,
+                    length: 256
+                )
+                try expectSuccess(result, "register")
+                try expectSuccess(
+                    try await sender.sendv(
+                        source: sender.self_(),
+                        destination: receiver.self_(port),
+                        payloads: [Array(repeating: 3, count: 224)]
+                    ),
+                    "fill",
+                    equals: 224
+                )
+                try expect(
+                    try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[4]]),
+                    .EAGAIN,
+                    "full"
+                )
+                let mark = try await sender.eventCount()
+                try require(try await sender.isQuiet(beyond: mark), "sender woken too early")
+                var ring = RawRing(memory, length: 256)
+                _ = try ring.next()
+                try expectSuccess(try await receiver.call(ArgoABI.Op.notify), "receiver's notify")
+                try require(try await sender.waitForEvent(beyond: mark), "sender not woken")
+                try expectSuccess(
+                    try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[4]]),
+                    "retry",
+                    equals: 1
+                )
+            },
+        ] + OtherDomainReceives.all
+}
+
+/// The two-domain checks the other way round: the second domain receives, this one
+/// sends (on Xen: the domU's rings, dom0's sends).
+enum OtherDomainReceives {
     static let all: [ConformanceSuite.Check] = [
-        .init(
-            "two domains: the receiver sees the sender's real domain id, whatever the payload claims",
-            needsPeer: true
-        ) { context in
-            let receiver = context.primary
-            let sender = try context.requirePeer
+        .init("two domains: the other domain receiving: it sees this domain's real id as the source", needsPeer: true) {
+            context in
+            let sender = context.primary
+            let receiver = try context.requirePeer
             let port = freshPort()
-            let (result, memory) = try await receiver.register(
-                port: port,
-                partner: sender.domain.rawValue,
-                length: 4032
+            try expectSuccess(
+                try await context.registerPeerRing(port: port, partner: sender.domain.rawValue, length: 4032),
+                "register a ring in the other domain"
             )
-            try expectSuccess(result, "register a ring for the peer")
-            // A payload that looks like a message header claiming to come from the receiver.
-            var fake = [UInt8](repeating: 0, count: 16)
-            fake.withUnsafeMutableBytes { raw in
-                ArgoMessageHeader(length: 16, source: receiver.self_(1), messageType: 0).store(to: raw.baseAddress!)
-            }
             try expectSuccess(
                 try await sender.sendv(
                     source: ArgoAddr(port: 5, domain: ArgoABI.domidAny),
                     destination: receiver.self_(port),
-                    payloads: [fake]
+                    payloads: [[1, 2, 3]]
                 ),
                 "send",
-                equals: 16
+                equals: 3
             )
-            var ring = RawRing(memory, length: 4032)
-            guard let message = try ring.next() else { throw ConformanceSuite.CheckFailure("nothing arrived") }
+            guard let message = try await receiver.receive(port: port, partner: sender.domain.rawValue) else {
+                throw ConformanceSuite.CheckFailure("nothing arrived")
+            }
             try require(
-                message.header.source.domain == sender.domain.rawValue,
-                "stamped source \(message.header.source.domain)"
+                message.source == ArgoAddr(port: 5, domain: sender.domain.rawValue),
+                "stamped source \(message.source.domain) port \(message.source.port)"
             )
-            try require(message.payload == fake, "payload was changed")
+            try require(message.payload == [1, 2, 3], "payload \(message.payload)")
+            try require(
+                try await receiver.receive(port: port, partner: sender.domain.rawValue) == nil,
+                "a second message arrived"
+            )
         },
-        .init("two domains: a sender cannot send as the other domain (EPERM)", needsPeer: true) { context in
-            let receiver = context.primary
-            let sender = try context.requirePeer
+        .init("two domains: the other domain receiving: this domain cannot send as it (EPERM)", needsPeer: true) {
+            context in
+            let sender = context.primary
+            let receiver = try context.requirePeer
             let port = freshPort()
             try expectSuccess(
-                try await receiver.register(port: port, partner: sender.domain.rawValue, length: 4032).result,
+                try await context.registerPeerRing(port: port, partner: sender.domain.rawValue, length: 4032),
                 "register"
             )
             try expect(
@@ -192,12 +301,15 @@ enum TwoDomainChecks {
                 "spoofed source"
             )
         },
-        .init("two domains: a partner ring refuses every other sender (ECONNREFUSED)", needsPeer: true) { context in
-            let receiver = context.primary
-            let sender = try context.requirePeer
+        .init(
+            "two domains: the other domain receiving: its ring for another partner refuses this domain (ECONNREFUSED)",
+            needsPeer: true
+        ) { context in
+            let sender = context.primary
+            let receiver = try context.requirePeer
             let port = freshPort()
             try expectSuccess(
-                try await receiver.register(port: port, partner: receiver.domain.rawValue, length: 4032).result,
+                try await context.registerPeerRing(port: port, partner: receiver.domain.rawValue, length: 4032),
                 "register"
             )
             try expect(
@@ -206,13 +318,16 @@ enum TwoDomainChecks {
                 "send to a ring reserved for another partner"
             )
         },
-        .init("two domains: the receiver's notify wakes the other domain's blocked sender", needsPeer: true) {
+        .init("two domains: the other domain receiving: its notify wakes this domain's blocked sender", needsPeer: true)
+        {
             context in
-            let receiver = context.primary
-            let sender = try context.requirePeer
+            let sender = context.primary
+            let receiver = try context.requirePeer
             let port = freshPort()
-            let (result, memory) = try await receiver.register(port: port, partner: sender.domain.rawValue, length: 256)
-            try expectSuccess(result, "register")
+            try expectSuccess(
+                try await context.registerPeerRing(port: port, partner: sender.domain.rawValue, length: 256),
+                "register"
+            )
             try expectSuccess(
                 try await sender.sendv(
                     source: sender.self_(),
@@ -227,12 +342,14 @@ enum TwoDomainChecks {
                 .EAGAIN,
                 "full"
             )
-            let mark = try await sender.eventCount()
-            try require(try await sender.isQuiet(beyond: mark), "sender woken too early")
-            var ring = RawRing(memory, length: 256)
-            _ = try ring.next()
-            try expectSuccess(try await receiver.call(ArgoABI.Op.notify), "receiver's notify")
-            try require(try await sender.waitForEvent(beyond: mark), "sender not woken")
+            let mark = sender.events.count
+            try require(await sender.events.quiet(beyond: mark), "sender woken too early")
+            try require(
+                try await receiver.receive(port: port, partner: sender.domain.rawValue)?.payload.count == 224,
+                "the other domain did not receive the first message"
+            )
+            try expectSuccess(try await receiver.nullNotify(), "the other domain's notify")
+            try require(await sender.events.wait(beyond: mark), "sender not woken")
             try expectSuccess(
                 try await sender.sendv(source: sender.self_(), destination: receiver.self_(port), payloads: [[4]]),
                 "retry",

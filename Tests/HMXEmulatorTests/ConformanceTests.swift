@@ -37,7 +37,7 @@ struct RemotePeerConformanceTests {
 
     @Test(arguments: Self.twoDomainChecks)
     func check(_ name: String) async throws {
-        #expect(Self.twoDomainChecks.count == 4)
+        #expect(Self.twoDomainChecks.count == 8)
         try await withEmulator(macPermissive: false) { emulator in
             let primary = try await emulator.attach(1)
             let agentLink = try await emulator.attach(2)
@@ -80,6 +80,51 @@ struct RemotePeerConformanceTests {
             // answer, as a number.
             let answer = await agent.answer("sendv 2 1 2 77 0102")
             #expect(answer == "\(-Int64(ArgoErrno.ECONNREFUSED.rawValue))", "\(answer)")
+            _ = try? await link.close().get()
+        }
+    }
+
+    @Test("the agent's rings: register, receive, notify, unregister, and their bounds")
+    func agentRings() async throws {
+        try await withEmulator(macPermissive: false) { emulator in
+            let sender = try await emulator.attach(1)
+            let link = try await emulator.attach(2)
+            let agent = ConformanceAgent(link: link)
+            for line in [
+                "register 7 1", "register 7 1 65552", "register x 1 4032", "receive 7", "receive 7 1 2",
+                "unregister 7", "notify now",
+            ] {
+                #expect(await agent.answer(line) == "error malformed request", "\(line)")
+            }
+            #expect(await agent.answer("receive 7 1") == "error no ring 7 for 1")
+            #expect(await agent.answer("register 7 1 4032") == "0")
+            #expect(await agent.answer("register 7 1 4032").hasPrefix("error ring 7 for 1 is registered already"))
+            agent.releaseMemory()  // the ring's memory is kept
+            #expect(await agent.answer("receive 7 1") == "none")
+            let destination = HMXAddress(domain: DomainID(2), port: 7)
+            _ = try await sender.send(from: 9, to: destination, type: 1, ByteBuffer(bytes: [0xAB, 0x01])).get()
+            _ = try await sender.send(from: 9, to: destination, type: 1, ByteBuffer()).get()
+            #expect(await agent.answer("receive 7 1") == "1 9 ab01")
+            #expect(await agent.answer("receive 7 1") == "1 9 -")
+            #expect(await agent.answer("receive 7 1") == "none")
+            #expect(await agent.answer("notify") == "0")
+            // A message too large to answer is consumed and reported.
+            _ = try await sender.send(from: 9, to: destination, type: 1, ByteBuffer(repeating: 1, count: 1501)).get()
+            #expect(await agent.answer("receive 7 1") == "error a message of 1501 bytes is too large for an answer")
+            #expect(await agent.answer("unregister 7 1") == "0")
+            #expect(await agent.answer("receive 7 1") == "error no ring 7 for 1")
+            // quit unregisters what is left.
+            #expect(await agent.answer("register 8 1 4032") == "0")
+            #expect(await agent.answer("quit") == "0")
+            let refused = try? await sender.send(
+                from: 9,
+                to: HMXAddress(domain: DomainID(2), port: 8),
+                type: 1,
+                ByteBuffer()
+            )
+            .get()
+            #expect(refused == nil)
+            _ = try? await sender.close().get()
             _ = try? await link.close().get()
         }
     }
