@@ -23,19 +23,25 @@ public struct ConformanceSuite: Sendable {
         public var wildcardRingsAllowed: Bool
         /// A domain id that certainly does not exist.
         public var absentDomain: DomainID
+        /// Ends the second domain (the emulator: its link closes; Xen: the agent quits
+        /// and its domain powers off). The check that uses it runs last and waits for
+        /// the hypervisor to report the domain gone. Without it that check is skipped.
+        public var destroyPeer: (@Sendable () async throws -> Void)?
 
         public init(
             primary: any HMXRawHypercalls,
             peer: (any HMXRawHypercalls)?,
             remotePeer: (any ConformancePeer)? = nil,
             wildcardRingsAllowed: Bool,
-            absentDomain: DomainID
+            absentDomain: DomainID,
+            destroyPeer: (@Sendable () async throws -> Void)? = nil
         ) {
             self.primary = primary
             self.peer = peer
             self.remotePeer = remotePeer
             self.wildcardRingsAllowed = wildcardRingsAllowed
             self.absentDomain = absentDomain
+            self.destroyPeer = destroyPeer
         }
     }
 
@@ -43,11 +49,19 @@ public struct ConformanceSuite: Sendable {
         public var name: String
         /// Needs ``World/peer`` or ``World/remotePeer``.
         public var needsPeer: Bool
+        /// Needs ``World/destroyPeer`` (and ends the second domain: it runs last).
+        public var destroysPeer: Bool
         public var body: @Sendable (CheckContext) async throws -> Void
 
-        init(_ name: String, needsPeer: Bool = false, _ body: @escaping @Sendable (CheckContext) async throws -> Void) {
+        init(
+            _ name: String,
+            needsPeer: Bool = false,
+            destroysPeer: Bool = false,
+            _ body: @escaping @Sendable (CheckContext) async throws -> Void
+        ) {
             self.name = name
-            self.needsPeer = needsPeer
+            self.needsPeer = needsPeer || destroysPeer
+            self.destroysPeer = destroysPeer
             self.body = body
         }
     }
@@ -64,9 +78,11 @@ public struct ConformanceSuite: Sendable {
         public init(_ description: String) { self.description = description }
     }
 
+    /// Every check, in the order they run; the one that destroys the second domain is
+    /// last.
     public static let checks: [Check] =
         RegisterChecks.all + UnregisterChecks.all + SendChecks.all + NotifyChecks.all
-        + TwoDomainChecks.all
+        + TwoDomainChecks.all + [PartnerDestroyCheck.check]
 
     public static var checkNames: [String] { self.checks.map(\.name) }
 
@@ -75,6 +91,9 @@ public struct ConformanceSuite: Sendable {
         guard let check = self.checks.first(where: { $0.name == name }) else { return .failed("no such check") }
         if check.needsPeer, world.peer == nil, world.remotePeer == nil {
             return .notApplicable("needs a second domain")
+        }
+        if check.destroysPeer, world.destroyPeer == nil {
+            return .notApplicable("needs a second domain that may be destroyed")
         }
         let context = CheckContext(world: world)
         do {

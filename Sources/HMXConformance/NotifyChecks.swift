@@ -358,3 +358,40 @@ enum OtherDomainReceives {
         },
     ]
 }
+
+/// What a partner ring becomes when its partner domain is destroyed (ARGO.md §2.5, §2.6).
+enum PartnerDestroyCheck {
+    static let check = ConformanceSuite.Check(
+        "two domains: a ring for a partner that is destroyed goes with it (unregister is ENOENT)",
+        destroysPeer: true
+    ) { context in
+        let owner = context.primary
+        let peer = try context.requirePeer
+        let partner = peer.domain.rawValue
+        let port = freshPort()
+        try expectSuccess(
+            try await owner.register(port: port, partner: partner, length: 4032).result,
+            "register a ring for the other domain"
+        )
+        try expectSuccess(
+            try await peer.sendv(source: peer.self_(), destination: owner.self_(port), payloads: [[7]]),
+            "the other domain sends",
+            equals: 1
+        )
+        try await context.world.destroyPeer!()
+        // Gone once a send to it is ESRCH (bounded: a domain takes a moment to die).
+        let esrch = -Int64(ArgoErrno.ESRCH.rawValue)
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(120)
+        var last: Int64 = 0
+        while true {
+            last = try await owner.sendv(source: owner.self_(), destination: peer.self_(port), payloads: [[1]])
+            if last == esrch || clock.now >= deadline { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        try require(last == esrch, "a send to the destroyed domain: expected ESRCH, got \(describe(last))")
+        // The ring is gone too (the owner is not told): unregistering it finds nothing.
+        // (Registering it again is ESRCH: a partner must exist.)
+        try expect(try await owner.unregister(port: port, partner: partner), .ENOENT, "unregister the ring")
+    }
+}

@@ -3,6 +3,7 @@ import ArgumentParser
 import HMXConformance
 import HMXCore
 import NIOCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -78,12 +79,25 @@ struct Check: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         }
+        // The last check ends the second domain: the agent quits (its domU then powers
+        // off), or the emulator's second link closes.
+        let peerEnded = Mutex(false)
+        var destroyPeer: (@Sendable () async throws -> Void)?
+        if let remote {
+            destroyPeer = {
+                try await remote.quit()
+                peerEnded.withLock { $0 = true }
+            }
+        } else if let peer = links.peer {
+            destroyPeer = { try await peer.close().get() }
+        }
         let world = ConformanceSuite.World(
             primary: links.primary,
             peer: links.peer,
             remotePeer: remote,
             wildcardRingsAllowed: self.macPermissive,
-            absentDomain: DomainID(self.absentDomain)
+            absentDomain: DomainID(self.absentDomain),
+            destroyPeer: destroyPeer
         )
         let started = monotonicSeconds()
         let passed: Bool
@@ -93,7 +107,7 @@ struct Check: AsyncParsableCommand {
             passed = await Self.runSelected(self.only, in: world)
         }
         printError("conformance: ran for \(fixed(monotonicSeconds() - started, 1)) s")
-        if let remote {
+        if let remote, !peerEnded.withLock({ $0 }) {
             do { try await remote.quit() } catch { printError("hmx-conformance: the agent did not quit: \(error)") }
         }
         // Every check unregisters its rings and releases its scratch frames; on Xen the

@@ -18,7 +18,8 @@ struct ConformanceTests {
                 primary: primary,
                 peer: peer,
                 wildcardRingsAllowed: macPermissive,
-                absentDomain: DomainID(0x7000)
+                absentDomain: DomainID(0x7000),
+                destroyPeer: { _ = try await peer.close().get() }
             )
             let outcome = await ConformanceSuite.run(name, in: world)
             #expect(outcome == .passed, "\(name): \(outcome)")
@@ -37,7 +38,7 @@ struct RemotePeerConformanceTests {
 
     @Test(arguments: Self.twoDomainChecks)
     func check(_ name: String) async throws {
-        #expect(Self.twoDomainChecks.count == 8)
+        #expect(Self.twoDomainChecks.count == 9)
         try await withEmulator(macPermissive: false) { emulator in
             let primary = try await emulator.attach(1)
             let agentLink = try await emulator.attach(2)
@@ -53,7 +54,11 @@ struct RemotePeerConformanceTests {
                 peer: nil,
                 remotePeer: remote,
                 wildcardRingsAllowed: false,
-                absentDomain: DomainID(0x7000)
+                absentDomain: DomainID(0x7000),
+                destroyPeer: {
+                    try await remote.quit()
+                    _ = try await agentLink.close().get()
+                }
             )
             let outcome = await ConformanceSuite.run(name, in: world)
             #expect(outcome == .passed, "\(name): \(outcome)")
