@@ -270,8 +270,9 @@ let package = Package(
         .testTarget(
             name: "HMXGatewayTests",
             dependencies: [
-                "HMXGateway", "HMXStream", "HMXTestSupport", "HMXCore",
+                "HMXGateway", "HMXStream", "HMXTestSupport", "HMXCore", "HMXControl",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

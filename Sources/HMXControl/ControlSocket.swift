@@ -45,6 +45,11 @@ public enum ControlSocket {
     /// Listens at `path` (a stale socket there is replaced; another kind of file is an
     /// error) with mode 0600, owned by `owner` when given (the user the daemon will run
     /// as, so that it and root may ask).
+    ///
+    /// The socket never exists at `path` with another mode: it is bound inside a
+    /// private directory (mode 0700) next to `path`, narrowed and handed over, then
+    /// renamed into place. (Only a path too long for that is bound in place and
+    /// narrowed just after.)
     public static func bind(
         path: String,
         owner: (uid: UInt32?, gid: UInt32?)? = nil,
@@ -55,6 +60,8 @@ public enum ControlSocket {
         if lstat(path, &status) == 0, (status.st_mode & S_IFMT) != S_IFSOCK {
             return group.next().makeFailedFuture(ControlSocketError.notASocket(path))
         }
+        let staging = StagingDirectory(for: path)
+        let bindPath = staging?.socketPath ?? path
         return ServerBootstrap(group: group)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -67,19 +74,53 @@ public enum ControlSocket {
                     try channel.pipeline.syncOperations.addHandler(ControlRequestHandler(responder: responder))
                 }
             }
-            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true)
+            .bind(unixDomainSocketPath: bindPath, cleanupExistingSocketFile: true)
             .flatMapThrowing { channel in
-                // Created with the umask's mode, which gives nobody else write access
-                // (needed to connect) with the usual 022; narrowed at once.
-                guard chmod(path, 0o600) == 0 else {
+                defer { staging?.remove() }
+                guard chmod(bindPath, 0o600) == 0 else {
+                    let error = errno
                     channel.close(promise: nil)
-                    throw ControlSocketError.cannotSecure(path, errno)
+                    throw ControlSocketError.cannotSecure(path, error)
                 }
                 if let owner, owner.uid != nil || owner.gid != nil, geteuid() == 0 {
-                    _ = chown(path, owner.uid ?? uid_t.max, owner.gid ?? gid_t.max)
+                    _ = chown(bindPath, owner.uid ?? uid_t.max, owner.gid ?? gid_t.max)
+                }
+                // Atomic: a stale socket at `path` is replaced in one step.
+                if bindPath != path, rename(bindPath, path) != 0 {
+                    let error = errno
+                    channel.close(promise: nil)
+                    throw ControlSocketError.cannotSecure(path, error)
                 }
                 return channel
             }
+            .flatMapErrorThrowing { error in
+                staging?.remove()
+                throw error
+            }
+    }
+
+    /// A private directory (mode 0700) beside a socket's path, to bind it in first.
+    private struct StagingDirectory {
+        let directory: String
+        let socketPath: String
+
+        /// nil if the staged path would be too long for a Unix socket, or the
+        /// directory cannot be made.
+        init?(for path: String) {
+            let parent = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+            var template = Array("\(parent.isEmpty ? "/" : parent)/.hmx-XXXXXX".utf8CString)
+            // sun_path holds 108 bytes with the terminating NUL ("/s" follows).
+            guard template.count - 1 + 2 < 108 else { return nil }
+            let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) != nil }
+            guard made else { return nil }
+            self.directory = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            self.socketPath = self.directory + "/s"
+        }
+
+        func remove() {
+            unlink(self.socketPath)
+            rmdir(self.directory)
+        }
     }
 
     /// Asks the daemon listening at `path`; waits at most `timeout`.
