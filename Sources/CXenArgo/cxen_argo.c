@@ -134,6 +134,28 @@ int cxa_open(cxa_hypervisor **out, char *message, size_t size) {
     if (size) message[0] = 0;
     cxa_hypervisor *h = calloc(1, sizeof *h);
     if (!h) return -ENOMEM;
+    char type[16] = "unknown";
+    if (read_small_file("/sys/hypervisor/guest_type", type, sizeof type) <= 0) strcpy(type, "unknown");
+    snprintf(h->guest_type, sizeof h->guest_type, "%s", type);
+    // PV (and an unknown type, which on the kernels we target means an old PV-only
+    // sysfs) needs machine frames; auto-translated guests use pseudo-physical ones.
+    h->method = (strcmp(type, "HVM") == 0 || strcmp(type, "PVH") == 0) ? CXA_FRAMES_PAGEMAP : CXA_FRAMES_RESERVATION;
+    if (h->method == CXA_FRAMES_PAGEMAP) {
+        // libxencall quietly falls back to anonymous locked memory when it cannot open
+        // /dev/xen/hypercall (for these errnos). Locked anonymous pages can still be
+        // migrated by the kernel (compaction), and Xen would keep writing a ring's
+        // messages to the frame the page left. Refuse instead of risking that.
+        int fd = open("/dev/xen/hypercall", O_RDWR | O_CLOEXEC);
+        if (fd < 0 && (errno == ENOENT || errno == ENXIO || errno == ENODEV)) {
+            snprintf(message, size,
+                     "/dev/xen/hypercall: %s; a %s guest's rings need its pages (Linux 4.18 or later, "
+                     "module xen_privcmd, devtmpfs on /dev)",
+                     strerror(errno), h->guest_type);
+            cxa_close(h);
+            return -ENOENT;
+        }
+        if (fd >= 0) close(fd);
+    }
     // Quiet logger: the Swift side turns errno values into diagnostics itself.
     h->logger = xtl_createlogger_stdiostream(stderr, XTL_CRITICAL, 0);
     h->call = xencall_open((xentoollog_logger *)h->logger, 0);
@@ -143,12 +165,6 @@ int cxa_open(cxa_hypervisor **out, char *message, size_t size) {
         cxa_close(h);
         return -saved;
     }
-    char type[16] = "unknown";
-    if (read_small_file("/sys/hypervisor/guest_type", type, sizeof type) <= 0) strcpy(type, "unknown");
-    snprintf(h->guest_type, sizeof h->guest_type, "%s", type);
-    // PV (and an unknown type, which on the kernels we target means an old PV-only
-    // sysfs) needs machine frames; auto-translated guests use pseudo-physical ones.
-    h->method = (strcmp(type, "HVM") == 0 || strcmp(type, "PVH") == 0) ? CXA_FRAMES_PAGEMAP : CXA_FRAMES_RESERVATION;
     if (h->method == CXA_FRAMES_RESERVATION) {
         h->fmem = xenforeignmemory_open((xentoollog_logger *)h->logger, 0);
         if (!h->fmem) {

@@ -9,7 +9,9 @@
 //         machine frames that Linux never owns; libxenforeignmemory maps them with
 //         IOCTL_PRIVCMD_MMAPBATCH_V2 on DOMID_SELF;
 //       - auto-translated guests (HVM/PVH): /dev/xen/hypercall pages (kernel pages,
-//         never migrated) whose frame numbers come from /proc/self/pagemap;
+//         never migrated) whose frame numbers come from /proc/self/pagemap; cxa_open
+//         refuses such a guest without that device, where libxencall would fall back
+//         to anonymous memory that the kernel may move;
 //   * the domain id: libxenstore ("domid"), or 0 in the control domain.
 //
 // Every function returns 0 (or a count) on success and a negative errno on failure,
