@@ -37,6 +37,10 @@ hmx_domu_finish() {
     echo "----- domU console -----"
     cat "$log" 2>/dev/null | tr -d '\r'
     echo "----- end of domU console -----"
+    if ! tr -d '\r' < "$log" 2>/dev/null | grep -q 'HMX-DOMU-UP'; then
+        # Its kernel died or hung before /init: nothing of the product ran in the domU.
+        echo "[lab] HMX-LAB-DOMU-NO-INIT: the domU never reached its init; Xen says: $(xl dmesg | grep -E 'd[0-9]+v[0-9]+ Triple fault' | tail -1)"
+    fi
     domu_rc=$(tr -d '\r' < "$log" 2>/dev/null | sed -n 's/^HMX-DOMU-EXIT=\([0-9]*\).*/\1/p' | tail -1)
     if [ -z "$domu_rc" ]; then
         echo "[lab] the domU reported no exit status"
