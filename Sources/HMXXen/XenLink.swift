@@ -78,7 +78,7 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         } catch {
             throw HMXError(
                 code: .unavailable,
-                message: "cannot open /dev/xen/privcmd: \(ArgoErrno(rawValue: error.errno).name) \(error.message)"
+                message: "cannot open Xen's hypercall interface (\(ArgoErrno(rawValue: error.errno).name)): \(error.message)"
             )
         }
         guard let domain = configuration.localDomain ?? probedDomain else {
