@@ -76,9 +76,10 @@ public final class XenLink: HMXRawHypercalls, @unchecked Sendable {
         do {
             hypervisor = try XenHypervisor()
         } catch {
+            let name = ArgoErrno(rawValue: error.errno).name
             throw HMXError(
                 code: .unavailable,
-                message: "cannot open Xen's hypercall interface (\(ArgoErrno(rawValue: error.errno).name)): \(error.message)"
+                message: "cannot open Xen's hypercall interface (\(name)): \(error.message)"
             )
         }
         guard let domain = configuration.localDomain ?? probedDomain else {
