@@ -146,13 +146,14 @@ int cxa_open(cxa_hypervisor **out, char *message, size_t size) {
         // migrated by the kernel (compaction), and Xen would keep writing a ring's
         // messages to the frame the page left. Refuse instead of risking that.
         int fd = open("/dev/xen/hypercall", O_RDWR | O_CLOEXEC);
-        if (fd < 0 && (errno == ENOENT || errno == ENXIO || errno == ENODEV)) {
+        int saved = errno;
+        if (fd < 0 && (saved == ENOENT || saved == ENXIO || saved == ENODEV)) {
             snprintf(message, size,
                      "/dev/xen/hypercall: %s; a %s guest's rings need its pages (Linux 4.18 or later, "
                      "module xen_privcmd, devtmpfs on /dev)",
-                     strerror(errno), h->guest_type);
+                     strerror(saved), h->guest_type);
             cxa_close(h);
-            return -ENOENT;
+            return -saved;
         }
         if (fd >= 0) close(fd);
     }
